@@ -1,0 +1,673 @@
+"""
+HRNet (Sun et al., CVPR 2019) and Lite-HRNet (Yu et al., CVPR 2021) for top-down pose estimation, in Paddle.
+
+Both networks keep a high-resolution branch alive from the stem to the output and repeatedly exchange
+information between branches of decreasing resolution (the "fuse" layers). HRNet's branches are stacks of
+residual blocks; Lite-HRNet replaces them with cheap "conditional channel weighting" blocks.
+
+The layer tree mirrors the official checkpoints (HRNet: leoxiaobin/deep-high-resolution-net.pytorch,
+Lite-HRNet: HRNet/Lite-HRNet on mmpose), so their weights load by renaming BatchNorm buffers only, and
+PaddleDetection checkpoints load through the key rules at the bottom of this file.
+
+    python model.py --model hrnet_w32 --input-size 256x192       # summary, params and MACs
+    python model.py --model hrnet_w32 --convert IN.pth OUT.pdparams
+"""
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # Paddle pins 1 thread if this is unset
+
+import argparse
+import re
+import sys
+import warnings
+
+import numpy as np
+
+warnings.filterwarnings("ignore", message=".*ccache.*")
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+MODEL_NAMES = ("hrnet_w32", "hrnet_w48", "lite_hrnet_18", "lite_hrnet_30")
+
+
+def batch_norm(channels):
+    # Paddle's momentum is the weight of the old running value: 0.9 here == PyTorch's momentum=0.1
+    return nn.BatchNorm2D(channels, momentum=0.9, epsilon=1e-5)
+
+
+def conv3x3(cin, cout, stride=1, groups=1):
+    return nn.Conv2D(cin, cout, 3, stride=stride, padding=1, groups=groups, bias_attr=False)
+
+
+def conv1x1(cin, cout):
+    return nn.Conv2D(cin, cout, 1, bias_attr=False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Resampling written with plain tensor ops. F.interpolate is exact too, but in the default (PIR) export
+# format every interpolate op fails under oneDNN in Paddle 3.3.1, so these run everywhere.
+
+class UpsampleNearest(nn.Layer):
+    """Nearest-neighbour upsampling by an integer factor: each pixel repeated factor x factor times."""
+
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return upsample_nearest(x, self.factor)
+
+
+def upsample_nearest(x, factor):
+    _, c, h, w = x.shape
+    x = x.reshape([-1, c, h, 1, w, 1]).expand([-1, c, h, factor, w, factor])
+    return x.reshape([-1, c, h * factor, w * factor])
+
+
+_BILINEAR_MATRICES = {}
+
+
+@paddle.jit.not_to_static  # plain numpy at trace time: the matrix becomes a constant of the exported graph
+def _align_corners_matrix(n_in, n_out):
+    """(n_out, n_in) matrix M with M @ v == 1-D linear interpolation of v, align_corners=True."""
+    key = (n_in, n_out)
+    if key not in _BILINEAR_MATRICES:
+        m = np.zeros((n_out, n_in), np.float32)
+        src = np.arange(n_out) * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
+        lo = np.minimum(np.floor(src).astype(int), n_in - 1)
+        hi = np.minimum(lo + 1, n_in - 1)
+        frac = (src - lo).astype(np.float32)
+        np.add.at(m, (np.arange(n_out), lo), 1 - frac)
+        np.add.at(m, (np.arange(n_out), hi), frac)
+        _BILINEAR_MATRICES[key] = m
+    return _BILINEAR_MATRICES[key]
+
+
+def resize_bilinear_align_corners(x, height, width):
+    """Bilinear resize (align_corners=True) as two small matmuls: rows then columns, separable and exact."""
+    _, c, h, w = x.shape
+    rows = paddle.to_tensor(_align_corners_matrix(h, height))
+    cols = paddle.to_tensor(_align_corners_matrix(w, width).T)
+    # on (N*C, h, w): a 4-D matmul reading a oneDNN conv output gives wrong values in Paddle 3.3.1 inference
+    x = paddle.matmul(paddle.matmul(rows, x.reshape([-1, h, w])), cols)
+    return x.reshape([-1, c, height, width])
+
+
+# ----------------------------------------------------------------------------------------------------
+# HRNet-W32 / W48
+
+class BasicBlock(nn.Layer):
+    expansion = 1
+
+    def __init__(self, cin, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1, self.bn1 = conv3x3(cin, planes, stride), batch_norm(planes)
+        self.conv2, self.bn2 = conv3x3(planes, planes), batch_norm(planes)
+        self.downsample = downsample
+
+    def forward(self, x):
+        residual = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + residual)
+
+
+class Bottleneck(nn.Layer):
+    expansion = 4
+
+    def __init__(self, cin, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1, self.bn1 = conv1x1(cin, planes), batch_norm(planes)
+        self.conv2, self.bn2 = conv3x3(planes, planes, stride), batch_norm(planes)
+        self.conv3, self.bn3 = conv1x1(planes, planes * 4), batch_norm(planes * 4)
+        self.downsample = downsample
+
+    def forward(self, x):
+        residual = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        return F.relu(self.bn3(self.conv3(out)) + residual)
+
+
+def hrnet_fuse_layers(channels, num_outputs):
+    """fuse_layers[i][j] brings branch j to branch i's resolution and width (paper Fig. 3).
+
+    j > i: 1x1 conv + BN, then nearest upsampling by 2^(j-i).
+    j < i: (i-j) strided 3x3 convs; the intermediate ones keep branch j's width and end with ReLU.
+    """
+    rows = nn.LayerList()
+    for i in range(num_outputs):
+        row = nn.LayerList()
+        for j in range(len(channels)):
+            if j > i:
+                row.append(nn.Sequential(conv1x1(channels[j], channels[i]), batch_norm(channels[i]),
+                                         UpsampleNearest(2 ** (j - i))))
+            elif j == i:
+                row.append(nn.Identity())
+            else:
+                steps = []
+                for k in range(i - j):
+                    last = k == i - j - 1
+                    cout = channels[i] if last else channels[j]
+                    step = [conv3x3(channels[j], cout, stride=2), batch_norm(cout)]
+                    steps.append(nn.Sequential(*step) if last else nn.Sequential(*step, nn.ReLU()))
+                row.append(nn.Sequential(*steps))
+        rows.append(row)
+    return rows
+
+
+class HighResolutionModule(nn.Layer):
+    """Parallel branches of 4 BasicBlocks each, then every output is the ReLU'd sum over all branches."""
+
+    def __init__(self, channels, multi_scale_output=True):
+        super().__init__()
+        self.branches = nn.LayerList([
+            nn.Sequential(*[BasicBlock(c, c) for _ in range(4)]) for c in channels])
+        self.fuse_layers = hrnet_fuse_layers(channels, len(channels) if multi_scale_output else 1)
+
+    def forward(self, xs):
+        xs = [branch(x) for branch, x in zip(self.branches, xs)]
+        return [F.relu(sum(fuse(x) for fuse, x in zip(row, xs))) for row in self.fuse_layers]
+
+
+class Transition(nn.LayerList):
+    """Between stages: layer i maps branch i (or, for the new branch, the lowest-resolution one)."""
+
+    def forward(self, xs):
+        return [layer(xs[min(i, len(xs) - 1)]) for i, layer in enumerate(self)]
+
+
+def hrnet_transition(channels_prev, channels):
+    """Adapts the existing branches' widths and opens one new branch at half resolution."""
+    layers = Transition()
+    for i, c in enumerate(channels):
+        if i < len(channels_prev):
+            layers.append(nn.Identity() if c == channels_prev[i] else
+                          nn.Sequential(conv3x3(channels_prev[i], c), batch_norm(c), nn.ReLU()))
+        else:  # the new branch is a strided conv of the lowest-resolution existing branch
+            layers.append(nn.Sequential(nn.Sequential(
+                conv3x3(channels_prev[-1], c, stride=2), batch_norm(c), nn.ReLU())))
+    return layers
+
+
+class HRNet(nn.Layer):
+    """Stem (stride 4) -> stage 1 (Bottlenecks) -> stages 2-4 (1/4/3 modules, 2/3/4 branches) -> 1x1 head."""
+
+    def __init__(self, width=32, num_joints=17):
+        super().__init__()
+        self.conv1, self.bn1 = conv3x3(3, 64, stride=2), batch_norm(64)
+        self.conv2, self.bn2 = conv3x3(64, 64, stride=2), batch_norm(64)
+        downsample = nn.Sequential(conv1x1(64, 256), batch_norm(256))
+        self.layer1 = nn.Sequential(Bottleneck(64, 64, downsample=downsample),
+                                    *[Bottleneck(256, 64) for _ in range(3)])
+        c = [width, width * 2, width * 4, width * 8]
+        self.transition1 = hrnet_transition([256], c[:2])
+        self.stage2 = nn.Sequential(HighResolutionModule(c[:2]))
+        self.transition2 = hrnet_transition(c[:2], c[:3])
+        self.stage3 = nn.Sequential(*[HighResolutionModule(c[:3]) for _ in range(4)])
+        self.transition3 = hrnet_transition(c[:3], c)
+        # the very last module only fuses into the highest-resolution branch: the head reads nothing else
+        self.stage4 = nn.Sequential(HighResolutionModule(c), HighResolutionModule(c),
+                                    HighResolutionModule(c, multi_scale_output=False))
+        self.final_layer = nn.Conv2D(width, num_joints, 1)
+        init_weights(self)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        xs = self.stage2(self.transition1([self.layer1(x)]))
+        xs = self.stage3(self.transition2(xs))
+        xs = self.stage4(self.transition3(xs))
+        return self.final_layer(xs[0])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Lite-HRNet-18 / 30. "ConvModule" below is mmcv's conv -> BN -> activation, with names conv / bn.
+
+class ConvModule(nn.Layer):
+    def __init__(self, cin, cout, kernel=1, stride=1, groups=1, act="relu", norm=True):
+        super().__init__()
+        # mmcv gives the conv a bias only when no norm follows it
+        self.conv = nn.Conv2D(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups,
+                              bias_attr=None if not norm else False)
+        self.bn = batch_norm(cout) if norm else None
+        self.act = act
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        if self.act == "relu":
+            return F.relu(x)
+        if self.act == "sigmoid":
+            return F.sigmoid(x)
+        return x
+
+
+def dw_pw(cin, cout, stride, relu):
+    """Depthwise 3x3 + BN, pointwise 1x1 + BN (+ ReLU): Lite-HRNet's plain Sequential building block."""
+    layers = [conv3x3(cin, cin, stride, groups=cin), batch_norm(cin), conv1x1(cin, cout), batch_norm(cout)]
+    return nn.Sequential(*layers, nn.ReLU()) if relu else nn.Sequential(*layers)
+
+
+class Stem(nn.Layer):
+    """3x3 s2 conv, then a ShuffleNet-v2-style downsampling unit: stride 4, 32 channels."""
+
+    def __init__(self, channels=32):
+        super().__init__()
+        half = channels // 2
+        self.conv1 = ConvModule(3, channels, 3, stride=2)
+        self.branch1 = nn.Sequential(ConvModule(half, half, 3, stride=2, groups=half, act=None),
+                                     ConvModule(half, half, 1))
+        self.expand_conv = ConvModule(half, channels, 1)
+        self.depthwise_conv = ConvModule(channels, channels, 3, stride=2, groups=channels, act=None)
+        self.linear_conv = ConvModule(channels, half, 1)
+
+    def forward(self, x):
+        x1, x2 = paddle.chunk(self.conv1(x), 2, axis=1)
+        x2 = self.linear_conv(self.depthwise_conv(self.expand_conv(x2)))
+        return F.channel_shuffle(paddle.concat([self.branch1(x1), x2], axis=1), 2)
+
+
+class CrossResolutionWeighting(nn.Layer):
+    """Channel weights computed from all branches pooled to the lowest resolution (paper Sec. 3.3, H)."""
+
+    def __init__(self, channels, ratio=8):
+        super().__init__()
+        self.channels = channels
+        total = sum(channels)
+        self.conv1 = ConvModule(total, int(total / ratio), 1)
+        self.conv2 = ConvModule(int(total / ratio), total, 1, act="sigmoid")
+
+    def forward(self, xs):
+        h, w = xs[-1].shape[2:]
+        pooled = [F.adaptive_avg_pool2d(x, (h, w)) for x in xs[:-1]] + [xs[-1]]
+        weights = paddle.split(self.conv2(self.conv1(paddle.concat(pooled, axis=1))), self.channels, axis=1)
+        return [x * upsample_nearest(a, x.shape[2] // h) for x, a in zip(xs, weights)]
+
+
+class SpatialWeighting(nn.Layer):
+    """Squeeze-and-excitation on one branch (paper Sec. 3.3, F): no BN, biased convs."""
+
+    def __init__(self, channels, ratio=4):
+        super().__init__()
+        self.conv1 = ConvModule(channels, int(channels / ratio), 1, norm=False)
+        self.conv2 = ConvModule(int(channels / ratio), channels, 1, act="sigmoid", norm=False)
+
+    def forward(self, x):
+        return x * self.conv2(self.conv1(x.mean(axis=[2, 3], keepdim=True)))
+
+
+class ConditionalChannelWeighting(nn.Layer):
+    """Half of every branch passes through; the other half is re-weighted across resolutions,
+    depthwise-convolved and re-weighted spatially, then the halves are concatenated and shuffled."""
+
+    def __init__(self, channels, reduce_ratio=8):
+        super().__init__()
+        half = [c // 2 for c in channels]
+        self.cross_resolution_weighting = CrossResolutionWeighting(half, reduce_ratio)
+        self.depthwise_convs = nn.LayerList([ConvModule(c, c, 3, groups=c, act=None) for c in half])
+        self.spatial_weighting = nn.LayerList([SpatialWeighting(c) for c in half])
+
+    def forward(self, xs):
+        halves = [paddle.chunk(x, 2, axis=1) for x in xs]
+        x2 = self.cross_resolution_weighting([h[1] for h in halves])
+        x2 = [sw(dw(x)) for x, dw, sw in zip(x2, self.depthwise_convs, self.spatial_weighting)]
+        return [F.channel_shuffle(paddle.concat([h[0], x], axis=1), 2) for h, x in zip(halves, x2)]
+
+
+def lite_fuse_layers(channels):
+    """As HRNet's fuse layers, with every strided 3x3 conv made depthwise + pointwise."""
+    rows = nn.LayerList()
+    for i in range(len(channels)):
+        row = nn.LayerList()
+        for j in range(len(channels)):
+            if j > i:
+                row.append(nn.Sequential(conv1x1(channels[j], channels[i]), batch_norm(channels[i]),
+                                         UpsampleNearest(2 ** (j - i))))
+            elif j == i:
+                row.append(nn.Identity())
+            else:
+                row.append(nn.Sequential(*[
+                    dw_pw(channels[j], channels[i] if k == i - j - 1 else channels[j], 2, relu=k < i - j - 1)
+                    for k in range(i - j)]))
+        rows.append(row)
+    return rows
+
+
+class LiteHRModule(nn.Layer):
+    def __init__(self, channels, num_blocks=2, reduce_ratio=8):
+        super().__init__()
+        self.layers = nn.Sequential(*[ConditionalChannelWeighting(channels, reduce_ratio)
+                                      for _ in range(num_blocks)])
+        self.fuse_layers = lite_fuse_layers(channels)
+
+    def forward(self, xs):
+        xs = self.layers(xs)
+        # Official quirk kept for weight compatibility: its loop starts at j=0 with in-place `y += ...`,
+        # so the branch-0 term is counted twice and row 0's running pre-ReLU sum overwrites xs[0],
+        # which later rows then read. (PaddleDetection reproduces it the same way.)
+        x0, outs = xs[0], []
+        for i, row in enumerate(self.fuse_layers):
+            y = 2 * x0 if i == 0 else 2 * row[0](x0)
+            for j in range(1, len(xs)):
+                y = y + (xs[j] if i == j else row[j](xs[j]))
+            if i == 0:
+                x0 = y
+            outs.append(F.relu(y))
+        return outs
+
+
+class DepthwiseSeparableConv(nn.Layer):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.depthwise_conv = ConvModule(cin, cin, 3, groups=cin, act=None)
+        self.pointwise_conv = ConvModule(cin, cout, 1)
+
+    def forward(self, x):
+        return self.pointwise_conv(self.depthwise_conv(x))
+
+
+class IterativeHead(nn.Layer):
+    """From the lowest resolution up: add the upsampled previous output, then a depthwise-separable conv."""
+
+    def __init__(self, channels):
+        super().__init__()
+        rev = channels[::-1]
+        self.projects = nn.LayerList()
+        for i, c in enumerate(rev):
+            cout = rev[i + 1] if i + 1 < len(rev) else c
+            self.projects.append(DepthwiseSeparableConv(c, cout))
+
+    def forward(self, xs):
+        outs, last = [], None
+        for x, project in zip(xs[::-1], self.projects):
+            if last is not None:
+                x = x + resize_bilinear_align_corners(last, x.shape[2], x.shape[3])
+            last = project(x)
+            outs.append(last)
+        return outs[::-1]
+
+
+def lite_transition(channels_prev, channels):
+    layers = Transition()
+    for i, c in enumerate(channels):
+        if i < len(channels_prev):
+            layers.append(nn.Identity() if c == channels_prev[i] else dw_pw(channels_prev[i], c, 1, relu=True))
+        else:
+            layers.append(nn.Sequential(dw_pw(channels_prev[-1], c, 2, relu=True)))
+    return layers
+
+
+class LiteHRNetBackbone(nn.Layer):
+    def __init__(self, num_modules=(2, 4, 2), channels=(40, 80, 160, 320)):
+        super().__init__()
+        self.stem = Stem(32)
+        prev = [32]
+        for s, n in enumerate(num_modules):
+            cur = list(channels[:s + 2])
+            setattr(self, f"transition{s}", lite_transition(prev, cur))
+            setattr(self, f"stage{s}", nn.Sequential(*[LiteHRModule(cur) for _ in range(n)]))
+            prev = cur
+        self.num_stages = len(num_modules)
+        self.head_layer = IterativeHead(list(channels))
+
+    def forward(self, x):
+        xs = [self.stem(x)]
+        for s in range(self.num_stages):
+            xs = getattr(self, f"stage{s}")(getattr(self, f"transition{s}")(xs))
+        return self.head_layer(xs)[0]
+
+
+class SimpleHead(nn.Layer):
+    """mmpose's TopDownSimpleHead with no deconvolutions: one 1x1 conv to K heatmaps."""
+
+    def __init__(self, cin, num_joints):
+        super().__init__()
+        self.final_layer = nn.Conv2D(cin, num_joints, 1)
+
+    def forward(self, x):
+        return self.final_layer(x)
+
+
+class LiteHRNet(nn.Layer):
+    def __init__(self, num_modules=(2, 4, 2), num_joints=17):
+        super().__init__()
+        self.backbone = LiteHRNetBackbone(num_modules)
+        self.keypoint_head = SimpleHead(40, num_joints)
+        init_weights(self)
+
+    def forward(self, x):
+        return self.keypoint_head(self.backbone(x))
+
+
+def init_weights(model):
+    """Official initialisation: every conv N(0, 0.001) with zero bias; BN gamma 1, beta 0 (Paddle's default)."""
+    normal, zero = nn.initializer.Normal(0.0, 0.001), nn.initializer.Constant(0.0)
+    for layer in model.sublayers():
+        if isinstance(layer, nn.Conv2D):
+            normal(layer.weight)
+            if layer.bias is not None:
+                zero(layer.bias)
+
+
+def build_model(name, num_joints=17):
+    if name == "hrnet_w32":
+        return HRNet(32, num_joints)
+    if name == "hrnet_w48":
+        return HRNet(48, num_joints)
+    if name == "lite_hrnet_18":
+        return LiteHRNet((2, 4, 2), num_joints)
+    if name == "lite_hrnet_30":
+        return LiteHRNet((3, 8, 3), num_joints)
+    raise ValueError(f"--model: unknown model '{name}', expected one of {', '.join(MODEL_NAMES)}")
+
+
+def set_device(name=None):
+    """--device: 'gpu' when Paddle was built with CUDA, else 'cpu', unless asked otherwise."""
+    if name is None:
+        name = "gpu" if paddle.is_compiled_with_cuda() else "cpu"
+    if name.startswith("gpu") and not paddle.is_compiled_with_cuda():
+        raise SystemExit(f"error: --device {name}: this Paddle build has no CUDA; "
+                         f"install paddlepaddle-gpu or use --device cpu")
+    return paddle.set_device(name)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Size: parameters and multiply-accumulates
+
+def count_params(model):
+    return sum(int(np.prod(p.shape)) for p in model.parameters() if not p.stop_gradient)  # BN stats are non-trainable params in Paddle
+
+
+def count_macs(model, input_size):
+    """Multiply-accumulates of convolutions and linear layers for one (W, H) image, as the official
+    get_model_summary counts them: weight elements x output positions. Returns (total, {layer name: MACs})."""
+    macs, hooks = {}, []
+    for name, layer in model.named_sublayers():
+        if isinstance(layer, (nn.Conv2D, nn.Linear)):
+            def hook(layer, inputs, output, name=name):
+                positions = int(np.prod(output.shape[2:])) if isinstance(layer, nn.Conv2D) else 1
+                macs[name] = macs.get(name, 0) + int(np.prod(layer.weight.shape)) * positions
+            hooks.append(layer.register_forward_post_hook(hook))
+    was_training = model.training
+    model.eval()
+    with paddle.no_grad():
+        model(paddle.zeros([1, 3, input_size[1], input_size[0]]))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return sum(macs.values()), macs
+
+
+def summarize(model, input_size):
+    """One row per part of the network (stem, stages, transitions, head), then params and MACs."""
+    parts = []
+    for name, child in model.named_children():
+        parts += [(f"{name}.{n}", c) for n, c in child.named_children()] if name == "backbone" else [(name, child)]
+    shapes, hooks = {}, []
+    for name, layer in parts:
+        def hook(layer, inputs, output, name=name):
+            outs = output if isinstance(output, (list, tuple)) else [output]
+            shapes[name] = " ".join("x".join(str(d) for d in o.shape[1:]) for o in outs)
+        hooks.append(layer.register_forward_post_hook(hook))
+    total, macs = count_macs(model, input_size)
+    for h in hooks:
+        h.remove()
+    lines = [f"{'part':<22}{'output (C x H x W per branch)':<44}{'params':>12}{'MACs':>10}"]
+    for name, layer in parts:
+        part_macs = sum(v for k, v in macs.items() if k == name or k.startswith(name + "."))
+        if name in shapes:  # parts never called (none in these models) would have no output
+            lines.append(f"{name:<22}{shapes[name]:<44}{count_params(layer):>12,}{part_macs / 1e6:>9.1f}M")
+    # The official Lite-HRNet fuse loop evaluates fuse_layers[i][0] twice for rows i >= 1 (see LiteHRModule);
+    # this port computes it once. MACs below count the official network, the line above what runs here.
+    repeated = sum(v for k, v in macs.items() if re.search(r"\.fuse_layers\.[1-9]\.0\.", k) and "backbone." in k)
+    if repeated:
+        lines.append(f"MACs executed by this port: {total / 1e9:.3f}G "
+                     f"(the official code evaluates the shared fuse term twice: +{repeated / 1e9:.3f}G)")
+    lines.append(f"params: {count_params(model)}")
+    lines.append(f"MACs: {(total + repeated) / 1e9:.3f}G")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Weights in: this project's .pdparams and training checkpoints, PaddleDetection's .pdparams,
+# the official PyTorch checkpoints (.pth), and ImageNet-pretrained HRNet backbones.
+
+def paddledetection_key(key):
+    """This project's key (= the official PyTorch layout with Paddle BN buffer names) -> PaddleDetection's."""
+    if key.startswith(("backbone.", "keypoint_head.")):  # Lite-HRNet: PD kept mmpose's tree, renaming bn -> norm
+        return key.replace(".bn.", ".norm.").replace("keypoint_head.final_layer.", "final_conv.")
+    rules = [  # HRNet: PD names every conv+BN pair "<name>.conv" / "<name>.norm" and counts from 1
+        (r"^(conv|bn)([12])\.", lambda m: f"conv_layer1_{m[2]}.{'conv' if m[1] == 'conv' else 'norm'}."),
+        (r"^layer1\.0\.downsample\.([01])\.", lambda m: f"la1.block_layer2_1.conv_down.{'conv' if m[1] == '0' else 'norm'}."),
+        (r"^layer1\.(\d)\.(conv|bn)(\d)\.",
+         lambda m: f"la1.block_layer2_{int(m[1]) + 1}.conv{m[3]}.{'conv' if m[2] == 'conv' else 'norm'}."),
+        (r"^transition(\d)\.(\d)\.(?:0\.)?([01])\.",
+         lambda m: f"tr{m[1]}.transition_tr{m[1]}_layer_{int(m[2]) + 1}.{'conv' if m[3] == '0' else 'norm'}."),
+        (r"^stage(\d)\.(\d)\.branches\.(\d)\.(\d)\.(conv|bn)(\d)\.",
+         lambda m: f"st{m[1]}.stage_st{m[1]}_{int(m[2]) + 1}.branches_func.bb_st{m[1]}_{int(m[2]) + 1}_branch_layer_"
+                   f"{int(m[3]) + 1}_{int(m[4]) + 1}.conv{m[6]}.{'conv' if m[5] == 'conv' else 'norm'}."),
+        (r"^stage(\d)\.(\d)\.fuse_layers\.(\d)\.(\d)\.(?:(\d)\.)?([01])\.",
+         lambda m: f"st{m[1]}.stage_st{m[1]}_{int(m[2]) + 1}.fuse_func.residual_st{m[1]}_{int(m[2]) + 1}_layer_"
+                   f"{int(m[3]) + 1}_{int(m[4]) + 1}{'' if m[5] is None else '_' + str(int(m[5]) + 1)}."
+                   f"{'conv' if m[6] == '0' else 'norm'}."),
+    ]
+    if key.startswith("final_layer."):
+        return key.replace("final_layer.", "final_conv.")
+    for pattern, repl in rules:
+        new, n = re.subn(pattern, repl, key)
+        if n:
+            return "backbone." + new
+    raise KeyError(f"no PaddleDetection name for '{key}'")
+
+
+def read_checkpoint(path):
+    """Any supported file -> flat {name: numpy array}, unwrapping training checkpoints and mmpose's dicts."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.endswith((".pth", ".pt")):
+        try:
+            import torch  # only needed to read the official PyTorch checkpoints
+        except ImportError:
+            raise SystemExit(f"error: reading {path} needs PyTorch: pip install torch (only for conversion)")
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        try:
+            obj = paddle.load(path, return_numpy=True)
+        except Exception as e:
+            raise ValueError(f"{path}: not a readable Paddle checkpoint ({type(e).__name__}: {e})") from None
+    for wrapper in ("state_dict", "model"):  # mmpose checkpoints / this project's training checkpoints
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not obj:
+        raise ValueError(f"{path}: expected a state dict of named arrays, got {type(obj).__name__}")
+    return {k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in obj.items()}
+
+
+def convert_state_dict(state, model, pretrained=False):
+    """Rename a checkpoint's keys into this model's; return (state, skipped keys).
+
+    Raises ValueError naming counts and the first keys on any missing, unexpected or wrong-shaped entry.
+    With pretrained=True (ImageNet backbones) keys the model lacks are skipped and the head may be missing.
+    """
+    renamed = {}
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        key = key[len("module."):] if key.startswith("module.") else key  # saved from DataParallel
+        key = re.sub(r"running_mean$", "_mean", re.sub(r"running_var$", "_variance", key))
+        renamed[key] = value
+    own = model.state_dict()
+    # PaddleDetection names (with or without "backbone.", as in its ImageNet files) never collide with ours
+    from_pd = {paddledetection_key(k): k for k in own}
+    from_pd.update({k[len("backbone."):]: v for k, v in from_pd.items() if k.startswith("backbone.")})
+    renamed = {from_pd.get(k, k): v for k, v in renamed.items()}
+    unexpected = [k for k in renamed if k not in own]
+    missing = [k for k in own if k not in renamed]
+    wrong_shape = [f"{k} {list(renamed[k].shape)} vs {list(own[k].shape)}" for k in own
+                   if k in renamed and list(renamed[k].shape) != list(own[k].shape)]
+    skipped = []
+    if pretrained:
+        skipped, unexpected = unexpected, []
+        missing = [k for k in missing if not k.startswith(("final_layer.", "keypoint_head."))]
+    problems = [f"{len(v)} {what} (e.g. {', '.join(v[:3])})"
+                for what, v in (("missing", missing), ("unexpected", unexpected), ("wrong-shaped", wrong_shape)) if v]
+    if problems:
+        raise ValueError(f"checkpoint does not fit {type(model).__name__}: " + "; ".join(problems))
+    return {k: v for k, v in renamed.items() if k in own}, skipped
+
+
+def load_weights(model, path, pretrained=False, log=print):
+    """Load a checkpoint (path or http(s) URL) into model, all or nothing."""
+    if path.startswith(("http://", "https://")):
+        from data import resolve_path_or_url
+        path = resolve_path_or_url(path)
+    state, skipped = convert_state_dict(read_checkpoint(path), model, pretrained)
+    model.set_state_dict({k: paddle.to_tensor(v, dtype=model.state_dict()[k].dtype) for k, v in state.items()})
+    if skipped:
+        log(f"{path}: loaded {len(state)} backbone entries, skipped {len(skipped)} not in this model "
+            f"(classifier etc., e.g. {', '.join(skipped[:3])})")
+    return model
+
+
+def save_checkpoint(obj, path):
+    """Write atomically: a crash mid-write leaves the previous file intact."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    paddle.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Model summary, parameter/MAC counts and checkpoint conversion.")
+    p.add_argument("--model", default="hrnet_w32", choices=MODEL_NAMES, help="network to build")
+    p.add_argument("--input-size", default="256x192", help="input height x width, multiples of 32")
+    p.add_argument("--num-joints", type=int, default=17, help="number of keypoints (heatmap channels)")
+    p.add_argument("--convert", nargs=2, metavar=("IN", "OUT"),
+                   help="read any supported checkpoint (.pdparams, PaddleDetection, official .pth) and write OUT.pdparams")
+    p.add_argument("--pretrained", action="store_true", help="with --convert: IN is an ImageNet backbone (head left at init)")
+    p.add_argument("--device", default=None, help="cpu or gpu (default: gpu if Paddle has CUDA)")
+    args = p.parse_args(argv)
+    set_device(args.device)
+    try:
+        h, w = (int(v) for v in args.input_size.lower().split("x"))
+        assert h % 32 == 0 and w % 32 == 0 and h > 0 and w > 0
+    except (ValueError, AssertionError):
+        raise SystemExit(f"error: --input-size {args.input_size}: expected HxW with multiples of 32, e.g. 256x192")
+    model = build_model(args.model, args.num_joints)
+    if args.convert:
+        src, dst = args.convert
+        try:
+            load_weights(model, src, pretrained=args.pretrained)
+        except (ValueError, FileNotFoundError) as e:
+            raise SystemExit(f"error: {e}")
+        save_checkpoint(model.state_dict(), dst)
+        print(f"wrote {dst} ({args.model}, {len(model.state_dict())} entries)")
+        return
+    print(f"{args.model}, input {h}x{w}, output {args.num_joints}x{h // 4}x{w // 4} heatmaps")
+    print(summarize(model, (w, h)))
+
+
+if __name__ == "__main__":
+    main()
