@@ -73,11 +73,11 @@ def _align_corners_matrix(n_in, n_out):
     """(n_out, n_in) matrix M with M @ v == 1-D linear interpolation of v, align_corners=True."""
     key = (n_in, n_out)
     if key not in _BILINEAR_MATRICES:
-        m = np.zeros((n_out, n_in), np.float32)
+        m = np.zeros((n_out, n_in))
         src = np.arange(n_out) * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
         lo = np.minimum(np.floor(src).astype(int), n_in - 1)
         hi = np.minimum(lo + 1, n_in - 1)
-        frac = (src - lo).astype(np.float32)
+        frac = src - lo
         np.add.at(m, (np.arange(n_out), lo), 1 - frac)
         np.add.at(m, (np.arange(n_out), hi), frac)
         _BILINEAR_MATRICES[key] = m
@@ -87,8 +87,8 @@ def _align_corners_matrix(n_in, n_out):
 def resize_bilinear_align_corners(x, height, width):
     """Bilinear resize (align_corners=True) as two small matmuls: rows then columns, separable and exact."""
     _, c, h, w = x.shape
-    rows = paddle.to_tensor(_align_corners_matrix(h, height))
-    cols = paddle.to_tensor(_align_corners_matrix(w, width).T)
+    rows = paddle.to_tensor(_align_corners_matrix(h, height), dtype=x.dtype)
+    cols = paddle.to_tensor(_align_corners_matrix(w, width).T, dtype=x.dtype)
     # on (N*C, h, w): a 4-D matmul reading a oneDNN conv output gives wrong values in Paddle 3.3.1 inference
     x = paddle.matmul(paddle.matmul(rows, x.reshape([-1, h, w])), cols)
     return x.reshape([-1, c, height, width])

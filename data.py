@@ -1,0 +1,987 @@
+"""Data for top-down pose estimation (HRNet / Lite-HRNet): COCO-format datasets, the crop/augment/target
+pipeline, a synthetic stick-figure dataset, and a resumable COCO downloader.
+
+Top-down means every sample is one person box: the box is padded to the network's aspect ratio, cropped
+and resized with one affine warp, and the network predicts one heatmap per keypoint at 1/4 resolution.
+Everything here follows the official HRNet code (Sun et al. 2019, Xiao et al. 2018) unless a comment says
+otherwise; UDP is Huang et al. 2020 ("The Devil is in the Details").
+
+    python data.py synth --out data/synth                # zero-download demo dataset in COCO format
+    python data.py download --root data/coco            # official COCO 2017 (resumable, verified)
+    python data.py bench --data data/coco                # training samples/s on one core
+    python data.py show --data data/synth --out crops.jpg
+"""
+import argparse
+import colorsys
+import hashlib
+import http.client
+import json
+import math
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+import zipfile
+from dataclasses import dataclass
+from functools import lru_cache
+from multiprocessing import Pool
+
+import cv2
+import numpy as np
+import paddle
+
+COCO_KEYPOINT_NAMES = [
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle"]
+COCO_SKELETON = [[16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7], [6, 8], [7, 9],
+                 [8, 10], [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7]]  # 1-based, as in COCO files
+COCO_PERSON_CATEGORY = {"supercategory": "person", "id": 1, "name": "person",
+                        "keypoints": COCO_KEYPOINT_NAMES, "skeleton": COCO_SKELETON}
+# Per-keypoint OKS falloff, measured by COCO from redundant human annotations.
+COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89],
+                       np.float32) / 10
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)  # RGB, images scaled to 0..1
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+PIXEL_STD = 200  # box scales are stored in units of 200 px (a historical MPII convention kept by every HRNet code base)
+HEATMAP_STRIDE = 4
+COCO_BASE_URL = "http://images.cocodataset.org"
+# Sizes and MD5s of the official zips, as listed by many public download scripts (e.g. PaddleDetection's).
+COCO_FILES = {
+    "train": ("zips/train2017.zip", 19336861798, "cced6f7f71b7629ddf16f17bbcfab6b2"),
+    "val": ("zips/val2017.zip", 815585330, "442b8da7639aecaf257c1dceb8ba8c80"),
+    "annotations": ("annotations/annotations_trainval2017.zip", 252907541, "f4bbac642086de4f52a3fdda2de5fa2c"),
+}
+
+
+def _progress_printer(label, total, unit="", divisor=1, start_done=0):
+    """Returns update(done, final=False) that prints 'label: done/total unit, rate, ETA' at most twice a second.
+    start_done: work already done before (a resumed download), left out of the rate."""
+    start, last = time.time(), [0.0]
+    number = "{:.0f}" if divisor == 1 else "{:.1f}"
+
+    def update(done, final=False):
+        now = time.time()
+        if not final and now - last[0] < 0.5:
+            return
+        last[0] = now
+        rate = (done - start_done) / max(now - start, 1e-9)
+        eta = f"ETA {(total - done) / rate:.0f}s" if total and rate > 0 and not final else f"{now - start:.1f}s"
+        total_text = "/" + number.format(total / divisor) if total else ""
+        sys.stderr.write(f"\r{label}: {number.format(done / divisor)}{total_text} {unit}  "
+                         f"{rate / divisor:.1f} {unit}/s  {eta}   ")
+        sys.stderr.write("\n" if final else "")
+        sys.stderr.flush()
+    return update
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sizes and keypoint metadata
+
+def parse_input_size(text):
+    """'256x192' is height x width, as the papers write it; returns (width, height) = (192, 256)."""
+    try:
+        height, width = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--input-size: expected HEIGHTxWIDTH such as 256x192, got {text!r}") from None
+    if height <= 0 or width <= 0 or height % 32 or width % 32:
+        raise ValueError(f"--input-size: height and width must be positive multiples of 32 "
+                         f"(the networks downsample by 32), got {text!r}")
+    return width, height
+
+
+def _size_wh(input_size):
+    """Accepts '256x192' (H x W) or a (width, height) pair."""
+    if isinstance(input_size, str):
+        return parse_input_size(input_size)
+    width, height = (int(v) for v in input_size)
+    return parse_input_size(f"{height}x{width}")
+
+
+def default_sigma(input_size):
+    """Heatmap Gaussian sigma: 2 at 256x192 and 3 at 384x288 (HRNet configs), i.e. proportional to height."""
+    return 2.0 * _size_wh(input_size)[1] / 256
+
+
+@dataclass
+class KeypointInfo:
+    names: list
+    flip_pairs: list      # [left, right] index pairs, swapped when the image is mirrored
+    skeleton: list        # 0-based index pairs, for drawing
+    sigmas: np.ndarray    # OKS sigmas, float32 (K,)
+    upper_body_ids: list  # used by the half-body augmentation
+
+    @property
+    def num_joints(self):
+        return len(self.names)
+
+
+def keypoint_info_from_category(category, sigmas_file=None):
+    """Keypoint metadata from a COCO category dict, so any K-keypoint COCO-format file works unchanged.
+    Flip pairs come from names containing 'left'/'right'. OKS sigmas: COCO's for COCO's 17 keypoints, else a
+    --sigmas JSON list, else COCO's value for names COCO knows and 0.025 (COCO's strictest) for the rest."""
+    names = list(category.get("keypoints") or [])
+    if not names:
+        raise ValueError(f"category {category.get('name')!r} has no 'keypoints' list")
+    lower = [name.lower() for name in names]
+    flip_pairs = [[i, lower.index(name.replace("left", "right"))] for i, name in enumerate(lower)
+                  if "left" in name and name.replace("left", "right") in lower]
+    skeleton = [[a - 1, b - 1] for a, b in category.get("skeleton") or []]
+    if any(not (0 <= i < len(names)) for pair in skeleton for i in pair):
+        raise ValueError(f"category {category.get('name')!r}: skeleton refers to keypoints outside 1..{len(names)}")
+    upper_body_ids = [i for i, name in enumerate(lower)
+                      if not any(part in name for part in ("hip", "knee", "ankle", "foot", "heel", "toe"))]
+    if names == COCO_KEYPOINT_NAMES:
+        sigmas = COCO_SIGMAS.copy()
+    elif sigmas_file:
+        values = _load_json(sigmas_file, "--sigmas file")
+        if not isinstance(values, list) or len(values) != len(names):
+            raise ValueError(f"--sigmas file {sigmas_file}: expected a JSON list of {len(names)} numbers")
+        sigmas = np.array(values, np.float32)
+    else:
+        known = dict(zip(COCO_KEYPOINT_NAMES, COCO_SIGMAS))
+        sigmas = np.array([known.get(name, 0.025) for name in lower], np.float32)
+        warnings.warn(f"no --sigmas file for the {len(names)} keypoints {names}: using COCO sigmas for names COCO "
+                      f"has and 0.025 for the others; OKS/AP are only comparable with the dataset's own sigmas")
+    return KeypointInfo(names, flip_pairs, skeleton, sigmas, upper_body_ids)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Geometry: box -> center/scale, the crop affine, and its inverse for predictions
+
+def box_to_center_scale(box_xywh, aspect_ratio, padding=1.25):
+    """Box -> center and size (in units of 200 px), grown to the input aspect ratio, then padded by 1.25
+    so the whole person plus some context is in the crop."""
+    x, y, w, h = (float(v) for v in box_xywh[:4])
+    center = np.array([x + w * 0.5, y + h * 0.5], np.float32)
+    if w > aspect_ratio * h:
+        h = w / aspect_ratio
+    elif w < aspect_ratio * h:
+        w = h * aspect_ratio
+    scale = np.array([w / PIXEL_STD, h / PIXEL_STD], np.float32) * padding
+    return center, scale
+
+
+def _rotate(point, angle_rad):
+    sn, cs = np.sin(angle_rad), np.cos(angle_rad)
+    return np.array([point[0] * cs - point[1] * sn, point[0] * sn + point[1] * cs])
+
+
+def _third_point(a, b):
+    """b + (a - b) turned 90 degrees: the third point that pins down an affine map from two."""
+    direction = a - b
+    return b + np.array([-direction[1], direction[0]], np.float32)
+
+
+def get_affine_transform(center, scale, rot_deg, output_size, inv=False):
+    """2x3 matrix taking the box (center, scale*200 px wide, rotated by rot_deg) to an output of (W, H).
+    Like the official code it matches three point pairs (center, a point above it, and a third at 90 degrees),
+    which gives one uniform scale output_w / (scale_x * 200); scale_y is implied by the aspect ratio."""
+    src_w = scale[0] * PIXEL_STD
+    out_w, out_h = output_size
+    src, dst = np.zeros((3, 2), np.float32), np.zeros((3, 2), np.float32)
+    src[0] = center
+    src[1] = center + _rotate([0.0, src_w * -0.5], np.pi * rot_deg / 180)
+    src[2] = _third_point(src[0], src[1])
+    dst[0] = [out_w * 0.5, out_h * 0.5]
+    dst[1] = np.array([out_w * 0.5, out_h * 0.5]) + [0.0, out_w * -0.5]
+    dst[2] = _third_point(dst[0], dst[1])
+    return cv2.getAffineTransform(dst, src) if inv else cv2.getAffineTransform(src, dst)
+
+
+def _udp_warp_matrix(center, scale, rot_deg, output_size):
+    """UDP's crop: sizes are measured in pixel intervals (size - 1), so the first and last pixel centres of the
+    box map exactly onto those of the output and the heatmap, removing the half-pixel bias of the standard warp.
+    (mmpose's get_warp_matrix turns the other way for the same angle; we keep rot_deg's meaning consistent.)"""
+    theta = -np.deg2rad(rot_deg)
+    box_w, box_h = scale[0] * PIXEL_STD, scale[1] * PIXEL_STD
+    sx, sy = (output_size[0] - 1.0) / box_w, (output_size[1] - 1.0) / box_h
+    cs, sn = math.cos(theta), math.sin(theta)
+    cx, cy = float(center[0]), float(center[1])
+    return np.array([[cs * sx, -sn * sx, sx * (-cx * cs + cy * sn + 0.5 * box_w)],
+                     [sn * sy, cs * sy, sy * (-cx * sn - cy * cs + 0.5 * box_h)]])
+
+
+def affine_transform(points, matrix):
+    points = np.asarray(points, np.float64)
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def transform_preds(coords, center, scale, heatmap_size, udp=False):
+    """Heatmap coordinates (K, 2) -> image coordinates: the inverse crop (rotation 0), as the official
+    transform_preds; heatmap coordinates are used as they are, with no half-pixel term."""
+    coords = np.asarray(coords, np.float64)[..., :2]
+    if udp:
+        box = np.asarray(scale, np.float64) * PIXEL_STD
+        return coords * box / (np.asarray(heatmap_size, np.float64) - 1.0) + np.asarray(center) - box * 0.5
+    return affine_transform(coords, get_affine_transform(center, scale, 0, heatmap_size, inv=True))
+
+
+def _crop_matrix(center, scale, rot_deg, output_size, udp):
+    if udp:
+        return _udp_warp_matrix(center, scale, rot_deg, output_size)
+    return get_affine_transform(center, scale, rot_deg, output_size)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Images
+
+def _read_bgr(path):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image {path} not found")
+    # COCO labels refer to the stored pixel grid: honouring an EXIF rotation would misplace every keypoint.
+    image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        raise ValueError(f"image {path} could not be decoded (corrupt or not an image)")
+    return image
+
+
+def read_image_rgb(path):
+    return cv2.cvtColor(_read_bgr(path), cv2.COLOR_BGR2RGB)
+
+
+_NORM_MUL = (1.0 / (255.0 * IMAGENET_STD)).astype(np.float32)
+_NORM_SUB = (IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
+
+
+def normalize_image(image_rgb):
+    """uint8 HxWx3 RGB -> float32 3xHxW, (x/255 - mean)/std folded into one multiply-add per channel."""
+    height, width = image_rgb.shape[:2]
+    out = np.empty((3, height, width), np.float32)
+    for c, channel in enumerate(cv2.split(image_rgb)):  # split + per-plane ops: ~4x faster than a transpose
+        np.multiply(channel, _NORM_MUL[c], out=out[c])
+        out[c] -= _NORM_SUB[c]
+    return out
+
+
+def crop_and_normalize(image_rgb, center, scale, rot_deg, input_size, udp=False):
+    width, height = _size_wh(input_size)
+    matrix = _crop_matrix(center, scale, rot_deg, (width, height), udp)
+    return normalize_image(cv2.warpAffine(image_rgb, matrix, (width, height), flags=cv2.INTER_LINEAR))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Heatmap targets
+
+@lru_cache(maxsize=16)
+def _gaussian_patch(sigma):
+    """The official (2*3sigma+1)^2 unnormalised Gaussian (peak 1), same float32 ops; built once per sigma."""
+    size = 2 * sigma * 3 + 1
+    x = np.arange(0, size, 1, np.float32)
+    y = x[:, np.newaxis]
+    x0 = y0 = size // 2
+    patch = np.exp(-((x - x0) ** 2 + (y - y0) ** 2) / (2 * sigma ** 2))
+    patch.setflags(write=False)
+    return patch
+
+
+def _visibility_weight(joints_vis, num_joints):
+    return np.asarray(joints_vis, np.float32).reshape(num_joints, -1)[:, :1].copy()
+
+
+def generate_target(joints, joints_vis, input_size, heatmap_size, sigma):
+    """MSRA heatmaps, bit-for-bit the official formula: the Gaussian is centred on the joint rounded to the
+    heatmap grid, pasted within a 3-sigma window; joints whose window misses the map get weight 0."""
+    joints = np.asarray(joints, np.float64)
+    num_joints = len(joints)
+    hm_w, hm_h = heatmap_size
+    target = np.zeros((num_joints, hm_h, hm_w), np.float32)
+    weight = _visibility_weight(joints_vis, num_joints)
+    stride_x, stride_y = input_size[0] / hm_w, input_size[1] / hm_h
+    radius = sigma * 3
+    patch = _gaussian_patch(sigma)
+    for k in range(num_joints):
+        # int() truncates toward zero, not floor (matters for joints left of/above the crop): official quirk.
+        mu_x, mu_y = int(joints[k, 0] / stride_x + 0.5), int(joints[k, 1] / stride_y + 0.5)
+        left, top = int(mu_x - radius), int(mu_y - radius)
+        right, bottom = int(mu_x + radius + 1), int(mu_y + radius + 1)
+        if left >= hm_w or top >= hm_h or right < 0 or bottom < 0:
+            weight[k] = 0
+            continue
+        if weight[k] > 0.5:
+            target[k, max(0, top):min(bottom, hm_h), max(0, left):min(right, hm_w)] = \
+                patch[max(0, -top):min(bottom, hm_h) - top, max(0, -left):min(right, hm_w) - left]
+    return target, weight
+
+
+def generate_target_udp(joints, joints_vis, input_size, heatmap_size, sigma):
+    """UDP heatmaps: stride (input-1)/(heatmap-1) and the Gaussian centred on the exact sub-pixel joint
+    (evaluated only on its window), so decoding can recover the joint without the rounding bias."""
+    joints = np.asarray(joints, np.float64)
+    num_joints = len(joints)
+    hm_w, hm_h = heatmap_size
+    target = np.zeros((num_joints, hm_h, hm_w), np.float32)
+    weight = _visibility_weight(joints_vis, num_joints)
+    stride_x, stride_y = (input_size[0] - 1.0) / (hm_w - 1.0), (input_size[1] - 1.0) / (hm_h - 1.0)
+    radius = sigma * 3
+    for k in range(num_joints):
+        exact_x, exact_y = joints[k, 0] / stride_x, joints[k, 1] / stride_y
+        mu_x, mu_y = int(exact_x + 0.5), int(exact_y + 0.5)
+        left, top = int(mu_x - radius), int(mu_y - radius)
+        right, bottom = int(mu_x + radius + 1), int(mu_y + radius + 1)
+        if left >= hm_w or top >= hm_h or right < 0 or bottom < 0:
+            weight[k] = 0
+            continue
+        if weight[k] > 0.5:
+            xs = np.arange(max(0, left), min(right, hm_w)) - exact_x
+            ys = np.arange(max(0, top), min(bottom, hm_h))[:, None] - exact_y
+            target[k, max(0, top):min(bottom, hm_h), max(0, left):min(right, hm_w)] = \
+                np.exp(-(xs ** 2 + ys ** 2) / (2 * sigma ** 2))
+    return target, weight
+
+
+# ----------------------------------------------------------------------------------------------------------
+# COCO-format dataset
+
+def augmentation_defaults(model_name):
+    """Training augmentation of each model family's official 256x192 recipe (HRNet yaml / Lite-HRNet config)."""
+    common = dict(rot_prob=0.6, half_body_prob=0.3, num_joints_half_body=8, flip_prob=0.5)
+    if model_name.startswith("lite_hrnet"):
+        return dict(scale_factor=0.25, rot_factor=30, **common)
+    if model_name.startswith("hrnet"):
+        return dict(scale_factor=0.35, rot_factor=45, **common)
+    raise ValueError(f"--model: unknown model family {model_name!r} (expected hrnet_* or lite_hrnet_*)")
+
+
+def _load_json(path, what):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path} not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{what} {path} is not valid JSON ({err})") from None
+
+
+def _keypoint_category(coco, ann_file):
+    if not isinstance(coco, dict) or not all(key in coco for key in ("images", "annotations", "categories")):
+        raise ValueError(f"annotation file {ann_file}: expected a COCO dict with images, annotations, categories")
+    categories = [c for c in coco["categories"] if c.get("keypoints")]
+    if not categories:
+        raise ValueError(f"annotation file {ann_file}: no category has a 'keypoints' list "
+                         f"(expected a person_keypoints_*.json file)")
+    return next((c for c in categories if c.get("id") == 1), categories[0])
+
+
+def _gt_records(coco, ann_file, image_dir, num_joints, category_id, aspect_ratio):
+    images = {image["id"]: image for image in coco["images"]}
+    by_image = {image_id: [] for image_id in images}
+    for ann in coco["annotations"]:
+        if ann.get("category_id") != category_id:
+            continue
+        if len(ann.get("keypoints", [])) != 3 * num_joints:
+            raise ValueError(f"annotation file {ann_file}: annotation {ann.get('id')} has "
+                             f"{len(ann.get('keypoints', []))} keypoint values, expected 3*{num_joints}")
+        if ann.get("image_id") not in by_image:
+            raise ValueError(f"annotation file {ann_file}: annotation {ann.get('id')} refers to "
+                             f"image {ann.get('image_id')}, which is not in 'images'")
+        by_image[ann["image_id"]].append(ann)
+    records, skipped = [], {"crowd": 0, "bad_box": 0, "no_keypoints": 0}
+    for image_id, anns in by_image.items():  # file order, as the official loader
+        width, height = images[image_id]["width"], images[image_id]["height"]
+        for ann in anns:
+            if ann.get("iscrowd", 0):
+                skipped["crowd"] += 1
+                continue
+            x, y, w, h = ann["bbox"]
+            # Official cleaning: clip to the image; in-image boxes lose 1 px of width and height (kept as is).
+            x1, y1 = max(0, x), max(0, y)
+            x2, y2 = min(width - 1, x1 + max(0, w - 1)), min(height - 1, y1 + max(0, h - 1))
+            if not (ann.get("area", w * h) > 0 and x2 >= x1 and y2 >= y1):
+                skipped["bad_box"] += 1
+                continue
+            if max(ann["keypoints"]) == 0:
+                skipped["no_keypoints"] += 1
+                continue
+            joints = np.array(ann["keypoints"], np.float32).reshape(num_joints, 3)
+            joints[:, 2] = np.minimum(joints[:, 2], 1)  # 1 = labelled (visible or occluded), 0 = not labelled
+            center, scale = box_to_center_scale([x1, y1, x2 - x1, y2 - y1], aspect_ratio)
+            records.append(dict(image_id=image_id, image_file=os.path.join(image_dir, images[image_id]["file_name"]),
+                                center=center, scale=scale, score=1.0, joints=joints,
+                                area=float(ann.get("area", w * h))))
+    return records, sum(skipped.values())
+
+
+def _detection_records(det_file, coco, image_dir, num_joints, category_id, aspect_ratio, score_thr):
+    detections = _load_json(det_file, "detection file")
+    if not isinstance(detections, list) or not detections:
+        raise ValueError(f"detection file {det_file}: expected a non-empty JSON list of "
+                         f"{{image_id, category_id, bbox, score}}")
+    images = {image["id"]: image for image in coco["images"]}
+    unknown = {d.get("image_id") for d in detections} - set(images)
+    if unknown:
+        raise ValueError(f"detection file {det_file}: {len(unknown)} image ids (e.g. {sorted(map(str, unknown))[0]}) "
+                         f"are not in the annotation file; do the two files belong to the same split?")
+    records, skipped = [], 0
+    for det in detections:
+        if det.get("category_id") != category_id or det["score"] < score_thr:
+            skipped += 1
+            continue
+        center, scale = box_to_center_scale(det["bbox"], aspect_ratio)
+        records.append(dict(image_id=det["image_id"], image_file=os.path.join(image_dir, images[det["image_id"]]["file_name"]),
+                            center=center, scale=scale, score=float(det["score"]),
+                            joints=np.zeros((num_joints, 3), np.float32), area=float(det["bbox"][2] * det["bbox"][3])))
+    if not records:
+        raise ValueError(f"detection file {det_file}: no person boxes with score >= {score_thr}")
+    return records, skipped
+
+
+def _half_body_box(rng, joints, visible, is_upper, aspect_ratio):
+    """Center/scale of the upper or lower body alone (HRNet's half-body augmentation), or None."""
+    upper, lower = joints[visible & is_upper], joints[visible & ~is_upper]
+    # Official quirk: randn() < 0.5 (not rand()), so the upper body is chosen ~69 % of the time.
+    if rng.standard_normal() < 0.5 and len(upper) > 2:
+        selected = upper
+    else:
+        selected = lower if len(lower) > 2 else upper
+    if len(selected) < 2:
+        return None
+    selected = selected.astype(np.float32)
+    w, h = selected.max(axis=0) - selected.min(axis=0)
+    if w > aspect_ratio * h:
+        h = w / aspect_ratio
+    elif w < aspect_ratio * h:
+        w = h * aspect_ratio
+    return selected.mean(axis=0), np.array([w / PIXEL_STD, h / PIXEL_STD], np.float32) * 1.5
+
+
+class COCOKeypointDataset(paddle.io.Dataset):
+    """Top-down samples from a COCO-format keypoint file: one sample per GT person box or detection box.
+    __getitem__ returns (image (3,H,W), target (K,h,w), target_weight (K,1), index); an unreadable image gives
+    zeros and index -(i+1), so one bad file cannot kill a long run (the loops count and report these)."""
+
+    def __init__(self, ann_file, image_dir, input_size, train, boxes="gt", det_score_thr=0.0, sigma=None, udp=False,
+                 scale_factor=0.35, rot_factor=45, rot_prob=0.6, half_body_prob=0.3, num_joints_half_body=8,
+                 flip_prob=0.5, sigmas_file=None, seed=0):
+        super().__init__()
+        self.ann_file, self.image_dir = ann_file, image_dir
+        self.input_size = _size_wh(input_size)
+        self.heatmap_size = (self.input_size[0] // HEATMAP_STRIDE, self.input_size[1] // HEATMAP_STRIDE)
+        self.sigma = default_sigma(self.input_size) if sigma is None else float(sigma)
+        self.train, self.udp, self.seed, self.epoch = bool(train), bool(udp), int(seed), 0
+        self.scale_factor, self.rot_factor, self.rot_prob = scale_factor, rot_factor, rot_prob
+        self.half_body_prob, self.num_joints_half_body, self.flip_prob = half_body_prob, num_joints_half_body, flip_prob
+        start = time.time()
+        coco = _load_json(ann_file, "annotation file")
+        if not os.path.isdir(image_dir):
+            raise FileNotFoundError(f"image folder {image_dir} not found (the images of {ann_file})")
+        category = _keypoint_category(coco, ann_file)
+        self.info = keypoint_info_from_category(category, sigmas_file)
+        aspect_ratio = self.input_size[0] / self.input_size[1]
+        source = ann_file if boxes == "gt" else resolve_path_or_url(boxes, what="detection file")
+        try:
+            if boxes == "gt":
+                self.records, self.num_skipped = _gt_records(coco, ann_file, image_dir, self.info.num_joints,
+                                                             category["id"], aspect_ratio)
+            else:
+                self.records, self.num_skipped = _detection_records(source, coco, image_dir, self.info.num_joints,
+                                                                    category["id"], aspect_ratio, det_score_thr)
+        except (KeyError, TypeError, IndexError) as err:
+            raise ValueError(f"{source}: malformed entry ({type(err).__name__}: {err})") from None
+        if not self.records:
+            raise ValueError(f"annotation file {ann_file}: no usable person instances "
+                             f"(non-crowd, with keypoints and a valid box)")
+        num_joints = self.info.num_joints
+        self._flip_order = np.arange(num_joints)
+        for left, right in self.info.flip_pairs:
+            self._flip_order[left], self._flip_order[right] = right, left
+        self._is_upper = np.isin(np.arange(num_joints), self.info.upper_body_ids)
+        print(f"{os.path.basename(ann_file)}: {len(self.records)} samples from "
+              f"{'GT boxes' if boxes == 'gt' else 'detections'} ({self.num_skipped} skipped) "
+              f"in {time.time() - start:.1f}s", file=sys.stderr)
+
+    def __len__(self):
+        return len(self.records)
+
+    def set_epoch(self, epoch):
+        """Call before building each epoch's iterator: workers copy the dataset when they start."""
+        self.epoch = int(epoch)
+
+    def _augment(self, rng, joints, visible, center, scale):
+        """HRNet's order: half-body, scale, rotation, flip. Returns (center, scale, rotation, flip)."""
+        if visible.sum() > self.num_joints_half_body and rng.random() < self.half_body_prob:
+            half_body = _half_body_box(rng, joints, visible, self._is_upper, self.input_size[0] / self.input_size[1])
+            if half_body is not None:
+                center, scale = half_body
+        sf, rf = self.scale_factor, self.rot_factor
+        scale = scale * np.clip(rng.standard_normal() * sf + 1, 1 - sf, 1 + sf)
+        rotation = np.clip(rng.standard_normal() * rf, -rf * 2, rf * 2) if rng.random() < self.rot_prob else 0.0
+        return center, scale, float(rotation), rng.random() < self.flip_prob
+
+    def __getitem__(self, index):
+        record = self.records[index]
+        num_joints, (width, height), heatmap_size = self.info.num_joints, self.input_size, self.heatmap_size
+        try:
+            image = _read_bgr(record["image_file"])
+        except (FileNotFoundError, ValueError) as err:
+            warnings.warn(f"skipping sample {index}: {err}")
+            return (np.zeros((3, height, width), np.float32),
+                    np.zeros((num_joints, heatmap_size[1], heatmap_size[0]), np.float32),
+                    np.zeros((num_joints, 1), np.float32), np.array(-(index + 1), np.int64))
+        joints = record["joints"][:, :2].astype(np.float64)
+        vis = record["joints"][:, 2].copy()
+        center, scale, rotation, flip = record["center"].copy(), record["scale"].copy(), 0.0, False
+        if self.train:
+            rng = np.random.default_rng((self.seed, self.epoch, index))  # same sample with any number of workers
+            center, scale, rotation, flip = self._augment(rng, joints, vis > 0, center, scale)
+        image_width = image.shape[1]
+        if flip:
+            joints[:, 0] = image_width - joints[:, 0] - 1
+            joints, vis = joints[self._flip_order], vis[self._flip_order]
+            joints *= vis[:, None]
+            center = np.array([image_width - center[0] - 1, center[1]], np.float32)
+        matrix = _crop_matrix(center, scale, rotation, self.input_size, self.udp)
+        image_matrix = matrix
+        if flip:  # fold the mirror x -> w-1-x into the warp instead of copying the full image
+            image_matrix = matrix @ np.array([[-1.0, 0.0, image_width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        crop = cv2.warpAffine(image, image_matrix, (width, height), flags=cv2.INTER_LINEAR)
+        crop = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)  # after the warp: 8x fewer pixels than the full image
+        labelled = vis > 0
+        joints[labelled] = affine_transform(joints[labelled], matrix)
+        make_target = generate_target_udp if self.udp else generate_target
+        target, weight = make_target(joints, vis, self.input_size, heatmap_size, self.sigma)
+        return normalize_image(crop), target, weight, np.array(index, np.int64)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Synthetic stick-figure dataset: real COCO format, 17 COCO keypoints, learnable in minutes on a CPU
+
+def _bgr(hue_deg, saturation, value):
+    r, g, b = colorsys.hsv_to_rgb((hue_deg % 360) / 360, saturation, value)
+    return int(b * 255), int(g * 255), int(r * 255)
+
+
+def _direction(angle_deg):
+    """Unit vector on screen: 0 = up, 90 = right (y points down)."""
+    a = math.radians(angle_deg)
+    return np.array([math.sin(a), -math.cos(a)])
+
+
+def _stick_figure_pose(rng, body_height):
+    """17 COCO joints of a front-facing figure (its left side on the image's right), pelvis at the origin,
+    with random but plausible lean, head tilt and limb angles. Returns (joints (17,2), head centre, head radius)."""
+    H, joints = body_height, np.zeros((17, 2))
+    lean = float(np.clip(rng.normal(0, 8), -20, 20))
+    up, right = _direction(lean), _direction(lean + 90)
+    neck = 0.30 * H * up
+    head_tilt = lean + rng.normal(0, 10)
+    head_up, head_right = _direction(head_tilt), _direction(head_tilt + 90)
+    head_radius = 0.08 * H
+    head = neck + 0.12 * H * head_up
+    yaw = rng.uniform(-0.35, 0.35)  # face turned left/right: the features slide sideways
+    for k, (u, v) in enumerate([(yaw, -0.15), (0.38 + yaw, 0.25), (-0.38 + yaw, 0.25),
+                                (0.95 + 0.2 * yaw, 0.05), (-0.95 + 0.2 * yaw, 0.05)]):
+        joints[k] = head + head_radius * (u * head_right + v * head_up)
+    for side, (sho, elb, wri, hip, kne, ank) in ((1, (5, 7, 9, 11, 13, 15)), (-1, (6, 8, 10, 12, 14, 16))):
+        joints[sho] = neck + side * 0.11 * H * right - 0.02 * H * up
+        upper_arm = lean + 180 - side * rng.uniform(-20, 170)  # 0 = hanging, 90 = sideways, 170 = raised
+        joints[elb] = joints[sho] + 0.16 * H * _direction(upper_arm)
+        joints[wri] = joints[elb] + 0.14 * H * _direction(upper_arm + rng.choice([-1, 1]) * rng.uniform(0, 140))
+        joints[hip] = side * 0.08 * H * right
+        thigh = lean + 180 - side * rng.uniform(-10, 45)
+        joints[kne] = joints[hip] + 0.24 * H * _direction(thigh)
+        joints[ank] = joints[kne] + 0.23 * H * _direction(thigh + side * rng.uniform(-25, 70))
+    return joints, head, head_radius
+
+
+def _synth_background(rng, width, height):
+    """Low-contrast clutter: a gradient, soft blobs, thin lines and noise, in muted colours."""
+    c0, c1 = (np.array(_bgr(rng.uniform(0, 360), rng.uniform(0, .35), rng.uniform(.25, .75))) for _ in range(2))
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = (np.cos(angle) * np.arange(width)[None, :] / width + np.sin(angle) * np.arange(height)[:, None] / height)
+    ramp = (ramp - ramp.min()) / max(np.ptp(ramp), 1e-6)
+    image = (c0 * (1 - ramp[..., None]) + c1 * ramp[..., None]).astype(np.uint8)
+    blobs = image.copy()
+    for _ in range(rng.integers(4, 12)):
+        center = (int(rng.uniform(0, width)), int(rng.uniform(0, height)))
+        axes = (int(rng.uniform(.05, .3) * width), int(rng.uniform(.05, .3) * height))
+        cv2.ellipse(blobs, center, axes, rng.uniform(0, 180), 0, 360,
+                    _bgr(rng.uniform(0, 360), rng.uniform(0, .4), rng.uniform(.2, .8)), -1)
+    image = cv2.addWeighted(cv2.GaussianBlur(blobs, (0, 0), 3), 0.5, image, 0.5, 0)
+    for _ in range(rng.integers(2, 8)):
+        points = rng.uniform(0, 1, 4) * [width, height, width, height]
+        cv2.line(image, (int(points[0]), int(points[1])), (int(points[2]), int(points[3])),
+                 _bgr(rng.uniform(0, 360), rng.uniform(0, .3), rng.uniform(.2, .8)), int(rng.integers(1, 4)), cv2.LINE_AA)
+    return image
+
+
+def _draw_stick_figure(rng, canvases, joints, head, head_radius, body_height):
+    """Draws one figure on each (canvas, coloured) pair; coloured=False draws a 255 mask of the same shapes.
+    Left limbs are warm (red..yellow), right limbs cool (cyan..violet), so mirrored poses stay distinguishable;
+    every limb joint gets a dark disc with a light centre so limb ends are well defined."""
+    thick = max(2, int(round(rng.uniform(0.035, 0.055) * body_height)))
+    left_hue, right_hue = rng.uniform(0, 45), rng.uniform(190, 260)
+    sat, val = rng.uniform(.75, 1), rng.uniform(.8, 1)
+    segments, joint_colours = [], {}  # (a, b, colour); joint -> colour of its disc
+    for hue, chains in ((left_hue, ((5, 7, 9), (11, 13, 15))), (right_hue, ((6, 8, 10), (12, 14, 16)))):
+        for is_leg, (a, b, c) in enumerate(chains):
+            v = val * (0.8 if is_leg else 1.0)
+            upper, lower = _bgr(hue, sat, v), _bgr(hue + 12, sat * 0.85, min(1.0, v * 1.1))
+            segments += [(a, b, upper), (b, c, lower)]
+            joint_colours.update({a: upper, b: lower, c: lower})
+    legs, arms = [seg for seg in segments if seg[0] >= 11], [seg for seg in segments if seg[0] < 11]
+    if rng.random() < 0.5:
+        arms = arms[2:] + arms[:2]  # which arm is in front
+    torso = _bgr(rng.uniform(0, 360), rng.uniform(.3, .7), rng.uniform(.4, .85))
+    skin = _bgr(rng.uniform(15, 35), rng.uniform(.25, .6), rng.uniform(.6, 1))
+    face = [(30, 30, 120), _bgr(left_hue, 1, .6), _bgr(right_hue, 1, .6), _bgr(left_hue, sat, val), _bgr(right_hue, sat, val)]
+    pts = [tuple(int(v) for v in p) for p in joints]
+    neck, head = tuple(int(v) for v in (joints[5] + joints[6]) / 2), tuple(int(round(v)) for v in head)
+    r = max(3, int(round(head_radius)))
+    for canvas, coloured in canvases:
+        def paint(colour):
+            return colour if coloured else 255
+        for a, b, colour in legs:
+            cv2.line(canvas, pts[a], pts[b], paint(colour), thick, cv2.LINE_AA)
+        cv2.fillConvexPoly(canvas, np.array([pts[5], pts[6], pts[12], pts[11]]), paint(torso), cv2.LINE_AA)
+        cv2.line(canvas, neck, head, paint(torso), thick, cv2.LINE_AA)
+        for a, b, colour in arms:
+            cv2.line(canvas, pts[a], pts[b], paint(colour), thick, cv2.LINE_AA)
+        cv2.circle(canvas, head, r, paint(skin), -1, cv2.LINE_AA)
+        cv2.circle(canvas, head, r, paint((40, 40, 40)), 1, cv2.LINE_AA)
+        for k in range(5):  # nose, eyes (small dots), ears (larger, on the head's outline)
+            cv2.circle(canvas, pts[k], max(2, r // 5) if k < 3 else max(2, r // 3), paint(face[k]), -1, cv2.LINE_AA)
+        for k in range(5, 17):
+            colour = np.array(joint_colours[k])
+            cv2.circle(canvas, pts[k], max(2, round(0.8 * thick)), paint(tuple(int(v) for v in colour * 0.4)), -1, cv2.LINE_AA)
+            cv2.circle(canvas, pts[k], max(1, round(0.4 * thick)), paint(tuple(int(v) for v in colour * 0.3 + 178)), -1, cv2.LINE_AA)
+
+
+def _synth_image(task):
+    """One synthetic image (written as JPEG) and its annotations; deterministic in its seed words."""
+    path, seed_words, (width, height) = task
+    rng = np.random.default_rng(seed_words)
+    image = _synth_background(rng, width, height)
+    count = int(rng.choice([1, 2, 3, 4], p=[.3, .3, .25, .15]))
+    slots = rng.permutation(count)
+    figures = []  # (joints, head radius, body height, box)
+    for attempt in range(12 * count):
+        if len(figures) == count:
+            break
+        body_height = rng.uniform(*{1: (.6, .95), 2: (.5, .85)}.get(count, (.4, .7))) * height
+        joints, head, head_radius = _stick_figure_pose(rng, body_height)
+        low, high = joints.min(axis=0) - head_radius, joints.max(axis=0) + head_radius
+        slot_x = (slots[len(figures)] + 0.5) / count * width + rng.normal(0, 0.06 * width)
+        bottom = rng.uniform(1.0, 1.25) * height if rng.random() < 0.15 else rng.uniform(0.8, 1.0) * height
+        offset = np.array([slot_x - (low[0] + high[0]) / 2, bottom - high[1]])
+        joints, head, low, high = joints + offset, head + offset, low + offset, high + offset
+        inside = (joints[:, 0] >= 0) & (joints[:, 0] <= width - 1) & (joints[:, 1] >= 0) & (joints[:, 1] <= height - 1)
+        overlap = max([_box_iou((*low, *high), f[4]) for f in figures], default=0.0)
+        if inside.sum() >= 6 and overlap < 0.3:
+            figures.append((np.round(joints), head, head_radius, body_height, (*low, *high)))
+    masks = []
+    for joints, head, head_radius, body_height, _ in figures:
+        masks.append(np.zeros((height, width), np.uint8))
+        _draw_stick_figure(rng, [(image, True), (masks[-1], False)], joints, head, head_radius, body_height)
+    occluders = np.zeros((height, width), np.uint8)
+    for joints, _, _, body_height, _ in figures:
+        if rng.random() < 0.3:  # a box in front of the figure: the joints under it become "labelled, not visible"
+            cx, cy = joints[rng.integers(5, 17)] + rng.normal(0, 0.05 * body_height, 2)
+            w, h = rng.uniform(.2, .4) * body_height, rng.uniform(.15, .35) * body_height
+            corners = (int(cx - w / 2), int(cy - h / 2)), (int(cx + w / 2), int(cy + h / 2))
+            cv2.rectangle(image, *corners, _bgr(rng.uniform(0, 360), rng.uniform(0, .5), rng.uniform(.2, .9)), -1)
+            cv2.rectangle(occluders, *corners, 255, -1)
+    noise = rng.normal(0, 4, image.shape)
+    cv2.imwrite(path, np.clip(image + noise, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    annotations = []
+    for i, (joints, *_rest) in enumerate(figures):
+        in_front = np.maximum.reduce([occluders] + masks[i + 1:])
+        keypoints = []
+        for x, y in joints.astype(int):
+            if 0 <= x < width and 0 <= y < height:
+                keypoints += [int(x), int(y), 1 if in_front[y, x] else 2]
+            else:
+                keypoints += [0, 0, 0]  # truncated: outside the image, not labelled (COCO convention)
+        x, y, w, h = cv2.boundingRect(masks[i])
+        # Box area stands in for COCO's segmentation area (a stick figure's own pixel count would make OKS
+        # far stricter than on real people of the same size).
+        annotations.append(dict(keypoints=keypoints, num_keypoints=sum(v > 0 for v in keypoints[2::3]),
+                                bbox=[x, y, w, h], area=float(w * h), iscrowd=0, category_id=1))
+    detections = []
+    for ann in annotations:  # a fake person detector: jittered true boxes ...
+        x, y, w, h = ann["bbox"]
+        dx0, dy0, dx1, dy1 = rng.normal(0, 0.05, 4) * [w, h, w, h]
+        detections.append(dict(category_id=1, bbox=[x + dx0, y + dy0, max(1.0, w + dx1 - dx0), max(1.0, h + dy1 - dy0)],
+                               score=float(rng.uniform(0.7, 1.0))))
+    if rng.random() < 0.4:  # ... and a low-scoring false positive
+        w, h = rng.uniform(0.1, 0.4) * width, rng.uniform(0.2, 0.6) * height
+        detections.append(dict(category_id=1, bbox=[rng.uniform(0, width - w), rng.uniform(0, height - h), w, h],
+                               score=float(rng.uniform(0.05, 0.5))))
+    return annotations, detections
+
+
+def _box_iou(a, b):
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
+    return ix * iy / union if union > 0 else 0.0
+
+
+def _worker_init():
+    cv2.setNumThreads(1)
+
+
+def make_synthetic_dataset(out_dir, num_train=2000, num_val=200, seed=0, image_size=(320, 240), workers=None):
+    """Writes a COCO-format keypoint dataset of stick figures (1-4 per image, occlusion, truncation):
+    annotations/person_keypoints_{train,val}2017.json, {train,val}2017/*.jpg, and a detection-results file
+    for val. Identical output for the same arguments, whatever the number of worker processes."""
+    width, height = (int(v) for v in image_size)
+    if width < 64 or height < 64 or num_train < 0 or num_val < 0:
+        raise ValueError(f"synthetic dataset: need --size of at least 64x64 and non-negative counts, "
+                         f"got size {width}x{height}, train {num_train}, val {num_val}")
+    os.makedirs(os.path.join(out_dir, "annotations"), exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "person_detection_results"), exist_ok=True)
+    for split_index, (split, count, first_id) in enumerate((("train", num_train, 1), ("val", num_val, 1_000_001))):
+        image_dir = os.path.join(out_dir, f"{split}2017")
+        os.makedirs(image_dir, exist_ok=True)
+        image_ids = [first_id + i for i in range(count)]
+        tasks = [(os.path.join(image_dir, f"{image_id:012d}.jpg"), (seed, split_index, i), (width, height))
+                 for i, image_id in enumerate(image_ids)]
+        update = _progress_printer(f"synth {split}", count, "images")
+        results = []
+        pool = Pool(workers or min(os.cpu_count() or 1, 8), initializer=_worker_init)
+        for result in pool.imap(_synth_image, tasks, chunksize=8):
+            results.append(result)
+            update(len(results))
+        pool.close()  # let the workers exit by themselves: a terminate() makes Paddle's signal handler shout
+        pool.join()
+        update(len(results), final=True)
+        images, annotations, detections = [], [], []
+        for image_id, (anns, dets) in zip(image_ids, results):
+            images.append(dict(id=image_id, file_name=f"{image_id:012d}.jpg", width=width, height=height))
+            annotations += [dict(ann, id=len(annotations) + k + 1, image_id=image_id) for k, ann in enumerate(anns)]
+            detections += [dict(det, image_id=image_id) for det in dets]
+        coco = dict(info=dict(description="hrnet-paddle synthetic stick figures",
+                              params=dict(seed=seed, image_size=[width, height], count=count)),
+                    licenses=[], images=images, annotations=annotations, categories=[COCO_PERSON_CATEGORY])
+        with open(os.path.join(out_dir, "annotations", f"person_keypoints_{split}2017.json"), "w") as f:
+            json.dump(coco, f)
+        if split == "val":
+            with open(os.path.join(out_dir, "person_detection_results",
+                                   "COCO_val2017_detections_AP_H_56_person.json"), "w") as f:
+                json.dump(detections, f)
+    return out_dir
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Downloads: resumable (HTTP Range on a .part file), verified, renamed into place only when complete
+
+def download_file(url, dest, expected_size=None, md5=None, retries=5, timeout=60):
+    if os.path.exists(dest) and (expected_size is None or os.path.getsize(dest) == expected_size):
+        return dest  # only a verified download is ever renamed to dest
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    part, total, error, update = dest + ".part", expected_size, None, None
+    for attempt in range(retries + 1):
+        have = os.path.getsize(part) if os.path.exists(part) else 0
+        if total is not None and have >= total:
+            break
+        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                if have and response.status != 206:
+                    have = 0  # the server ignored the Range header: start over
+                if total is None and response.headers.get("Content-Length") is not None:
+                    total = have + int(response.headers["Content-Length"])
+                update = update or _progress_printer(os.path.basename(dest), total, "MB", 1e6, start_done=have)
+                with open(part, "ab" if have else "wb") as f:
+                    while chunk := response.read(1 << 20):
+                        f.write(chunk)
+                        have += len(chunk)
+                        update(have)
+            if total is None or have >= total:
+                break
+            error = f"connection closed at {have} of {total} bytes"
+        except urllib.error.HTTPError as err:
+            if err.code == 416 and have:
+                break  # nothing left to fetch
+            if 400 <= err.code < 500:
+                raise ConnectionError(f"{url}: HTTP {err.code} {err.reason}") from None
+            error = f"HTTP {err.code}"
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as err:  # dropped connections, timeouts
+            error = str(err)
+        if attempt < retries:
+            print(f"\n{url}: {error}; resuming (attempt {attempt + 2} of {retries + 1})", file=sys.stderr)
+            time.sleep(min(2 ** attempt, 30))
+    else:
+        raise ConnectionError(f"{url}: download failed after {retries + 1} attempts ({error}); "
+                              f"run again to resume from {part}")
+    size = os.path.getsize(part)
+    if update:
+        update(size, final=True)
+    if total is not None and size != total:
+        os.remove(part)
+        raise ValueError(f"{dest}: got {size} bytes, expected {total}; the bad download was deleted, run again")
+    if md5 is not None:
+        digest = hashlib.md5()
+        with open(part, "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+        if digest.hexdigest() != md5:
+            os.remove(part)
+            raise ValueError(f"{dest}: MD5 {digest.hexdigest()} does not match the expected {md5}; "
+                             f"the corrupt download was deleted, run again")
+    os.replace(part, dest)
+    return dest
+
+
+def download_coco(root, what=("train", "val", "annotations"), base_url=COCO_BASE_URL, files=COCO_FILES):
+    """Official COCO 2017 zips -> root/{train2017,val2017,annotations}; a marker per item makes reruns free."""
+    for name in what:
+        if name not in files:
+            raise ValueError(f"--what: unknown item {name!r}, expected some of {','.join(files)}")
+    os.makedirs(root, exist_ok=True)
+    for name in what:
+        path, size, md5 = files[name]
+        marker = os.path.join(root, f".{name}.done")
+        if os.path.exists(marker):
+            print(f"{name}: already downloaded and unpacked ({marker})", file=sys.stderr)
+            continue
+        zip_path = download_file(f"{base_url.rstrip('/')}/{path}", os.path.join(root, os.path.basename(path)), size, md5)
+        try:
+            with zipfile.ZipFile(zip_path) as archive:
+                members = archive.infolist()
+                update = _progress_printer(f"unpacking {os.path.basename(zip_path)}", len(members), "files")
+                for i, member in enumerate(members):
+                    archive.extract(member, root)
+                    update(i + 1)
+                update(len(members), final=True)
+        except zipfile.BadZipFile as err:
+            raise ValueError(f"{zip_path}: not a valid zip file ({err}); delete it and run again") from None
+        open(marker, "w").close()
+        os.remove(zip_path)
+    return root
+
+
+def resolve_path_or_url(path_or_url, cache_dir=None, what="file"):
+    """http(s) URLs are downloaded once into the cache (HRNET_PADDLE_CACHE, default ~/.cache/hrnet-paddle);
+    local paths are checked to exist. `what` names the flag in error messages, e.g. '--weights'."""
+    text = str(path_or_url)
+    if text.startswith(("http://", "https://")):
+        cache_dir = cache_dir or os.environ.get("HRNET_PADDLE_CACHE") or os.path.expanduser("~/.cache/hrnet-paddle")
+        name = os.path.basename(urllib.parse.urlparse(text).path) or "download"
+        dest = os.path.join(cache_dir, hashlib.sha1(text.encode()).hexdigest()[:10], name)
+        if not os.path.exists(dest):
+            print(f"downloading {text} -> {dest}", file=sys.stderr)
+            download_file(text, dest)
+        return dest
+    if not os.path.exists(text):
+        raise FileNotFoundError(f"{what} {text} not found")
+    return text
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line
+
+def _split_files(data_dir, split):
+    """(annotation file, image folder) of a COCO-layout folder; split=None picks train2017 if present."""
+    if split is None:
+        has_train = os.path.exists(os.path.join(data_dir, "annotations", "person_keypoints_train2017.json"))
+        split = "train2017" if has_train else "val2017"
+    return os.path.join(data_dir, "annotations", f"person_keypoints_{split}.json"), os.path.join(data_dir, split)
+
+
+def _cmd_synth(args):
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size: expected WIDTHxHEIGHT such as 320x240, got {args.size!r}") from None
+    start = time.time()
+    make_synthetic_dataset(args.out, args.train, args.val, args.seed, (width, height), args.workers)
+    print(f"wrote {args.train} train + {args.val} val images to {args.out} in {time.time() - start:.1f}s")
+
+
+def _cmd_download(args):
+    download_coco(args.root, [w.strip() for w in args.what.split(",") if w.strip()], args.base_url)
+
+
+def _cmd_bench(args):
+    cv2.setNumThreads(1)
+    ann_file, image_dir = _split_files(args.data, args.split)
+    dataset = COCOKeypointDataset(ann_file, image_dir, args.input_size, train=True, udp=args.udp,
+                                  **augmentation_defaults("hrnet_w32"))
+    for i in range(min(10, len(dataset))):  # warm-up: file cache, lazy allocations
+        dataset[i]
+    start = time.perf_counter()
+    for i in range(args.n):
+        dataset[i % len(dataset)]
+    elapsed = time.perf_counter() - start
+    start = time.perf_counter()
+    for i in range(args.n):
+        _read_bgr(dataset.records[i % len(dataset)]["image_file"])
+    decode = time.perf_counter() - start
+    print(f"{args.n} training samples at {args.input_size} on one core: {args.n / elapsed:.1f} samples/s, "
+          f"{1000 * elapsed / args.n:.2f} ms/sample (JPEG decode alone {1000 * decode / args.n:.2f} ms)")
+
+
+def _cmd_show(args):
+    """A grid of training crops with their target heatmaps and keypoints: the quickest check of a dataset."""
+    ann_file, image_dir = _split_files(args.data, args.split)
+    dataset = COCOKeypointDataset(ann_file, image_dir, args.input_size, train=not args.no_augment, seed=args.seed)
+    tiles = []
+    for i in np.linspace(0, len(dataset) - 1, args.n).astype(int):
+        image, target, weight, _ = dataset[i]
+        crop = np.clip((image.transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN) * 255, 0, 255).astype(np.uint8)
+        crop = cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)
+        heat = cv2.applyColorMap((cv2.resize(target.max(axis=0), crop.shape[1::-1]) * 255).astype(np.uint8),
+                                 cv2.COLORMAP_JET)
+        tile = cv2.addWeighted(crop, 0.7, heat, 0.3, 0)
+        peaks = [np.unravel_index(t.argmax(), t.shape)[::-1] for t in target]
+        points = [(int(x * HEATMAP_STRIDE), int(y * HEATMAP_STRIDE)) if w > 0 and t.max() > 0 else None
+                  for (x, y), w, t in zip(peaks, weight[:, 0], target)]
+        for a, b in dataset.info.skeleton:
+            if points[a] and points[b]:
+                cv2.line(tile, points[a], points[b], (255, 255, 255), 1, cv2.LINE_AA)
+        for k, p in enumerate(points):
+            if p:
+                left = "left" in dataset.info.names[k]
+                cv2.circle(tile, p, 3, (0, 128, 255) if left else (255, 128, 0), -1, cv2.LINE_AA)
+        tiles.append(tile)
+    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % 4)
+    grid = np.vstack([np.hstack(tiles[r:r + 4]) for r in range(0, len(tiles), 4)])
+    cv2.imwrite(args.out, grid)
+    print(f"wrote {args.out} ({len(dataset)} samples in {ann_file})")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    synth = commands.add_parser("synth", help="write the synthetic stick-figure dataset (COCO format)")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--train", type=int, default=2000)
+    synth.add_argument("--val", type=int, default=200)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--size", default="320x240", help="image WIDTHxHEIGHT")
+    synth.add_argument("--workers", type=int, default=None)
+    synth.set_defaults(func=_cmd_synth)
+    download = commands.add_parser("download", help="download and unpack COCO 2017 (resumable)")
+    download.add_argument("--root", required=True)
+    download.add_argument("--what", default="train,val,annotations")
+    download.add_argument("--base-url", default=COCO_BASE_URL)
+    download.set_defaults(func=_cmd_download)
+    for name, func, text in (("bench", _cmd_bench, "training samples/s of the data pipeline on one core"),
+                             ("show", _cmd_show, "save a grid of augmented training crops with targets")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--data", required=True, help="COCO-layout folder (annotations/, train2017/, val2017/)")
+        sub.add_argument("--split", default=None, help="train2017 or val2017 (default: train2017 if present)")
+        sub.add_argument("--input-size", default="256x192", help="HEIGHTxWIDTH")
+        sub.set_defaults(func=func)
+    bench = commands.choices["bench"]
+    bench.add_argument("--n", type=int, default=500)
+    bench.add_argument("--udp", action="store_true")
+    show = commands.choices["show"]
+    show.add_argument("--out", default="samples.jpg")
+    show.add_argument("--n", type=int, default=8)
+    show.add_argument("--seed", type=int, default=0)
+    show.add_argument("--no-augment", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, ConnectionError) as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,522 @@
+"""
+Evaluate a top-down HRNet / Lite-HRNet pose model on COCO keypoints (OKS AP).
+
+The pipeline reproduces the official HRNet evaluation (`validate` in lib/core/function.py and
+`COCODataset.evaluate` in lib/dataset/coco.py):
+
+    person boxes (GT or detector) -> crops -> heatmaps, averaged with the flipped crop's
+    -> keypoints: integer argmax + quarter offset (HRNet, Lite-HRNet) or DARK (PaddleDetection)
+    -> image coordinates -> rescoring + OKS-NMS per image -> COCO results -> pycocotools COCOeval
+
+Examples:
+    python evaluate.py --data data/coco --model hrnet_w32 --weights hrnet_w32.pdparams
+    python evaluate.py --data data/coco --model hrnet_w32 --weights w.pdparams --boxes det   # detector boxes
+    python evaluate.py --data data/coco --results results.json   # only score an existing results file
+"""
+import os
+
+# Paddle runs CPU ops on one thread unless OMP_NUM_THREADS is set before paddle is imported.
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+
+import argparse
+import contextlib
+import io
+import json
+import time
+from collections import defaultdict
+
+import cv2
+import numpy as np
+import paddle
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from data import COCOKeypointDataset, transform_preds
+from model import MODEL_NAMES, build_model, load_weights, set_device
+
+STAT_NAMES = ("AP", "AP .5", "AP .75", "AP (M)", "AP (L)", "AR", "AR .5", "AR .75", "AR (M)", "AR (L)")
+DETECTION_FILE = os.path.join("person_detection_results", "COCO_val2017_detections_AP_H_56_person.json")
+
+# -----------------------------------------------------------------------------
+# heatmaps -> keypoints
+
+
+def get_max_preds(heatmaps):
+    """Integer peak of every heatmap: coords (N,K,2) float32 as (x, y) and maxvals (N,K,1).
+
+    A joint whose peak is <= 0 gets coords (0, 0), as in the official code."""
+    heatmaps = np.asarray(heatmaps)
+    if heatmaps.ndim != 4:
+        raise ValueError(f"heatmaps must be N x K x H x W, got shape {heatmaps.shape}")
+    n, k, h, w = heatmaps.shape
+    flat = heatmaps.reshape(n, k, h * w)
+    idx = flat.argmax(axis=2)
+    maxvals = np.take_along_axis(flat, idx[..., None], axis=2)
+    coords = np.stack([idx % w, idx // w], axis=-1).astype(np.float32)
+    coords *= maxvals > 0
+    return coords, maxvals
+
+
+def quarter_offset(heatmaps, coords):
+    """Official HRNet refinement (TEST.POST_PROCESS): move the integer peak 0.25 px toward the
+    higher of its two neighbours, separately in x and y. Returns new coords; the inputs are unchanged."""
+    n, k, h, w = heatmaps.shape
+    maps = heatmaps.reshape(n * k, h, w)
+    out = coords.reshape(n * k, 2).copy()
+    px = np.floor(out[:, 0] + 0.5).astype(np.int64)
+    py = np.floor(out[:, 1] + 0.5).astype(np.int64)
+    # strict bounds as in the official code: peaks on the first two / last row or column stay put
+    inside = (px > 1) & (px < w - 1) & (py > 1) & (py < h - 1)
+    i, x, y = np.flatnonzero(inside), px[inside], py[inside]
+    diff = np.stack([maps[i, y, x + 1] - maps[i, y, x - 1], maps[i, y + 1, x] - maps[i, y - 1, x]], axis=1)
+    out[inside] += 0.25 * np.sign(diff)
+    return out.reshape(coords.shape)
+
+
+def _blur_keep_peak(heatmaps, kernel):
+    """DARK step 1: Gaussian-smooth each map (zero border) and rescale it back to its original peak."""
+    n, k, h, w = heatmaps.shape
+    border = (kernel - 1) // 2
+    maps = heatmaps.reshape(n * k, h, w)
+    blurred = np.empty_like(maps)
+    # cv2 filters each channel on its own; stacking maps as channels (at most 128 per call) saves calls
+    for start in range(0, n * k, 128):
+        chunk = maps[start:start + 128]
+        padded = np.zeros((h + 2 * border, w + 2 * border, len(chunk)))
+        padded[border:border + h, border:border + w] = chunk.transpose(1, 2, 0)
+        smooth = cv2.GaussianBlur(padded, (kernel, kernel), 0)  # sigma 0: cv2 derives it from the kernel size
+        smooth = smooth[border:border + h, border:border + w].reshape(h, w, -1)  # cv2 drops a single channel
+        blurred[start:start + len(chunk)] = smooth.transpose(2, 0, 1)
+    peak_before = maps.max(axis=(1, 2), keepdims=True)
+    peak_after = blurred.max(axis=(1, 2), keepdims=True)
+    blurred *= np.divide(peak_before, peak_after, out=np.ones_like(peak_before), where=peak_after != 0)
+    return blurred.reshape(heatmaps.shape)
+
+
+def dark_refine(heatmaps, coords, kernel=3):
+    """DARK (Zhang et al., CVPR 2020): treat the smoothed log-heatmap around the peak as a quadratic
+    and take one Newton step, x <- x - H^-1 grad. Returns new coords; the inputs are unchanged
+    (PaddleDetection blurs the caller's heatmaps in place; we work on a copy).
+
+    kernel: Gaussian blur size; PaddleDetection uses 3, mmpose / the DARK paper 11 (for sigma 2)."""
+    if kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"DARK blur kernel must be a positive odd number, got {kernel}")
+    n, k, h, w = heatmaps.shape
+    logs = np.log(np.maximum(_blur_keep_peak(heatmaps, kernel), 1e-10)).reshape(n * k, h, w).astype(np.float64)
+    out = coords.reshape(n * k, 2).copy()
+    px, py = out[:, 0].astype(np.int64), out[:, 1].astype(np.int64)
+    # the second differences reach two pixels out, hence the tighter bounds than the quarter offset
+    inside = (px > 1) & (px < w - 2) & (py > 1) & (py < h - 2)
+    i, x, y = np.flatnonzero(inside), px[inside], py[inside]
+
+    def at(dy, dx):
+        return logs[i, y + dy, x + dx]
+
+    dx = 0.5 * (at(0, 1) - at(0, -1))
+    dy = 0.5 * (at(1, 0) - at(-1, 0))
+    dxx = 0.25 * (at(0, 2) - 2 * at(0, 0) + at(0, -2))
+    dyy = 0.25 * (at(2, 0) - 2 * at(0, 0) + at(-2, 0))
+    dxy = 0.25 * (at(1, 1) - at(-1, 1) - at(1, -1) + at(-1, -1))
+    det = dxx * dyy - dxy ** 2
+    ok = det != 0  # singular Hessian (e.g. a flat map): keep the integer peak
+    det = np.where(ok, det, 1.0)
+    # H^-1 = [[dyy, -dxy], [-dxy, dxx]] / det
+    step_x = (dyy * dx - dxy * dy) / det
+    step_y = (dxx * dy - dxy * dx) / det
+    out[i[ok], 0] -= step_x[ok]
+    out[i[ok], 1] -= step_y[ok]
+    return out.reshape(coords.shape)
+
+
+def heatmaps_to_keypoints(heatmaps, centers, scales, decode="default", dark_kernel=3, udp=False):
+    """Decode heatmaps (N,K,h,w) of crops with the given box centers/scales (N,2) into image
+    coordinates (N,K,2) float32 and the peak values (N,K,1), which serve as joint scores.
+
+    decode: "default" = argmax + quarter offset (HRNet, Lite-HRNet), "dark" = DARK (PaddleDetection's default).
+    udp: the crops were made with UDP's warp (data.py --udp), whose heatmap-to-image map differs."""
+    heatmaps = np.asarray(heatmaps)
+    coords, maxvals = get_max_preds(heatmaps)
+    if decode == "default":
+        coords = quarter_offset(heatmaps, coords)
+    elif decode == "dark":
+        coords = dark_refine(heatmaps, coords, dark_kernel)
+    else:
+        raise ValueError(f"unknown decode {decode!r}: use 'default' or 'dark'")
+    h, w = heatmaps.shape[2:]
+    # heatmap pixel coordinates go through the inverse crop transform as they are (no half-pixel term)
+    preds = [transform_preds(c, center, scale, (w, h), udp=udp) for c, center, scale in zip(coords, centers, scales)]
+    preds = np.array(preds, dtype=np.float32).reshape(coords.shape)
+    return preds, maxvals
+
+
+# -----------------------------------------------------------------------------
+# flip test
+
+
+def flip_back(heatmaps_flipped, flip_pairs):
+    """Heatmaps predicted for a mirrored crop -> heatmaps for the original crop:
+    mirror the width and swap left/right joint channels. Returns a new array."""
+    out = heatmaps_flipped[..., ::-1].copy()
+    for left, right in flip_pairs:
+        out[:, [left, right]] = out[:, [right, left]]
+    return out
+
+
+def merge_flip(heatmaps, heatmaps_of_flipped_input, flip_pairs, shift=True):
+    """Average the heatmaps of a crop with those of its mirror image (official flip test)."""
+    back = flip_back(heatmaps_of_flipped_input, flip_pairs)
+    if shift:
+        # Official SHIFT_HEATMAP quirk, kept for fidelity: a 192-px crop mirrors x -> 191 - x, i.e.
+        # 47.75 - x/4 at stride 4, but mirroring the 48-px heatmap gives 47 - x/4, so the flipped-back
+        # map sits 0.75 px too far left; the official code shifts it right by one pixel (column 0 kept).
+        back[..., 1:] = back[..., :-1].copy()
+    return (heatmaps + back) * 0.5
+
+
+def predict_heatmaps(model, loader, flip=True, flip_pairs=None, shift=True):
+    """Run the model over a loader of (image, target, target_weight, index) batches.
+    flip: flip test; shift: its one-pixel shift (see merge_flip; not wanted with UDP, whose grid mirrors exactly).
+
+    Yields one (heatmaps (B,K,h,w) float32, dataset indices (B,), skipped dataset indices) per batch:
+    samples whose image could not be read (index -(i+1) from the dataset) are left out and listed.
+    The model is put in eval mode and restored to its previous mode afterwards."""
+    if flip and flip_pairs is None:
+        raise ValueError("flip test needs the dataset's flip_pairs")
+    was_training = model.training
+    model.eval()
+    try:
+        for images, _target, _target_weight, indices in loader:
+            with paddle.no_grad():
+                heatmaps = model(images).numpy()
+                if flip:
+                    flipped = model(paddle.flip(images, axis=[3])).numpy()
+                    heatmaps = merge_flip(heatmaps, flipped, flip_pairs, shift)
+            indices = indices.numpy().reshape(-1)
+            readable = indices >= 0
+            yield heatmaps[readable], indices[readable], -indices[~readable] - 1
+    finally:
+        if was_training:
+            model.train()
+
+
+# -----------------------------------------------------------------------------
+# OKS, OKS-NMS, rescoring
+
+
+def oks_iou(g, d, area_g, area_d, sigmas, in_vis_thre=None):
+    """Object keypoint similarity of one pose g (K,3) against poses d (M,K,3); flat [x,y,v]*K also accepted.
+
+    Official formula: e = dist^2 / (2 sigma)^2 / (mean area + eps) / 2, OKS = mean of exp(-e) over the
+    joints kept; with in_vis_thre only joints scoring above it in both poses count (none left -> 0).
+    (The official code writes that test as `list(vg > t) and list(vd > t)`, which Python evaluates to the
+    detection's flags alone; it never matters there because the official NMS passes in_vis_thre=None.)"""
+    variances = (np.asarray(sigmas, dtype=np.float64) * 2) ** 2
+    g = np.asarray(g, dtype=np.float64).reshape(-1, 3)
+    d = np.asarray(d, dtype=np.float64).reshape(len(d), len(g), 3)
+    area_d = np.asarray(area_d, dtype=np.float64).reshape(-1)
+    sq_dist = ((d[:, :, :2] - g[None, :, :2]) ** 2).sum(axis=2)
+    e = sq_dist / variances / ((area_g + area_d[:, None]) / 2 + np.spacing(1)) / 2
+    keep = np.ones_like(e, dtype=bool)
+    if in_vis_thre is not None:
+        keep = (g[None, :, 2] > in_vis_thre) & (d[:, :, 2] > in_vis_thre)
+    count = keep.sum(axis=1)
+    return np.where(count > 0, (np.exp(-e) * keep).sum(axis=1) / np.maximum(count, 1), 0.0)
+
+
+def _pose_arrays(kpts_db):
+    scores = np.array([p["score"] for p in kpts_db], dtype=np.float64)
+    kpts = np.array([np.asarray(p["keypoints"]).reshape(-1, 3) for p in kpts_db], dtype=np.float64)
+    areas = np.array([p["area"] for p in kpts_db], dtype=np.float64)
+    return scores, kpts, areas
+
+
+def oks_nms(kpts_db, thr, sigmas, in_vis_thre=None):
+    """Greedy OKS-NMS: take the best-scored pose, drop every pose with OKS > thr to it, repeat.
+    kpts_db: list of dicts with 'keypoints' (K,3), 'score', 'area'. Returns the kept indices, best first."""
+    if len(kpts_db) == 0:
+        return []
+    scores, kpts, areas = _pose_arrays(kpts_db)
+    order = scores.argsort()[::-1]
+    keep = []
+    while order.size > 0:
+        best, rest = order[0], order[1:]
+        keep.append(int(best))
+        oks = oks_iou(kpts[best], kpts[rest], areas[best], areas[rest], sigmas, in_vis_thre)
+        order = rest[oks <= thr]
+    return keep
+
+
+def soft_oks_nms(kpts_db, thr, sigmas, in_vis_thre=None, max_dets=20):
+    """Soft OKS-NMS: instead of dropping overlapping poses, decay their scores by exp(-oks^2 / thr)
+    and re-sort; stops after max_dets poses (the official code keeps at most 20)."""
+    if len(kpts_db) == 0:
+        return []
+    scores, kpts, areas = _pose_arrays(kpts_db)
+    order = scores.argsort()[::-1]
+    scores = scores[order]
+    keep = []
+    while order.size > 0 and len(keep) < max_dets:
+        best, rest = order[0], order[1:]
+        keep.append(int(best))
+        oks = oks_iou(kpts[best], kpts[rest], areas[best], areas[rest], sigmas, in_vis_thre)
+        scores = scores[1:] * np.exp(-oks ** 2 / thr)
+        resort = scores.argsort()[::-1]
+        order, scores = rest[resort], scores[resort]
+    return keep
+
+
+def rescore_and_nms(people, sigmas, in_vis_thre=0.2, oks_thre=0.9, soft=False):
+    """Person detections -> COCO keypoint results (official COCODataset.evaluate).
+
+    people: dicts with image_id, keypoints (K,3) as (x, y, joint score), center, scale (200-px units)
+    and score (the box score: 1 for GT boxes).
+    Person score = box score x mean of the joint scores above in_vis_thre (0 if none);
+    then OKS-NMS per image over all joints (official: NMS is called without in_vis_thre)."""
+    by_image = defaultdict(list)
+    for person in people:
+        keypoints = np.asarray(person["keypoints"], dtype=np.float32).reshape(-1, 3)
+        joint_scores = keypoints[:, 2]  # float32, compared in float32 as in the official code
+        confident = joint_scores[joint_scores > in_vis_thre].astype(np.float64)
+        mean_joint_score = confident.mean() if confident.size else 0.0
+        scale = np.asarray(person["scale"], dtype=np.float64)
+        by_image[person["image_id"]].append({
+            "image_id": person["image_id"],
+            "keypoints": keypoints,
+            "center": person["center"],
+            "scale": person["scale"],
+            "area": float(np.prod(scale * 200)),  # the padded box area (scale already includes the 1.25)
+            "score": float(mean_joint_score * person["score"]),
+        })
+    nms = soft_oks_nms if soft else oks_nms
+    results = []
+    for image_id, candidates in by_image.items():
+        for i in nms(candidates, oks_thre, sigmas):
+            p = candidates[i]
+            results.append({
+                "image_id": int(image_id),
+                "category_id": 1,
+                "keypoints": [float(v) for v in p["keypoints"].reshape(-1)],
+                "score": p["score"],
+                "center": [float(v) for v in p["center"]],
+                "scale": [float(v) for v in p["scale"]],
+            })
+    return results
+
+
+# -----------------------------------------------------------------------------
+# COCO scoring
+
+
+def _quietly(fn, *args):
+    """Call a pycocotools function without its progress chatter on stdout."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return fn(*args)
+
+
+def coco_keypoint_stats(ann_file_or_coco, results, sigmas=None, image_ids=None):
+    """Score COCO keypoint results with pycocotools; returns {name: value} for the 10 STAT_NAMES.
+
+    sigmas: per-joint OKS sigmas, needed when the dataset does not have COCO's 17 keypoints.
+    image_ids: score only these images (default: every image of the annotation file)."""
+    if isinstance(ann_file_or_coco, COCO):
+        gt, source = ann_file_or_coco, "the annotation set"
+    else:
+        source = str(ann_file_or_coco)
+        if not os.path.isfile(source):
+            raise ValueError(f"annotation file not found: {source}")
+        gt = _quietly(COCO, source)
+    if len(results) == 0:
+        raise ValueError(f"no keypoint results to score against {source}")
+    if not all(isinstance(r, dict) for r in results):
+        raise ValueError("keypoint results must be dicts with image_id, category_id, keypoints and score")
+    unknown = {r.get("image_id") for r in results} - set(gt.getImgIds())
+    if unknown:
+        examples = ", ".join(str(i) for i in sorted(unknown, key=str)[:3])
+        raise ValueError(f"{len(unknown)} result image ids (e.g. {examples}) are not in {source}: "
+                         "were the predictions made for another annotation file?")
+
+    num_joints = 17 if sigmas is None else len(sigmas)
+    for r in results:
+        if "score" not in r or len(r.get("keypoints", ())) != 3 * num_joints:
+            raise ValueError(f"a result for image {r.get('image_id')} lacks a score or {3 * num_joints} keypoint "
+                             f"values (x, y, score for each of {num_joints} joints)")
+
+    # loadRes adds area/bbox/id keys to the dicts it is given: hand it copies
+    detections = _quietly(gt.loadRes, [dict(r) for r in results])
+    coco_eval = COCOeval(gt, detections, "keypoints")
+    coco_eval.params.useSegm = None  # as in the official code (a leftover of the old pycocotools API)
+    if image_ids is not None:
+        coco_eval.params.imgIds = sorted(image_ids)
+    if sigmas is not None:
+        sigmas = np.asarray(sigmas, dtype=np.float64)
+        default = coco_eval.params.kpt_oks_sigmas
+        # keep pycocotools' own float64 COCO sigmas unless really different, so COCO AP stays bit-exact
+        if sigmas.shape != default.shape or not np.allclose(sigmas, default):
+            coco_eval.params.kpt_oks_sigmas = sigmas
+    _quietly(coco_eval.evaluate)
+    _quietly(coco_eval.accumulate)
+    _quietly(coco_eval.summarize)
+    return {name: float(value) for name, value in zip(STAT_NAMES, coco_eval.stats)}
+
+
+# -----------------------------------------------------------------------------
+# the evaluation loop
+
+
+def evaluate_model(model, dataset, batch_size=32, flip=True, decode="default", dark_kernel=3,
+                   in_vis_thre=0.2, oks_thre=0.9, soft_nms=False, num_workers=0, log=print):
+    """Predict every person box of a COCOKeypointDataset, decode, rescore + OKS-NMS and score with pycocotools.
+    Returns (COCO results list, stats dict)."""
+    if len(dataset) == 0:
+        raise ValueError(f"no person boxes to evaluate for {dataset.ann_file}")
+    loader = paddle.io.DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
+                                  num_workers=num_workers)
+    people, skipped, seen = [], [], 0
+    start = last_report = time.time()
+    udp = dataset.udp  # UDP crops need the matching inverse transform and no flip shift
+    for heatmaps, indices, skipped_indices in predict_heatmaps(model, loader, flip, dataset.info.flip_pairs,
+                                                               shift=not udp):
+        skipped.extend(skipped_indices)
+        seen += len(indices) + len(skipped_indices)
+        if len(indices):
+            records = [dataset.records[i] for i in indices]
+            centers = np.array([r["center"] for r in records])
+            scales = np.array([r["scale"] for r in records])
+            coords, maxvals = heatmaps_to_keypoints(heatmaps, centers, scales, decode, dark_kernel, udp)
+            for record, xy, joint_scores in zip(records, coords, maxvals):
+                people.append({"image_id": record["image_id"], "keypoints": np.concatenate([xy, joint_scores], axis=1),
+                               "center": record["center"], "scale": record["scale"], "score": record["score"]})
+        now = time.time()
+        if now - last_report > 10 and seen < len(dataset):
+            rate = seen / (now - start)
+            log(f"eval {seen}/{len(dataset)} samples, {rate:.1f} samples/s, ETA {(len(dataset) - seen) / rate:.0f} s")
+            last_report = now
+    elapsed = time.time() - start
+    log(f"predicted {seen} samples in {elapsed:.1f} s ({seen / max(elapsed, 1e-9):.1f} samples/s, "
+        f"flip test {'on' if flip else 'off'})")
+    if not people:
+        raise ValueError(f"none of the {seen} images could be read (image directory of {dataset.ann_file}?)")
+    results = rescore_and_nms(people, dataset.info.sigmas, in_vis_thre, oks_thre, soft_nms)
+    gt = _quietly(COCO, dataset.ann_file)
+    scored_images = set(gt.getImgIds())
+    if skipped:
+        # score the images we could read: their unread ground truth would otherwise count as missed people
+        unread = {dataset.records[i]["image_id"] for i in skipped}
+        scored_images -= unread
+        log(f"warning: skipped {len(skipped)} of {seen} samples: {len(unread)} images could not be read; "
+            f"scoring the other {len(scored_images)} images only")
+    return results, coco_keypoint_stats(gt, results, dataset.info.sigmas, scored_images)
+
+
+def write_json_atomically(obj, path):
+    """Write JSON to path via a temporary file, so an interrupted run never leaves half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+# -----------------------------------------------------------------------------
+# command line
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="COCO keypoint evaluation (OKS AP) of HRNet / Lite-HRNet",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", help="COCO dir with annotations/person_keypoints_val2017.json and val2017/")
+    p.add_argument("--ann", help="annotation file (overrides --data)")
+    p.add_argument("--images", help="image directory (overrides --data)")
+    p.add_argument("--results", help="only score this COCO results JSON (no model)")
+    p.add_argument("--model", choices=MODEL_NAMES)
+    p.add_argument("--weights", help="checkpoint path or URL (formats: see model.load_weights)")
+    p.add_argument("--input-size", default="256x192", help="crop size HxW")
+    p.add_argument("--udp", action="store_true", help="the model was trained on UDP crops/targets (data.py --udp)")
+    p.add_argument("--boxes", default="gt", help="'gt' (ground-truth boxes), 'det' (DATA/" + DETECTION_FILE
+                   + ", the boxes of the official HRNet tables) or a detection-results JSON")
+    p.add_argument("--det-score-thr", type=float, default=0.0, help="drop detector boxes scoring below this")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="flip test")
+    p.add_argument("--decode", choices=("default", "dark"), default="default",
+                   help="default = argmax + quarter offset (HRNet), dark = DARK (PaddleDetection)")
+    p.add_argument("--dark-kernel", type=int, default=3, help="DARK blur kernel (PaddleDetection 3, mmpose 11)")
+    p.add_argument("--soft-nms", action="store_true", help="soft OKS-NMS instead of greedy")
+    p.add_argument("--in-vis-thre", type=float, default=0.2, help="joint score threshold for rescoring")
+    p.add_argument("--oks-thre", type=float, default=0.9, help="OKS-NMS threshold")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="data loader worker processes")
+    p.add_argument("--out", help="write the COCO results JSON here")
+    p.add_argument("--device", default=None, help="cpu or gpu (default: gpu if Paddle has CUDA)")
+    return p.parse_args(argv)
+
+
+def _existing(path, what):
+    if not os.path.exists(path):
+        raise SystemExit(f"error: {what} not found: {path}")
+    return path
+
+
+def _read_results(path):
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"error: --results {path} is not valid JSON ({e})")
+    if not isinstance(results, list):
+        raise SystemExit(f"error: --results {path} must hold a JSON list of COCO keypoint results")
+    return results
+
+
+def _predict(args, ann_file):
+    if not (args.model and args.weights):
+        raise SystemExit("error: --model and --weights are needed (or --results to score an existing file)")
+    if not (args.images or args.data):
+        raise SystemExit("error: give --data DIR or --images DIR")
+    image_dir = _existing(args.images or os.path.join(args.data, "val2017"), "image directory (--images/--data)")
+    boxes = args.boxes
+    if boxes == "det":
+        if not args.data:
+            raise SystemExit("error: --boxes det needs --data (or pass the detection file itself)")
+        boxes = os.path.join(args.data, DETECTION_FILE)
+    if boxes != "gt" and not boxes.startswith(("http://", "https://")):
+        _existing(boxes, "box file (--boxes)")
+    set_device(args.device)
+
+    dataset = COCOKeypointDataset(ann_file, image_dir, args.input_size, train=False, boxes=boxes,
+                                  det_score_thr=args.det_score_thr, udp=args.udp)
+    model = build_model(args.model, num_joints=dataset.info.num_joints)
+    try:
+        load_weights(model, args.weights)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: --weights {args.weights}: " + " ".join(str(e).split()))
+    print(f"{args.model} on {len(dataset)} boxes ({'GT' if boxes == 'gt' else boxes}), "
+          f"input {args.input_size}, decode {args.decode}, flip {'on' if args.flip else 'off'}")
+    results, stats = evaluate_model(model, dataset, args.batch_size, args.flip, args.decode, args.dark_kernel,
+                                    args.in_vis_thre, args.oks_thre, args.soft_nms, args.workers)
+    if args.out:
+        write_json_atomically(results, args.out)
+        print(f"wrote {len(results)} results to {args.out}")
+    return stats
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not (args.ann or args.data):
+        raise SystemExit("error: give --data DIR or --ann FILE")
+    ann_file = _existing(args.ann or os.path.join(args.data, "annotations", "person_keypoints_val2017.json"),
+                         "annotation file (--ann/--data)")
+    try:
+        if args.results:
+            results = _read_results(_existing(args.results, "results file (--results)"))
+            stats = coco_keypoint_stats(ann_file, results)
+        else:
+            stats = _predict(args, ann_file)
+    except (ValueError, FileNotFoundError) as e:  # bad input found by data.py or here: one line, no traceback
+        raise SystemExit("error: " + " ".join(str(e).split()))
+    for name, value in stats.items():
+        print(f"{name:<7}: {value:.4f}")
+    print(f"AP: {stats['AP']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

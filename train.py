@@ -1,0 +1,259 @@
+"""
+Train HRNet / Lite-HRNet on a COCO-format keypoint dataset: one process per device, one visible loop.
+
+    python train.py                                   # teaching default: synthetic data, small model, CPU, minutes
+    python train.py --data data/coco --model hrnet_w32 --input-size 256x192          # the paper's recipe
+    python -m paddle.distributed.launch --gpus 0,1,2,3,4,5,6,7 train.py --data data/coco --model hrnet_w32
+
+Recipes (REFERENCE: HRNet's yaml, Lite-HRNet's mmpose config) fill every hyperparameter flag left unset.
+"""
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # Paddle pins 1 thread if this is unset
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+
+import numpy as np
+import paddle
+import paddle.distributed as dist
+
+from data import COCOKeypointDataset, augmentation_defaults, make_synthetic_dataset, parse_input_size
+from evaluate import STAT_NAMES, evaluate_model
+from model import MODEL_NAMES, build_model, load_weights, save_checkpoint, set_device
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SYNTHETIC_DIR = os.path.join(HERE, "data", "synthetic")
+
+RECIPES = {
+    # HRNet (pose_hrnet w32/w48_256x192_adam_lr1e-3.yaml): Adam 1e-3, x0.1 at 170 and 200 of 210 epochs,
+    # 32 images per GPU on 4 GPUs, the loss's 0.5 factor, ImageNet-pretrained backbone (--pretrained).
+    "hrnet": dict(model="hrnet_w32", input_size="256x192", epochs=210, milestones=[170, 200], lr=1e-3,
+                  warmup_steps=0, batch_size=32, loss_scale=0.5, eval_every=10),
+    # Lite-HRNet (litehrnet_*_coco_256x192.py): Adam 2e-3 with 500 linear warmup steps, 64 per GPU, from scratch.
+    "lite_hrnet": dict(model="lite_hrnet_18", input_size="256x192", epochs=210, milestones=[170, 200], lr=2e-3,
+                       warmup_steps=500, batch_size=64, loss_scale=1.0, eval_every=10),
+    # The zero-download teaching run on the built-in synthetic stick figures: a few minutes on 2 CPU cores.
+    "synthetic": dict(model="lite_hrnet_18", input_size="128x96", epochs=6, milestones=[5], lr=4e-3,
+                      warmup_steps=50, batch_size=32, loss_scale=1.0, eval_every=6),
+}
+
+
+def joints_mse_loss(heatmaps, targets, target_weight, scale=0.5, ohkm_topk=0):
+    """MSE between predicted and target heatmaps, joints weighted by visibility (HRNet's JointsMSELoss).
+    With ohkm_topk > 0, only each sample's k hardest joints count (online hard keypoint mining)."""
+    weight = target_weight.unsqueeze(-1)  # (N, K, 1, 1)
+    per_joint = scale * (((heatmaps - targets) * weight) ** 2).mean(axis=[2, 3])  # (N, K)
+    if ohkm_topk:
+        return paddle.topk(per_joint, ohkm_topk, axis=1)[0].mean()
+    return per_joint.mean()
+
+
+def learning_rate(args, epoch, step):
+    """Step decay by 10x at each milestone epoch, times a linear warmup from 0.001x over the first steps."""
+    lr = args.lr * 0.1 ** sum(epoch >= m for m in args.milestones)
+    if step < args.warmup_steps:
+        lr *= 0.001 + (1 - 0.001) * step / args.warmup_steps
+    return lr
+
+
+def parameter_checksum(model):
+    """Same on every rank when data-parallel training keeps the replicas in sync."""
+    digest = hashlib.md5()
+    for name, p in sorted(model.state_dict().items()):
+        if not p.stop_gradient:
+            digest.update(p.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def format_seconds(s):
+    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m" if s >= 3600 else f"{int(s // 60)}m{int(s % 60):02d}s"
+
+
+def build_datasets(args):
+    aug = augmentation_defaults(args.model)
+    for key in aug:
+        if getattr(args, key) is not None:
+            aug[key] = getattr(args, key)
+    size = parse_input_size(args.input_size)
+    common = dict(input_size=size, sigma=args.sigma, udp=args.udp, sigmas_file=args.sigmas, seed=args.seed)
+    train_set = COCOKeypointDataset(os.path.join(args.data, "annotations", "person_keypoints_train2017.json"),
+                                    os.path.join(args.data, "train2017"), train=True, **aug, **common)
+    val_set = COCOKeypointDataset(os.path.join(args.data, "annotations", "person_keypoints_val2017.json"),
+                                  os.path.join(args.data, "val2017"), train=False, boxes=args.val_boxes,
+                                  **common)
+    return train_set, val_set
+
+
+def train(args):
+    set_device(args.device)
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if world > 1:
+        dist.init_parallel_env()
+    log = print if rank == 0 else (lambda *a, **k: None)
+    if args.amp and not paddle.is_compiled_with_cuda():
+        log("--amp: ignored on CPU (Paddle's CPU AMP computes in float32 anyway)")
+        args.amp = False
+    paddle.seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+
+    train_set, val_set = build_datasets(args)
+    num_joints = train_set.info.num_joints
+    model = build_model(args.model, num_joints)
+    optimizer = paddle.optimizer.Adam(learning_rate=args.lr, parameters=model.parameters(),
+                                      weight_decay=args.weight_decay or None)
+    start_epoch, step, best_ap = 0, 0, -1.0
+    if args.resume:
+        state = paddle.load(args.resume)
+        model.set_state_dict(state["model"])
+        optimizer.set_state_dict(state["optimizer"])
+        start_epoch, step, best_ap = state["epoch"], state["step"], state["best_ap"]
+        log(f"resumed {args.resume}: epoch {start_epoch}, step {step}, best AP {best_ap:.3f}")
+    elif args.weights:
+        load_weights(model, args.weights, log=log)
+    elif args.pretrained:
+        load_weights(model, args.pretrained, pretrained=True, log=log)
+    net = paddle.DataParallel(model) if world > 1 else model  # broadcasts rank 0's weights
+    scaler = paddle.amp.GradScaler() if args.amp else None
+
+    # one shuffling per epoch shared by all ranks; each rank takes its own slice
+    sampler = paddle.io.DistributedBatchSampler(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True)
+    loader = paddle.io.DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers)
+    steps_per_epoch = len(sampler)
+    if steps_per_epoch == 0:
+        raise SystemExit(f"error: --batch-size {args.batch_size} x {world} processes is larger than the "
+                         f"{len(train_set)} training samples")
+    log(f"{args.model} {args.input_size}, {len(train_set)} train / {len(val_set)} val samples, "
+        f"{world} process(es) x batch {args.batch_size}, {steps_per_epoch} steps per epoch, {args.epochs} epochs")
+    metrics = open(os.path.join(args.out, "metrics.jsonl"), "a") if rank == 0 else None
+    total_steps = args.epochs * steps_per_epoch
+    run_start, run_start_step = time.time(), step
+
+    for epoch in range(start_epoch, args.epochs):
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        net.train()
+        epoch_loss, skipped, window_start, window_samples = 0.0, 0, time.time(), 0
+        for i, (images, targets, target_weight, indices) in enumerate(loader):
+            lr = learning_rate(args, epoch, step)
+            optimizer.set_lr(lr)
+            with paddle.amp.auto_cast(enable=args.amp):
+                heatmaps = net(images)
+            loss = joints_mse_loss(heatmaps.astype("float32"), targets, target_weight, args.loss_scale, args.ohkm)
+            loss_value = float(loss)
+            if not math.isfinite(loss_value):
+                raise SystemExit(f"error: loss became {loss_value} at step {step} (epoch {epoch}, batch {i}); "
+                                 f"stopping. The last good checkpoint is {os.path.join(args.out, 'last.pdparams')}")
+            if scaler:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            optimizer.clear_grad()
+            step += 1
+            epoch_loss += loss_value
+            skipped += int((indices.numpy() < 0).sum())
+            window_samples += len(images) * world
+            if rank == 0 and (i % args.log_every == 0 or i == steps_per_epoch - 1):
+                rate = window_samples / max(time.time() - window_start, 1e-9)
+                elapsed = time.time() - run_start
+                eta = elapsed / max(step - run_start_step, 1) * (total_steps - step)
+                log(f"epoch {epoch + 1}/{args.epochs} step {i + 1}/{steps_per_epoch} loss {loss_value:.6f} "
+                    f"lr {lr:.2e} {rate:.1f} samples/s ETA {format_seconds(eta)}", flush=True)
+                window_start, window_samples = time.time(), 0
+        if skipped:
+            log(f"epoch {epoch + 1}: skipped {skipped} unreadable images")
+        record = dict(epoch=epoch + 1, step=step, loss=epoch_loss / steps_per_epoch, lr=lr, skipped=skipped)
+        if rank == 0 and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
+            _, stats = evaluate_model(model, val_set, batch_size=args.batch_size, flip=args.flip,
+                                      num_workers=args.workers, log=log)
+            record.update(stats)
+            log("  ".join(f"{k} {stats[k]:.3f}" for k in STAT_NAMES))
+            if stats["AP"] > best_ap:
+                best_ap = stats["AP"]
+                save_checkpoint(model.state_dict(), os.path.join(args.out, "best.pdparams"))
+        if rank == 0:
+            save_checkpoint(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1,
+                                 step=step, best_ap=best_ap, args=vars(args)),
+                            os.path.join(args.out, "last.pdparams"))
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+    print(f"rank {rank}: parameter checksum {parameter_checksum(model)}", flush=True)
+    return model, val_set, best_ap
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default=None,
+                   help="COCO-layout folder (annotations/, train2017/, val2017/); default: the built-in synthetic "
+                        "set in data/synthetic (made on first use) with the quick 'synthetic' recipe")
+    p.add_argument("--model", default=None, choices=MODEL_NAMES, help="network (recipe default)")
+    p.add_argument("--input-size", default=None, help="input HxW, multiples of 32 (recipe default)")
+    p.add_argument("--out", default=None, help="run folder for checkpoints and metrics (default runs/<model>)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs")
+    p.add_argument("--milestones", type=int, nargs="+", default=None, help="epochs where lr drops 10x")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (per run, not per GPU)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps from 0.001 x lr")
+    p.add_argument("--batch-size", type=int, default=None, help="images per process (GPU)")
+    p.add_argument("--loss-scale", type=float, default=None, help="JointsMSELoss factor: 0.5 in HRNet, 1 in mmpose")
+    p.add_argument("--ohkm", type=int, default=0, help="online hard keypoint mining: top-k joints per sample (0: off)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 on Adam; off in the papers (hurts AP)")
+    p.add_argument("--eval-every", type=int, default=None, help="evaluate on val every N epochs (and at the end)")
+    p.add_argument("--val-boxes", default="gt", help="'gt' or a COCO detection-results JSON for evaluation")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="flip test at evaluation")
+    p.add_argument("--sigma", type=float, default=None, help="target Gaussian sigma (default 2 at 256x192, scaled)")
+    p.add_argument("--udp", action="store_true", help="unbiased data processing (UDP) targets and warps")
+    p.add_argument("--sigmas", default=None, help="JSON list of OKS sigmas for a non-COCO keypoint set")
+    for key, help_text in (("scale_factor", "random scale +- factor"), ("rot_factor", "random rotation degrees"),
+                           ("rot_prob", "probability of rotating"), ("half_body_prob", "half-body probability"),
+                           ("num_joints_half_body", "visible joints needed for half-body"),
+                           ("flip_prob", "horizontal flip probability")):
+        p.add_argument("--" + key.replace("_", "-"), type=float, default=None,
+                       help=f"{help_text} (default per model family)")
+    p.add_argument("--weights", default=None, help="initial weights (path or URL), any layout model.py reads")
+    p.add_argument("--pretrained", default=None, help="ImageNet backbone (path or URL); classifier keys skipped")
+    p.add_argument("--resume", default=None, help="a last.pdparams to continue exactly where it stopped")
+    p.add_argument("--amp", action="store_true", help="mixed precision (GPU only)")
+    p.add_argument("--workers", type=int, default=2, help="data loading processes per training process")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights init and augmentation")
+    p.add_argument("--log-every", type=int, default=20, help="progress line every N steps")
+    p.add_argument("--device", default=None, help="cpu or gpu (default: gpu if Paddle has CUDA)")
+    args = p.parse_args(argv)
+
+    if args.data is None:
+        recipe = RECIPES["synthetic"]
+        args.data = SYNTHETIC_DIR
+        if not os.path.exists(os.path.join(SYNTHETIC_DIR, "annotations", "person_keypoints_val2017.json")):
+            print(f"generating the synthetic dataset in {SYNTHETIC_DIR} (once)", flush=True)
+            make_synthetic_dataset(SYNTHETIC_DIR)
+    else:
+        recipe = RECIPES["lite_hrnet" if (args.model or "").startswith("lite") else "hrnet"]
+    for key, value in recipe.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.out = args.out or os.path.join("runs", args.model)
+    if args.num_joints_half_body is not None:
+        args.num_joints_half_body = int(args.num_joints_half_body)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        model, val_set, best_ap = train(args)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}")
+    if dist.get_rank() == 0:
+        print(f"checkpoints: {os.path.join(args.out, 'last.pdparams')}, {os.path.join(args.out, 'best.pdparams')}")
+        print(f"AP: {best_ap:.3f}")
+
+
+if __name__ == "__main__":
+    main()
