@@ -452,15 +452,15 @@ def init_weights(model):
 
 
 def build_model(name, num_joints=17):
-    if name == "hrnet_w32":
-        return HRNet(32, num_joints)
-    if name == "hrnet_w48":
-        return HRNet(48, num_joints)
-    if name == "lite_hrnet_18":
-        return LiteHRNet((2, 4, 2), num_joints)
-    if name == "lite_hrnet_30":
-        return LiteHRNet((3, 8, 3), num_joints)
-    raise ValueError(f"--model: unknown model '{name}', expected one of {', '.join(MODEL_NAMES)}")
+    builders = {"hrnet_w32": lambda: HRNet(32, num_joints), "hrnet_w48": lambda: HRNet(48, num_joints),
+                "lite_hrnet_18": lambda: LiteHRNet((2, 4, 2), num_joints),
+                "lite_hrnet_30": lambda: LiteHRNet((3, 8, 3), num_joints)}
+    if name not in builders:
+        raise ValueError(f"--model: unknown model '{name}', expected one of {', '.join(MODEL_NAMES)}")
+    # Paddle names parameters from a per-process counter and keys optimizer state by those names:
+    # a fresh counter per model lets a resumed run (or another process) find its Adam moments again
+    with paddle.utils.unique_name.guard():
+        return builders[name]()
 
 
 def set_device(name=None):

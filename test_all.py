@@ -277,3 +277,110 @@ def test_exported_model_runs_in_paddle_inference_with_onednn(name, small_models,
         y = predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
         ref = outputs(m, x)
         assert np.abs(y - ref).max() / np.abs(ref).max() < 1e-5
+
+
+# ====================================================================================================
+# train.py and distill.py
+
+import train as T  # noqa: E402  (sections of this file follow the scripts)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    """A small synthetic COCO-format dataset shared by the training, evaluation and prediction tests."""
+    from data import make_synthetic_dataset
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic_dataset(str(root), num_train=24, num_val=8, seed=0, image_size=(160, 128), workers=1)
+    return str(root)
+
+
+def tiny_run_args(data, out, *extra):
+    return T.apply_recipe(T.build_parser().parse_args([
+        "--data", data, "--out", str(out), "--model", "lite_hrnet_18", "--input-size", "64x64",
+        "--batch-size", "8", "--lr", "5e-3", "--warmup-steps", "0", "--workers", "0", "--eval-every", "100",
+        "--no-flip", "--device", "cpu", *extra]))
+
+
+def read_metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_loss_matches_hrnet_joints_mse_formula():
+    rng = np.random.RandomState(0)
+    pred, gt = rng.rand(2, 3, 4, 5).astype("float32"), rng.rand(2, 3, 4, 5).astype("float32")
+    w = np.array([[[1], [0], [1]], [[1], [1], [0]]], np.float32)
+    expected = np.mean([0.5 * np.mean((pred[:, k] * w[:, k, :, None] - gt[:, k] * w[:, k, :, None]) ** 2)
+                        for k in range(3)])  # HRNet: per joint 0.5 * MSE over (N, H, W), averaged over joints
+    got = T.joints_mse_loss(paddle.to_tensor(pred), paddle.to_tensor(gt), paddle.to_tensor(w), 0.5)
+    assert abs(float(got) - expected) < 1e-7
+    per_sample_joint = 0.5 * ((pred - gt) ** 2 * w[..., None]).mean(axis=(2, 3))
+    ohkm = np.sort(per_sample_joint, axis=1)[:, -2:].mean()
+    assert abs(float(T.joints_mse_loss(paddle.to_tensor(pred), paddle.to_tensor(gt), paddle.to_tensor(w), 0.5,
+                                       ohkm_topk=2)) - ohkm) < 1e-7
+
+
+def test_learning_rate_warmup_and_steps():
+    args = T.build_parser().parse_args(["--lr", "2e-3", "--warmup-steps", "500", "--milestones", "170", "200"])
+    assert T.learning_rate(args, 0, 0) == pytest.approx(2e-6)
+    assert T.learning_rate(args, 0, 250) == pytest.approx(2e-3 * (0.001 + 0.999 * 0.5))
+    assert T.learning_rate(args, 5, 600) == pytest.approx(2e-3)
+    assert T.learning_rate(args, 170, 10 ** 6) == pytest.approx(2e-4)
+    assert T.learning_rate(args, 205, 10 ** 6) == pytest.approx(2e-5)
+
+
+def test_short_training_lowers_the_loss_and_resume_is_exact(synthetic_root, tmp_path):
+    straight = tmp_path / "straight"
+    T.train(tiny_run_args(synthetic_root, straight, "--epochs", "4"))
+    losses = [r["loss"] for r in read_metrics(straight)]
+    assert losses[-1] < 0.8 * losses[0]
+    assert "AP" in read_metrics(straight)[-1] and (straight / "best.pdparams").exists()
+
+    interrupted = tmp_path / "interrupted"
+    T.train(tiny_run_args(synthetic_root, interrupted, "--epochs", "2"))
+    T.train(tiny_run_args(synthetic_root, interrupted, "--epochs", "4",
+                          "--resume", str(interrupted / "last.pdparams")))
+    resumed = [r["loss"] for r in read_metrics(interrupted)]
+    assert len(resumed) == 4
+    np.testing.assert_allclose(resumed, losses, rtol=1e-5)  # same data order, same optimizer state
+
+
+def test_nan_loss_stops_with_the_step_named_and_keeps_the_checkpoint(synthetic_root, tmp_path):
+    T.train(tiny_run_args(synthetic_root, tmp_path, "--epochs", "1"))
+    good, steps = (tmp_path / "last.pdparams").read_bytes(), read_metrics(tmp_path)[0]["step"]
+    with pytest.raises(SystemExit, match=rf"loss became nan at step {steps} \(epoch 2, batch 0\)"):
+        T.train(tiny_run_args(synthetic_root, tmp_path, "--epochs", "2", "--loss-scale", "nan",
+                              "--resume", str(tmp_path / "last.pdparams")))
+    assert (tmp_path / "last.pdparams").read_bytes() == good
+
+
+def test_two_process_cpu_launch_keeps_replicas_identical(synthetic_root, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
+                        "--log_dir", str(tmp_path / "log"), "train.py", "--data", synthetic_root,
+                        "--out", str(tmp_path / "run"), "--model", "lite_hrnet_18", "--input-size", "64x64",
+                        "--batch-size", "4", "--epochs", "1", "--workers", "0", "--no-flip", "--device", "cpu"],
+                       cwd=HERE, capture_output=True, text=True, timeout=900)
+    logs = [(tmp_path / "log" / f"workerlog.{rank}").read_text() for rank in (0, 1)]
+    assert r.returncode == 0, logs[0][-2000:] + logs[1][-2000:]
+    sums = [[line.split()[-1] for line in log.splitlines() if "parameter checksum" in line] for log in logs]
+    assert len(sums[0]) == 1 and sums[0] == sums[1]
+    assert "2 process(es) x batch 4" in logs[0]
+
+
+def test_distillation_loss_is_zero_for_the_teacher_and_only_trains_the_student(tmp_path):
+    import distill
+    paddle.seed(0)
+    M.save_checkpoint(M.build_model("lite_hrnet_18").state_dict(), str(tmp_path / "teacher.pdparams"))
+    teacher = distill.build_teacher("lite_hrnet_18", str(tmp_path / "teacher.pdparams"), 17, "eval")
+    assert not teacher.training and all(p.stop_gradient for p in teacher.parameters())
+    assert distill.build_teacher("lite_hrnet_18", str(tmp_path / "teacher.pdparams"), 17, "train").training
+    student = M.build_model("lite_hrnet_18")
+    x, w = paddle.randn([2, 3, 64, 64]), paddle.ones([2, 17, 1])
+    same = student(x)
+    assert float(distill.distillation_loss(same, same.detach(), w)) == 0.0
+    args = T.build_parser().parse_args(["--loss-scale", "0.5"])
+    args.distill_weight, args.distill_scale = 1.0, 0.5
+    loss = distill.distill_loss_fn(args, teacher)(student(x), x, paddle.zeros([2, 17, 16, 16]), w)
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in student.parameters())

@@ -89,7 +89,23 @@ def build_datasets(args):
     return train_set, val_set
 
 
-def train(args):
+def heatmap_loss(args):
+    """The loss of a plain run; distill.py passes its own with the same signature."""
+    def loss_fn(heatmaps, images, targets, target_weight):
+        return joints_mse_loss(heatmaps, targets, target_weight, args.loss_scale, args.ohkm)
+    return loss_fn
+
+
+def train(args, model=None, loss_fn=None, datasets=None):
+    """The training run. quantize.py passes a prepared (fake-quantized) model, distill.py a loss_fn(heatmaps,
+    images, targets, target_weight) that adds the teacher's term; datasets = (train, val) if already built.
+    Returns (model, val_set, best AP)."""
+    # Adam names its moments from a per-process counter, and --resume finds them by name: count afresh per run
+    with paddle.utils.unique_name.guard():
+        return _train(args, model, loss_fn, datasets)
+
+
+def _train(args, model, loss_fn, datasets):
     set_device(args.device)
     world, rank = dist.get_world_size(), dist.get_rank()
     if world > 1:
@@ -101,9 +117,14 @@ def train(args):
     paddle.seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
 
-    train_set, val_set = build_datasets(args)
-    num_joints = train_set.info.num_joints
-    model = build_model(args.model, num_joints)
+    train_set, val_set = datasets or build_datasets(args)
+    loss_fn = loss_fn or heatmap_loss(args)
+    if model is None:
+        model = build_model(args.model, train_set.info.num_joints)
+        if args.weights and not args.resume:
+            load_weights(model, args.weights, log=log)
+        elif args.pretrained and not args.resume:
+            load_weights(model, args.pretrained, pretrained=True, log=log)
     optimizer = paddle.optimizer.Adam(learning_rate=args.lr, parameters=model.parameters(),
                                       weight_decay=args.weight_decay or None)
     start_epoch, step, best_ap = 0, 0, -1.0
@@ -113,10 +134,6 @@ def train(args):
         optimizer.set_state_dict(state["optimizer"])
         start_epoch, step, best_ap = state["epoch"], state["step"], state["best_ap"]
         log(f"resumed {args.resume}: epoch {start_epoch}, step {step}, best AP {best_ap:.3f}")
-    elif args.weights:
-        load_weights(model, args.weights, log=log)
-    elif args.pretrained:
-        load_weights(model, args.pretrained, pretrained=True, log=log)
     net = paddle.DataParallel(model) if world > 1 else model  # broadcasts rank 0's weights
     scaler = paddle.amp.GradScaler() if args.amp else None
 
@@ -143,10 +160,10 @@ def train(args):
             optimizer.set_lr(lr)
             with paddle.amp.auto_cast(enable=args.amp):
                 heatmaps = net(images)
-            loss = joints_mse_loss(heatmaps.astype("float32"), targets, target_weight, args.loss_scale, args.ohkm)
+            loss = loss_fn(heatmaps.astype("float32"), images, targets, target_weight)
             loss_value = float(loss)
             if not math.isfinite(loss_value):
-                raise SystemExit(f"error: loss became {loss_value} at step {step} (epoch {epoch}, batch {i}); "
+                raise SystemExit(f"error: loss became {loss_value} at step {step} (epoch {epoch + 1}, batch {i}); "
                                  f"stopping. The last good checkpoint is {os.path.join(args.out, 'last.pdparams')}")
             if scaler:
                 scaler.scale(loss).backward()
@@ -188,9 +205,9 @@ def train(args):
     return model, val_set, best_ap
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser(description=__doc__.split("\n\n")[0].strip()):
+    """Every training flag; distill.py and quantize.py add theirs to it."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default=None,
                    help="COCO-layout folder (annotations/, train2017/, val2017/); default: the built-in synthetic "
                         "set in data/synthetic (made on first use) with the quick 'synthetic' recipe")
@@ -211,11 +228,13 @@ def parse_args(argv=None):
     p.add_argument("--sigma", type=float, default=None, help="target Gaussian sigma (default 2 at 256x192, scaled)")
     p.add_argument("--udp", action="store_true", help="unbiased data processing (UDP) targets and warps")
     p.add_argument("--sigmas", default=None, help="JSON list of OKS sigmas for a non-COCO keypoint set")
-    for key, help_text in (("scale_factor", "random scale +- factor"), ("rot_factor", "random rotation degrees"),
-                           ("rot_prob", "probability of rotating"), ("half_body_prob", "half-body probability"),
-                           ("num_joints_half_body", "visible joints needed for half-body"),
-                           ("flip_prob", "horizontal flip probability")):
-        p.add_argument("--" + key.replace("_", "-"), type=float, default=None,
+    for key, kind, help_text in (("scale_factor", float, "random scale +- factor"),
+                                 ("rot_factor", float, "random rotation degrees"),
+                                 ("rot_prob", float, "probability of rotating"),
+                                 ("half_body_prob", float, "half-body probability"),
+                                 ("num_joints_half_body", int, "visible joints needed for half-body"),
+                                 ("flip_prob", float, "horizontal flip probability")):
+        p.add_argument("--" + key.replace("_", "-"), type=kind, default=None,
                        help=f"{help_text} (default per model family)")
     p.add_argument("--weights", default=None, help="initial weights (path or URL), any layout model.py reads")
     p.add_argument("--pretrained", default=None, help="ImageNet backbone (path or URL); classifier keys skipped")
@@ -225,27 +244,28 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed for weights init and augmentation")
     p.add_argument("--log-every", type=int, default=20, help="progress line every N steps")
     p.add_argument("--device", default=None, help="cpu or gpu (default: gpu if Paddle has CUDA)")
-    args = p.parse_args(argv)
+    return p
 
+
+def apply_recipe(args, recipes=RECIPES):
+    """Fill every flag left unset from the recipe of the data (synthetic) or of the model family."""
     if args.data is None:
-        recipe = RECIPES["synthetic"]
+        recipe = recipes["synthetic"]
         args.data = SYNTHETIC_DIR
         if not os.path.exists(os.path.join(SYNTHETIC_DIR, "annotations", "person_keypoints_val2017.json")):
             print(f"generating the synthetic dataset in {SYNTHETIC_DIR} (once)", flush=True)
             make_synthetic_dataset(SYNTHETIC_DIR)
     else:
-        recipe = RECIPES["lite_hrnet" if (args.model or "").startswith("lite") else "hrnet"]
+        recipe = recipes["lite_hrnet" if (args.model or "").startswith("lite") else "hrnet"]
     for key, value in recipe.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.out = args.out or os.path.join("runs", args.model)
-    if args.num_joints_half_body is not None:
-        args.num_joints_half_body = int(args.num_joints_half_body)
     return args
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args = apply_recipe(build_parser().parse_args(argv))
     try:
         model, val_set, best_ap = train(args)
     except (ValueError, FileNotFoundError) as err:
