@@ -33,6 +33,10 @@ import cv2
 import numpy as np
 import paddle
 
+# Parallelism comes from worker processes (DataLoader, the synth pool), which are forked: a child forked
+# after OpenCV's thread pool has run deadlocks on it. One OpenCV thread per process keeps forking safe.
+cv2.setNumThreads(1)
+
 COCO_KEYPOINT_NAMES = [
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
     "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
@@ -720,10 +724,6 @@ def _box_iou(a, b):
     return ix * iy / union if union > 0 else 0.0
 
 
-def _worker_init():
-    cv2.setNumThreads(1)
-
-
 def make_synthetic_dataset(out_dir, num_train=2000, num_val=200, seed=0, image_size=(320, 240), workers=None):
     """Writes a COCO-format keypoint dataset of stick figures (1-4 per image, occlusion, truncation):
     annotations/person_keypoints_{train,val}2017.json, {train,val}2017/*.jpg, and a detection-results file
@@ -742,7 +742,7 @@ def make_synthetic_dataset(out_dir, num_train=2000, num_val=200, seed=0, image_s
                  for i, image_id in enumerate(image_ids)]
         update = _progress_printer(f"synth {split}", count, "images")
         results = []
-        pool = Pool(workers or min(os.cpu_count() or 1, 8), initializer=_worker_init)
+        pool = Pool(workers or min(os.cpu_count() or 1, 8))
         for result in pool.imap(_synth_image, tasks, chunksize=8):
             results.append(result)
             update(len(results))
@@ -898,7 +898,6 @@ def _cmd_download(args):
 
 
 def _cmd_bench(args):
-    cv2.setNumThreads(1)
     ann_file, image_dir = _split_files(args.data, args.split)
     dataset = COCOKeypointDataset(ann_file, image_dir, args.input_size, train=True, udp=args.udp,
                                   **augmentation_defaults("hrnet_w32"))

@@ -1,9 +1,15 @@
 """The whole test suite: python -m pytest -q test_all.py (CPU only)."""
+import hashlib
+import http.server
+import io
 import json
 import os
 import subprocess
 import sys
+import threading
+import zipfile
 
+import cv2
 import numpy as np
 import pytest
 
@@ -280,6 +286,475 @@ def test_exported_model_runs_in_paddle_inference_with_onednn(name, small_models,
 
 
 # ====================================================================================================
+# data.py: records, geometry, targets, the synthetic set, loading, bad input, downloads
+
+import data  # noqa: E402
+
+TINY_ANN = os.path.join(SHARED, "coco_tiny", "annotations", "person_keypoints_val2017.json")
+TINY_IMAGES = os.path.join(SHARED, "coco_tiny", "val2017")
+TINY_DETS = os.path.join(SHARED, "coco_tiny", "person_detection_results", "COCO_val2017_detections_AP_H_56_person.json")
+MINI_ANN = os.path.join(SHARED, "coco_mini_train", "annotations", "person_keypoints_train2017.json")
+MINI_IMAGES = os.path.join(SHARED, "coco_mini_train", "train2017")
+NO_AUGMENT = dict(scale_factor=0.0, rot_factor=0, rot_prob=0.0, half_body_prob=0.0, flip_prob=0.0)
+
+
+def independent_count(ann_file):
+    """Usable instances counted straight from the JSON: non-crowd, some keypoint > 0, box valid after clipping."""
+    coco = json.load(open(ann_file))
+    sizes = {im["id"]: (im["width"], im["height"]) for im in coco["images"]}
+    count = 0
+    for ann in coco["annotations"]:
+        x, y, w, h = ann["bbox"]
+        width, height = sizes[ann["image_id"]]
+        box_ok = ann["area"] > 0 and min(width - 1, max(0, x) + max(0, w - 1)) >= max(0, x) \
+            and min(height - 1, max(0, y) + max(0, h - 1)) >= max(0, y)
+        count += (not ann["iscrowd"]) and max(ann["keypoints"]) > 0 and box_ok
+    return count
+
+
+def write_coco(folder, images, annotations, category=None, ext=".png"):
+    """images: list of HxWx3 uint8 arrays -> folder/images/<id>.png and folder/ann.json."""
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    entries = []
+    for i, image in enumerate(images, start=1):
+        cv2.imwrite(os.path.join(folder, "images", f"{i:012d}{ext}"), image)
+        entries.append(dict(id=i, file_name=f"{i:012d}{ext}", width=image.shape[1], height=image.shape[0]))
+    anns = [dict(dict(id=k + 1, iscrowd=0, category_id=1, area=a["bbox"][2] * a["bbox"][3]), **a)
+            for k, a in enumerate(annotations)]
+    coco = dict(images=entries, annotations=anns, categories=[category or data.COCO_PERSON_CATEGORY])
+    path = os.path.join(folder, "ann.json")
+    json.dump(coco, open(path, "w"))
+    return path, os.path.join(folder, "images")
+
+
+def dot_code(k):
+    return 20 + 12 * k  # red value of joint k's disc
+
+
+def coded_dots_dataset(tmp_path, **kwargs):
+    """One 400x400 PNG with a distinctly coloured disc under each of the 17 joints (lossless, so colours survive)."""
+    image = np.full((400, 400, 3), 90, np.uint8)
+    keypoints = []
+    for k in range(17):
+        x, y = 60 + (k % 4) * 70, 40 + (k // 4) * 70
+        cv2.circle(image, (x, y), 14, (100, 255 - dot_code(k), dot_code(k)), -1)  # BGR
+        keypoints += [x, y, 2]
+    ann, images = write_coco(str(tmp_path), [image], [dict(image_id=1, bbox=[40, 20, 260, 330], keypoints=keypoints,
+                                                         num_keypoints=17)])
+    return data.COCOKeypointDataset(ann, images, "256x192", **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------- records
+
+def test_gt_record_counts_match_json():
+    for ann, images in ((TINY_ANN, TINY_IMAGES), (MINI_ANN, MINI_IMAGES)):
+        dataset = data.COCOKeypointDataset(ann, images, "256x192", train=False)
+        assert len(dataset) == independent_count(ann)
+        assert dataset.num_skipped == len(json.load(open(ann))["annotations"]) - len(dataset)
+    assert len(data.COCOKeypointDataset(MINI_ANN, MINI_IMAGES, "256x192", train=True)) == 86
+
+
+def test_detection_records_and_threshold():
+    dets = json.load(open(TINY_DETS))
+    for thr in (0.0, 0.5):
+        dataset = data.COCOKeypointDataset(TINY_ANN, TINY_IMAGES, "256x192", train=False, boxes=TINY_DETS,
+                                           det_score_thr=thr)
+        assert len(dataset) == sum(d["category_id"] == 1 and d["score"] >= thr for d in dets)
+        image, target, weight, index = dataset[0]
+        assert image.shape == (3, 256, 192) and not target.any() and not weight.any() and index == 0
+        first = next(d for d in dets if d["category_id"] == 1 and d["score"] >= thr)
+        assert dataset.records[0]["score"] == pytest.approx(first["score"])
+
+
+def test_box_cleaning_and_center_scale():
+    coco = json.load(open(TINY_ANN))
+    ann = next(a for a in coco["annotations"] if not a["iscrowd"] and max(a["keypoints"]) > 0)
+    dataset = data.COCOKeypointDataset(TINY_ANN, TINY_IMAGES, "256x192", train=False)
+    x, y, w, h = ann["bbox"]  # inside the image: cleaning only drops 1 px of width and height (official quirk)
+    center, scale = data.box_to_center_scale([x, y, w - 1, h - 1], 0.75)
+    np.testing.assert_array_equal(dataset.records[0]["center"], center)
+    np.testing.assert_array_equal(dataset.records[0]["scale"], scale)
+    center, scale = data.box_to_center_scale([10, 20, 30, 80], 0.75)
+    np.testing.assert_allclose(center, [25, 60])
+    np.testing.assert_allclose(scale, [60 / 200 * 1.25, 80 / 200 * 1.25])
+    assert center.dtype == scale.dtype == np.float32
+
+
+def test_eval_crop_equals_crop_and_normalize():
+    dataset = data.COCOKeypointDataset(TINY_ANN, TINY_IMAGES, "256x192", train=False)
+    record = dataset.records[3]
+    expected = data.crop_and_normalize(data.read_image_rgb(record["image_file"]), record["center"], record["scale"],
+                                       0, (192, 256))
+    np.testing.assert_array_equal(dataset[3][0], expected)
+
+
+def test_input_size_and_sigma_and_augmentation_defaults():
+    assert data.parse_input_size("256x192") == (192, 256)
+    assert data.default_sigma((192, 256)) == 2 and data.default_sigma("384x288") == 3
+    for bad in ("256x190", "256", "axb"):
+        with pytest.raises(ValueError, match="--input-size"):
+            data.parse_input_size(bad)
+    assert data.augmentation_defaults("hrnet_w32")["scale_factor"] == 0.35
+    assert data.augmentation_defaults("lite_hrnet_18")["rot_factor"] == 30
+    with pytest.raises(ValueError, match="--model"):
+        data.augmentation_defaults("resnet50")
+
+
+# ------------------------------------------------------------------------------------------------- geometry
+
+@pytest.mark.parametrize("rotation", [0.0, 30.0, -70.0])
+@pytest.mark.parametrize("udp", [False, True])
+def test_warped_dot_lands_on_transformed_joint(rotation, udp):
+    image = np.zeros((300, 400, 3), np.uint8)
+    joint = np.array([233.0, 141.0])
+    cv2.circle(image, (233, 141), 3, (255, 255, 255), -1)
+    center, scale = data.box_to_center_scale([150, 50, 160, 220], 0.75)
+    matrix = data._crop_matrix(center, scale, rotation, (192, 256), udp)
+    crop = cv2.warpAffine(image, matrix, (192, 256), flags=cv2.INTER_LINEAR)[..., 0].astype(np.float64)
+    ys, xs = np.nonzero(crop > 0)
+    centroid = np.array([np.average(xs, weights=crop[ys, xs]), np.average(ys, weights=crop[ys, xs])])
+    np.testing.assert_allclose(data.affine_transform(joint[None], matrix)[0], centroid, atol=0.25)
+    back = data.affine_transform(data.affine_transform(joint[None], matrix), cv2.invertAffineTransform(matrix))
+    np.testing.assert_allclose(back[0], joint, atol=1e-4)
+
+
+@pytest.mark.parametrize("udp", [False, True])
+def test_transform_preds_inverts_the_crop(udp):
+    center, scale = data.box_to_center_scale([150, 50, 160, 220], 0.75)
+    joints = np.array([[160.0, 60.0], [233.5, 141.25], [300.0, 260.0]])
+    in_heatmap = data.affine_transform(joints, data._crop_matrix(center, scale, 0, (48, 64), udp))
+    np.testing.assert_allclose(data.transform_preds(in_heatmap, center, scale, (48, 64), udp=udp), joints, atol=1e-3)
+
+
+@pytest.mark.parametrize("udp", [False, True])
+def test_augmented_targets_sit_on_their_own_joint(tmp_path, udp):
+    """Each joint's disc has its own colour: the crop pixel under target k's peak must carry k's colour,
+    or its mirror partner's when the sample was flipped (pairs swapped with the image)."""
+    stride = (191 / 47, 255 / 63) if udp else (4, 4)
+    for flip_prob in (0.0, 1.0):
+        dataset = coded_dots_dataset(tmp_path / str(flip_prob), train=True, udp=udp, flip_prob=flip_prob, seed=3,
+                                     rot_prob=1.0)
+        expected = [dataset._flip_order[k] if flip_prob else k for k in range(17)]
+        checked = 0
+        for epoch in range(6):
+            dataset.set_epoch(epoch)
+            image, target, weight, _ = dataset[0]
+            red = (image[0] * data.IMAGENET_STD[0] + data.IMAGENET_MEAN[0]) * 255
+            for k in range(17):
+                if weight[k] == 0 or target[k].max() < 0.9:  # skip clipped tails: the peak must be the joint
+                    continue
+                y, x = np.unravel_index(target[k].argmax(), target[k].shape)
+                px, py = int(round(x * stride[0])), int(round(y * stride[1]))
+                if 0 <= px < 192 and 0 <= py < 256:
+                    assert round((red[py, px] - 20) / 12) == expected[k], (epoch, k)
+                    checked += 1
+        assert checked > 40
+
+
+def test_flip_twice_is_identity(tmp_path):
+    """Mirror the image and its labels on disk, let the dataset flip again: same sample as the original."""
+    plain = coded_dots_dataset(tmp_path / "a", train=True, **dict(NO_AUGMENT))
+    mirrored_joints = plain.records[0]["joints"].copy()
+    mirrored_joints[:, 0] = 400 - mirrored_joints[:, 0] - 1
+    mirrored_joints = mirrored_joints[plain._flip_order]
+    image = cv2.imread(plain.records[0]["image_file"])[:, ::-1]
+    x, y, w, h = 40, 20, 260, 330
+    ann, images = write_coco(str(tmp_path / "b"), [image], [dict(
+        image_id=1, bbox=[400 - x - w, y, w, h], num_keypoints=17,
+        keypoints=[float(v) for v in np.column_stack([mirrored_joints[:, :2], np.full(17, 2)]).ravel()])])
+    flipped = data.COCOKeypointDataset(ann, images, "256x192", train=True, **dict(NO_AUGMENT, flip_prob=1.0))
+    a, b = plain[0], flipped[0]
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(a[2], b[2])
+    assert np.abs(a[0] - b[0]).max() < 0.05  # warp sub-pixel rounding only
+
+
+# ------------------------------------------------------------------------------------------------- targets
+
+def naive_msra_target(joints, vis, input_size, heatmap_size, sigma):
+    """The MSRA formula written over the whole map (independent of data.py's windowed paste)."""
+    width, height = heatmap_size
+    target = np.zeros((len(joints), height, width), np.float32)
+    weight = np.array(vis, np.float32).reshape(-1, 1)
+    ys, xs = np.mgrid[0:height, 0:width]
+    radius = 3 * sigma
+    for k, (x, y) in enumerate(joints):
+        mu_x, mu_y = int(x / (input_size[0] / width) + 0.5), int(y / (input_size[1] / height) + 0.5)
+        if mu_x - radius >= width or mu_y - radius >= height or mu_x + radius + 1 < 0 or mu_y + radius + 1 < 0:
+            weight[k] = 0
+            continue
+        window = (np.abs(xs - mu_x) <= radius) & (np.abs(ys - mu_y) <= radius)
+        gauss = np.exp(-((xs - mu_x) ** 2 + (ys - mu_y) ** 2).astype(np.float32) / np.float32(2 * sigma ** 2))
+        if weight[k] > 0.5:
+            target[k][window] = gauss[window]
+    return target, weight
+
+
+def test_msra_target_matches_formula_bit_for_bit():
+    rng = np.random.default_rng(0)
+    joints = rng.uniform([-40, -40], [232, 296], (200, 2))
+    vis = (rng.random(200) < 0.8).astype(np.float32)
+    target, weight = data.generate_target(joints, vis, (192, 256), (48, 64), 2.0)
+    expected_target, expected_weight = naive_msra_target(joints, vis, (192, 256), (48, 64), 2.0)
+    np.testing.assert_array_equal(target, expected_target)
+    np.testing.assert_array_equal(weight, expected_weight)
+    inside = (weight[:, 0] > 0) & (joints[:, 0] > 0) & (joints[:, 1] > 0) & (joints[:, 0] < 190) & (joints[:, 1] < 254)
+    for k in np.nonzero(inside)[0]:
+        y, x = np.unravel_index(target[k].argmax(), target[k].shape)
+        assert (x, y) == (int(joints[k, 0] / 4 + 0.5), int(joints[k, 1] / 4 + 0.5)) and target[k, y, x] == 1
+    assert target.dtype == weight.dtype == np.float32 and weight.shape == (200, 1)
+
+
+def test_udp_target_round_trip_is_sub_pixel_exact():
+    joints = np.array([[97.37, 130.81], [20.05, 240.6], [150.9, 11.3]])
+    target, weight = data.generate_target_udp(joints, np.ones(3), (192, 256), (48, 64), 2.0)
+    stride = np.array([191 / 47, 255 / 63])
+    for k, joint in enumerate(joints):
+        log_map = np.log(np.maximum(target[k].astype(np.float64), 1e-30))
+        y, x = np.unravel_index(target[k].argmax(), target[k].shape)
+        # log of a Gaussian is a parabola: one Newton step from the argmax lands on the centre exactly
+        dx = (log_map[y, x + 1] - log_map[y, x - 1]) / 2 / (log_map[y, x + 1] - 2 * log_map[y, x] + log_map[y, x - 1])
+        dy = (log_map[y + 1, x] - log_map[y - 1, x]) / 2 / (log_map[y + 1, x] - 2 * log_map[y, x] + log_map[y - 1, x])
+        decoded = np.array([x - dx, y - dy]) * stride
+        assert np.abs(decoded - joint).max() < 0.05
+    assert weight.ravel().tolist() == [1, 1, 1]
+
+
+# ------------------------------------------------------------------------------------------------- synthetic set
+
+def test_synthetic_dataset_is_valid_coco_with_perfect_gt_ap(tmp_path):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    out = data.make_synthetic_dataset(str(tmp_path / "synth"), num_train=20, num_val=10, seed=1)
+    for split in ("train", "val"):
+        gt = COCO(os.path.join(out, "annotations", f"person_keypoints_{split}2017.json"))
+        anns = gt.loadAnns(gt.getAnnIds())
+        assert len(gt.getImgIds()) == (20 if split == "train" else 10) and len(anns) >= len(gt.getImgIds())
+        assert all(a["area"] > 0 and a["num_keypoints"] > 0 for a in anns)
+        image = cv2.imread(os.path.join(out, f"{split}2017", gt.loadImgs(gt.getImgIds()[0])[0]["file_name"]))
+        assert image.shape == (240, 320, 3)
+        results = [dict(image_id=a["image_id"], category_id=1, keypoints=a["keypoints"], score=1.0) for a in anns]
+        evaluator = COCOeval(gt, gt.loadRes(results), "keypoints")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+        assert evaluator.stats[0] == pytest.approx(1.0)
+    flags = np.concatenate([np.array(a["keypoints"][2::3]) for a in gt.loadAnns(gt.getAnnIds())])
+    assert set(flags.tolist()) <= {0, 1, 2} and (flags == 2).mean() > 0.6
+    dets = os.path.join(out, "person_detection_results", "COCO_val2017_detections_AP_H_56_person.json")
+    val = data.COCOKeypointDataset(os.path.join(out, "annotations", "person_keypoints_val2017.json"),
+                                   os.path.join(out, "val2017"), "128x96", train=False, boxes=dets)
+    assert len(val) >= len(anns)
+
+
+def test_synthetic_dataset_is_deterministic(tmp_path):
+    def files(folder):
+        return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+                for d, _, names in os.walk(folder) for f in names}
+    a = files(data.make_synthetic_dataset(str(tmp_path / "a"), 6, 3, seed=5, workers=1))
+    b = files(data.make_synthetic_dataset(str(tmp_path / "b"), 6, 3, seed=5, workers=2))
+    c = files(data.make_synthetic_dataset(str(tmp_path / "c"), 6, 3, seed=6, workers=2))
+    assert len(a) == 6 + 3 + 3 and a == b and a != c
+
+
+# ------------------------------------------------------------------------------------------------- loading
+
+def test_same_seed_same_samples_and_workers_do_not_matter():
+    def batches(num_workers, seed=0, epoch=0):
+        dataset = data.COCOKeypointDataset(MINI_ANN, MINI_IMAGES, "128x96", train=True, seed=seed)
+        dataset.set_epoch(epoch)
+        loader = paddle.io.DataLoader(dataset, batch_size=8, shuffle=False, num_workers=num_workers)
+        return [[t.numpy() for t in batch] for _, batch in zip(range(2), loader)]
+    single, workers = batches(0), batches(2)
+    for a, b in zip(single, workers):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    assert single[0][0].shape == (8, 3, 128, 96) and single[0][1].shape == (8, 17, 32, 24)
+    assert single[0][3].tolist() == list(range(8))
+    assert not np.array_equal(batches(0, epoch=1)[0][0], single[0][0])
+    assert not np.array_equal(batches(0, seed=1)[0][0], single[0][0])
+
+
+def test_distributed_batch_sampler_covers_dataset():
+    dataset = data.COCOKeypointDataset(TINY_ANN, TINY_IMAGES, "256x192", train=False)
+    sampler = paddle.io.DistributedBatchSampler(dataset, batch_size=4, num_replicas=2, rank=1)
+    indices = [i for batch in sampler for i in batch]
+    assert len(indices) == 6 and all(0 <= i < len(dataset) for i in indices)
+
+
+def test_fourteen_keypoint_file(tmp_path):
+    names = ["left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+             "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle", "head", "neck"]
+    category = dict(id=1, name="person", keypoints=names, skeleton=[[13, 14], [14, 1], [14, 2], [1, 3], [3, 5]])
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (200, 240, 3), dtype=np.uint8) for _ in range(3)]
+    anns = [dict(image_id=i % 3 + 1, bbox=[40, 20, 120, 170], num_keypoints=14,
+                 keypoints=np.column_stack([rng.uniform(40, 160, 14), rng.uniform(20, 190, 14),
+                                            np.full(14, 2)]).ravel().tolist()) for i in range(6)]
+    ann, image_dir = write_coco(str(tmp_path), images, anns, category, ext=".jpg")
+    with pytest.warns(UserWarning, match="sigmas"):
+        dataset = data.COCOKeypointDataset(ann, image_dir, "256x192", train=True)
+    info = dataset.info
+    assert info.num_joints == 14 and info.flip_pairs == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 11]]
+    assert info.skeleton[0] == [12, 13] and info.upper_body_ids == [0, 1, 2, 3, 4, 5, 12, 13]
+    np.testing.assert_allclose(info.sigmas[:2], data.COCO_SIGMAS[5:7])
+    sigmas_file = tmp_path / "sigmas.json"
+    sigmas_file.write_text(json.dumps([0.05] * 14))
+    assert data.keypoint_info_from_category(category, str(sigmas_file)).sigmas.tolist() == pytest.approx([0.05] * 14)
+    image, target, weight, index = next(iter(paddle.io.DataLoader(dataset, batch_size=4)))
+    assert image.shape == [4, 3, 256, 192] and target.shape == [4, 14, 64, 48]
+    assert weight.shape == [4, 14, 1] and index.shape == [4]
+
+
+# ------------------------------------------------------------------------------------------------- bad input
+
+def raises_one_line(error, match, function, *args, **kwargs):
+    with pytest.raises(error, match=match) as caught:
+        function(*args, **kwargs)
+    assert "\n" not in str(caught.value)
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path):
+    def dataset(ann=TINY_ANN, images=TINY_IMAGES, **kwargs):
+        return data.COCOKeypointDataset(str(ann), str(images), "256x192", train=False, **kwargs)
+    raises_one_line(FileNotFoundError, "nope.json", dataset, tmp_path / "nope.json")
+    raises_one_line(FileNotFoundError, "no_images", dataset, images=tmp_path / "no_images")
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"images": [')
+    raises_one_line(ValueError, "broken.json.*not valid JSON", dataset, broken)
+    coco = json.load(open(TINY_ANN))
+    coco["annotations"][2]["keypoints"] = coco["annotations"][2]["keypoints"][:-3]
+    short = tmp_path / "short.json"
+    short.write_text(json.dumps(coco))
+    raises_one_line(ValueError, r"short.json.*48 keypoint values, expected 3\*17", dataset, short)
+    del coco["categories"][0]["keypoints"]
+    instances = tmp_path / "instances.json"
+    instances.write_text(json.dumps(coco))
+    raises_one_line(ValueError, "instances.json.*keypoints", dataset, instances)
+    empty = tmp_path / "empty_dets.json"
+    empty.write_text("[]")
+    raises_one_line(ValueError, "empty_dets.json", dataset, boxes=str(empty))
+    other = tmp_path / "other_dets.json"
+    other.write_text(json.dumps([dict(image_id=123456789, category_id=1, bbox=[1, 2, 30, 40], score=0.9)]))
+    raises_one_line(ValueError, "other_dets.json.*not in the annotation file", dataset, boxes=str(other))
+    no_score = tmp_path / "no_score.json"
+    no_score.write_text(json.dumps([dict(image_id=785, category_id=1, bbox=[1, 2, 30, 40])]))
+    raises_one_line(ValueError, "no_score.json.*malformed", dataset, boxes=str(no_score))
+    raises_one_line(FileNotFoundError, "missing_dets.json", dataset, boxes=str(tmp_path / "missing_dets.json"))
+    raises_one_line(FileNotFoundError, "--weights .*gone.pdparams", data.resolve_path_or_url,
+                    str(tmp_path / "gone.pdparams"), what="--weights")
+    raises_one_line(FileNotFoundError, "missing.jpg", data.read_image_rgb, str(tmp_path / "missing.jpg"))
+
+
+def test_unreadable_or_missing_image_is_skipped_not_fatal(tmp_path):
+    ann, image_dir = write_coco(str(tmp_path), [np.zeros((100, 100, 3), np.uint8)] * 2, [
+        dict(image_id=i, bbox=[10, 10, 50, 80], num_keypoints=1, keypoints=[30, 40, 2] + [0] * 48) for i in (1, 2)])
+    open(os.path.join(image_dir, "000000000001.png"), "wb").write(b"not an image")
+    os.remove(os.path.join(image_dir, "000000000002.png"))
+    dataset = data.COCOKeypointDataset(ann, image_dir, "256x192", train=True)
+    for i in range(2):
+        with pytest.warns(UserWarning, match=f"00000000000{i + 1}.png"):
+            image, target, weight, index = dataset[i]
+        assert index == -(i + 1) and index.dtype == np.int64
+        assert image.shape == (3, 256, 192) and not image.any() and not target.any() and not weight.any()
+
+
+# ------------------------------------------------------------------------------------------------- downloads
+
+class FileServer(http.server.ThreadingHTTPServer):
+    """Loopback server for files in memory, with Range support and an optional dropped first transfer."""
+
+    def __init__(self, files, drop_first_after=None):
+        super().__init__(("127.0.0.1", 0), FileHandler)
+        self.files, self.drop_first_after, self.requests = files, drop_first_after, []
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class FileHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        server = self.server
+        server.requests.append((self.path, self.headers.get("Range")))
+        body = server.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        if server.drop_first_after and len(server.requests) == 1:
+            self.wfile.write(body[start:start + server.drop_first_after])
+            self.close_connection = True  # the client sees the connection close mid-body
+            return
+        self.wfile.write(body[start:])
+
+    def log_message(self, *args):
+        pass
+
+
+def tiny_zip():
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("annotations/person_keypoints_val2017.json", json.dumps({"n": list(range(3000))}))
+        archive.writestr("annotations/readme.txt", "hello")
+    return buffer.getvalue()
+
+
+def test_download_resumes_after_a_dropped_connection(tmp_path):
+    body = tiny_zip()
+    server = FileServer({"/a.zip": body}, drop_first_after=1000)
+    dest = str(tmp_path / "a.zip")
+    data.download_file(server.url + "/a.zip", dest, len(body), hashlib.md5(body).hexdigest())
+    assert open(dest, "rb").read() == body and not os.path.exists(dest + ".part")
+    assert server.requests == [("/a.zip", None), ("/a.zip", "bytes=1000-")]
+    data.download_file(server.url + "/a.zip", dest, len(body))  # already there: no request
+    assert len(server.requests) == 2
+    server.shutdown()
+
+
+def test_download_with_wrong_md5_is_deleted_with_a_clear_error(tmp_path):
+    body = tiny_zip()
+    server = FileServer({"/a.zip": body})
+    dest = str(tmp_path / "a.zip")
+    with pytest.raises(ValueError, match="a.zip: MD5 .* does not match"):
+        data.download_file(server.url + "/a.zip", dest, len(body), "0" * 32)
+    assert not os.path.exists(dest) and not os.path.exists(dest + ".part")
+    with pytest.raises(ConnectionError, match="404"):
+        data.download_file(server.url + "/missing.zip", dest)
+    server.shutdown()
+
+
+def test_download_coco_unpacks_once(tmp_path):
+    body = tiny_zip()
+    server = FileServer({"/annotations/annotations_trainval2017.zip": body})
+    files = {"annotations": ("annotations/annotations_trainval2017.zip", len(body), hashlib.md5(body).hexdigest())}
+    root = str(tmp_path / "coco")
+    data.download_coco(root, ["annotations"], base_url=server.url, files=files)
+    assert json.load(open(os.path.join(root, "annotations", "person_keypoints_val2017.json")))["n"][-1] == 2999
+    assert not os.path.exists(os.path.join(root, "annotations_trainval2017.zip"))
+    data.download_coco(root, ["annotations"], base_url=server.url, files=files)
+    assert len(server.requests) == 1
+    with pytest.raises(ValueError, match="--what"):
+        data.download_coco(root, ["test"], base_url=server.url, files=files)
+    server.shutdown()
+
+
+def test_resolve_url_downloads_once_into_cache(tmp_path):
+    server = FileServer({"/w/model.pdparams": b"weights" * 100})
+    first = data.resolve_path_or_url(server.url + "/w/model.pdparams", cache_dir=str(tmp_path))
+    second = data.resolve_path_or_url(server.url + "/w/model.pdparams", cache_dir=str(tmp_path))
+    assert first == second and first.endswith("model.pdparams") and open(first, "rb").read() == b"weights" * 100
+    assert len(server.requests) == 1 and data.resolve_path_or_url(first) == first
+    server.shutdown()
+
+
+# ====================================================================================================
 # train.py and distill.py
 
 import train as T  # noqa: E402  (sections of this file follow the scripts)
@@ -384,3 +859,490 @@ def test_distillation_loss_is_zero_for_the_teacher_and_only_trains_the_student(t
     loss.backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in student.parameters())
+
+
+# ====================================================================================================
+# evaluate.py: decoding, flip test, OKS / OKS-NMS, rescoring, COCO scoring, the CLI, end to end
+
+import evaluate as ev  # noqa: E402
+from data import COCO_SIGMAS  # noqa: E402
+
+TINY = os.path.join(SHARED, "coco_tiny")
+TINY_PREDICTIONS = os.path.join(TINY, "results", "keypoint_predictions.json")
+COCO_FLIP_PAIRS = [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12], [13, 14], [15, 16]]
+
+
+def gaussian_map(h, w, x0, y0, sigma=2.0):
+    """An unnormalised Gaussian (peak 1 at the sub-pixel point x0, y0) on an h x w grid."""
+    ys, xs = np.mgrid[0:h, 0:w]
+    return np.exp(-((xs - x0) ** 2 + (ys - y0) ** 2) / (2 * sigma ** 2)).astype(np.float32)
+
+
+def random_peaks(rng, n, h=64, w=48, margin=5):
+    return rng.uniform(margin, w - 1 - margin, n), rng.uniform(margin, h - 1 - margin, n)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def test_get_max_preds_on_hand_made_maps():
+    hm = np.zeros((1, 3, 4, 5), np.float32)
+    hm[0, 0, 2, 3] = 0.7                       # plain peak at x=3, y=2
+    hm[0, 1] = -1.0
+    hm[0, 1, 1, 4] = -0.5                      # peak <= 0: coords zeroed, maxval kept
+    hm[0, 2, 3, 1] = hm[0, 2, 0, 4] = 0.9      # tie: the first in row-major order (y=0, x=4) wins
+    coords, maxvals = ev.get_max_preds(hm)
+    assert coords.dtype == np.float32 and coords.shape == (1, 3, 2) and maxvals.shape == (1, 3, 1)
+    np.testing.assert_array_equal(coords[0], [[3, 2], [0, 0], [4, 0]])
+    np.testing.assert_allclose(maxvals[0, :, 0], [0.7, -0.5, 0.9])
+    with pytest.raises(ValueError):
+        ev.get_max_preds(hm[0])
+
+
+def test_quarter_offset_recovers_subpixel_peaks_within_a_quarter_pixel():
+    rng = np.random.default_rng(0)
+    xs, ys = random_peaks(rng, 200)
+    hm = np.stack([gaussian_map(64, 48, x, y) for x, y in zip(xs, ys)])[None]
+    coords, _ = ev.get_max_preds(hm)
+    refined = ev.quarter_offset(hm, coords)
+    true = np.stack([xs, ys], axis=1)
+    assert np.abs(refined[0] - true).max() <= 0.25 + 1e-5
+    # the 0.25 step goes from the integer peak toward the true position
+    moved = refined[0] - coords[0]
+    np.testing.assert_array_equal(np.abs(moved), 0.25)
+    np.testing.assert_array_equal(np.sign(moved), np.sign(true - coords[0]))
+
+
+@pytest.mark.parametrize("kernel", [3, 11])
+def test_dark_recovers_subpixel_peaks(kernel):
+    rng = np.random.default_rng(1)
+    xs, ys = random_peaks(rng, 200, margin=8)
+    hm = np.stack([gaussian_map(64, 48, x, y) for x, y in zip(xs, ys)])[None]
+    coords, _ = ev.get_max_preds(hm)
+    refined = ev.dark_refine(hm, coords, kernel)
+    assert np.abs(refined[0] - np.stack([xs, ys], axis=1)).max() < 0.1
+
+
+def official_style_quarter_offset(heatmaps, coords):
+    """The official per-joint loop, written out literally, as an independent reference."""
+    coords = coords.copy()
+    h, w = heatmaps.shape[2:]
+    for n in range(coords.shape[0]):
+        for p in range(coords.shape[1]):
+            hm = heatmaps[n][p]
+            px, py = int(np.floor(coords[n][p][0] + 0.5)), int(np.floor(coords[n][p][1] + 0.5))
+            if 1 < px < w - 1 and 1 < py < h - 1:
+                diff = np.array([hm[py][px + 1] - hm[py][px - 1], hm[py + 1][px] - hm[py - 1][px]])
+                coords[n][p] += np.sign(diff) * .25
+    return coords
+
+
+def official_style_dark(heatmaps, coords, kernel):
+    """DARK as PaddleDetection writes it (per-map blur, explicit Hessian inverse), on copies."""
+    heatmaps, coords = heatmaps.copy(), coords.copy()
+    border = (kernel - 1) // 2
+    h, w = heatmaps.shape[2:]
+    for i in range(heatmaps.shape[0]):
+        for j in range(heatmaps.shape[1]):
+            origin_max = np.max(heatmaps[i, j])
+            padded = np.zeros((h + 2 * border, w + 2 * border))
+            padded[border:-border, border:-border] = heatmaps[i, j]
+            heatmaps[i, j] = cv2.GaussianBlur(padded, (kernel, kernel), 0)[border:-border, border:-border]
+            heatmaps[i, j] *= origin_max / np.max(heatmaps[i, j])
+    logs = np.log(np.maximum(heatmaps, 1e-10))
+    for n in range(coords.shape[0]):
+        for p in range(coords.shape[1]):
+            hm, px, py = logs[n][p], int(coords[n, p, 0]), int(coords[n, p, 1])
+            if 1 < px < w - 2 and 1 < py < h - 2:
+                grad = np.array([0.5 * (hm[py][px + 1] - hm[py][px - 1]), 0.5 * (hm[py + 1][px] - hm[py - 1][px])])
+                dxx = 0.25 * (hm[py][px + 2] - 2 * hm[py][px] + hm[py][px - 2])
+                dyy = 0.25 * (hm[py + 2][px] - 2 * hm[py][px] + hm[py - 2][px])
+                dxy = 0.25 * (hm[py + 1][px + 1] - hm[py - 1][px + 1] - hm[py + 1][px - 1] + hm[py - 1][px - 1])
+                if dxx * dyy - dxy ** 2 != 0:
+                    coords[n, p] -= np.linalg.inv(np.array([[dxx, dxy], [dxy, dyy]], np.float64)) @ grad
+    return coords
+
+
+def network_like_heatmaps(rng, n=4, k=17, h=64, w=48):
+    """Gaussian blobs of random height/position (some on the border) plus noise, some maps all negative."""
+    maps = np.zeros((n, k, h, w), np.float32)
+    for i in range(n):
+        for j in range(k):
+            x, y = rng.uniform(-1, w), rng.uniform(-1, h)
+            maps[i, j] = rng.uniform(0.2, 1) * gaussian_map(h, w, x, y, rng.uniform(1.5, 3))
+    maps += rng.normal(0, 0.01, maps.shape).astype(np.float32)
+    maps[0, :3] -= 2  # peak <= 0: coords zeroed, no refinement
+    return maps
+
+
+def test_decoders_match_the_official_loops():
+    maps = network_like_heatmaps(np.random.default_rng(2))
+    coords, _ = ev.get_max_preds(maps)
+    np.testing.assert_array_equal(ev.quarter_offset(maps, coords), official_style_quarter_offset(maps, coords))
+    for kernel in (3, 11):
+        np.testing.assert_allclose(ev.dark_refine(maps, coords, kernel), official_style_dark(maps, coords, kernel),
+                                   atol=1e-4)
+
+
+def test_dark_leaves_inputs_untouched_and_checks_kernel():
+    maps = network_like_heatmaps(np.random.default_rng(3), n=1)
+    coords, _ = ev.get_max_preds(maps)
+    maps_before, coords_before = maps.copy(), coords.copy()
+    ev.dark_refine(maps, coords, 3)
+    ev.quarter_offset(maps, coords)
+    np.testing.assert_array_equal(maps, maps_before)
+    np.testing.assert_array_equal(coords, coords_before)
+    with pytest.raises(ValueError, match="odd"):
+        ev.dark_refine(maps, coords, 4)
+
+
+@pytest.mark.parametrize("decode", ["default", "dark"])
+def test_heatmaps_to_keypoints_maps_heatmap_pixels_to_the_image(decode):
+    # a 48x64 heatmap of a box with center (24, 32) and scale (0.24, 0.32) (48x64 px) is the identity map;
+    # a box twice as large centred at (300, 200) maps heatmap (x, y) to (300, 200) + 2 * ((x, y) - (24, 32))
+    rng = np.random.default_rng(4)
+    xs, ys = random_peaks(rng, 17, margin=8)
+    hm = np.stack([gaussian_map(64, 48, x, y) for x, y in zip(xs, ys)])
+    heatmaps = np.stack([hm, hm])
+    centers = np.array([[24, 32], [300, 200]], np.float32)
+    scales = np.array([[0.24, 0.32], [0.48, 0.64]], np.float32)
+    preds, maxvals = ev.heatmaps_to_keypoints(heatmaps, centers, scales, decode=decode)
+    assert preds.shape == (2, 17, 2) and preds.dtype == np.float32 and maxvals.shape == (2, 17, 1)
+    on_heatmap = preds[0]
+    np.testing.assert_allclose(preds[1], [300, 200] + 2 * (on_heatmap - [24, 32]), atol=1e-3)
+    tolerance = 0.25 + 1e-3 if decode == "default" else 0.1
+    assert np.abs(on_heatmap - np.stack([xs, ys], axis=1)).max() <= tolerance
+    with pytest.raises(ValueError, match="decode"):
+        ev.heatmaps_to_keypoints(heatmaps, centers, scales, decode="argmax")
+
+
+# ----------------------------------------------------------------------------- flip test
+
+
+def test_flip_back_and_merge_flip_on_hand_made_numbers():
+    flipped = np.arange(2 * 3 * 2 * 3, dtype=np.float32).reshape(2, 3, 2, 3)
+    back = ev.flip_back(flipped, [[1, 2]])
+    np.testing.assert_array_equal(back[:, 0], flipped[:, 0, :, ::-1])
+    np.testing.assert_array_equal(back[:, 1], flipped[:, 2, :, ::-1])
+    np.testing.assert_array_equal(back[:, 2], flipped[:, 1, :, ::-1])
+    # merge: shift the flipped-back map one column right (column 0 keeps its value), then average
+    heatmaps = np.ones((1, 1, 2, 3), np.float32)
+    # flip_back -> [[3,2,1],[6,5,4]] -> shift -> [[3,3,2],[6,6,5]]
+    flipped = np.array([[[[1, 2, 3], [4, 5, 6]]]], np.float32)
+    np.testing.assert_array_equal(ev.merge_flip(heatmaps, flipped, []), [[[[2, 2, 1.5], [3.5, 3.5, 3]]]])
+    np.testing.assert_array_equal(ev.merge_flip(heatmaps, flipped, [], shift=False), [[[[2, 1.5, 1], [3.5, 3, 2.5]]]])
+
+
+class FlipEquivariantNet(paddle.nn.Layer):
+    """Heatmaps with f(mirror(x)) == flip_back(f(x)) built from an arbitrary (asymmetric) conv h:
+    for a pair (l, r) channel l = h_l(x) and channel r = mirror(h_l(mirror(x))); unpaired channels
+    average h_j(x) and mirror(h_j(mirror(x)))."""
+
+    def __init__(self, num_joints, flip_pairs):
+        super().__init__()
+        self.pool = paddle.nn.AvgPool2D(4)
+        self.conv = paddle.nn.Conv2D(3, num_joints, 3, padding=1)
+        self.flip_pairs = flip_pairs
+        self.num_joints = num_joints
+
+    def forward(self, x):
+        mirrored = paddle.flip(x, axis=[3])
+        h, h_of_mirror = self.conv(self.pool(x)), self.conv(self.pool(mirrored))
+        channels = [None] * self.num_joints
+        paired = {j for pair in self.flip_pairs for j in pair}
+        for left, right in self.flip_pairs:
+            channels[left] = h[:, left]
+            channels[right] = paddle.flip(h_of_mirror[:, left], axis=[2])
+        for j in set(range(self.num_joints)) - paired:  # unpaired joints: average of both, mirror-symmetric in x
+            channels[j] = 0.5 * (h[:, j] + paddle.flip(h_of_mirror[:, j], axis=[2]))
+        return paddle.stack(channels, axis=1)
+
+
+def test_flip_test_of_a_flip_equivariant_model():
+    paddle.seed(0)
+    net = FlipEquivariantNet(17, COCO_FLIP_PAIRS)
+    images = paddle.to_tensor(np.random.default_rng(5).normal(size=(2, 3, 64, 48)).astype(np.float32))
+    plain = net(images).numpy()
+    of_mirror = net(paddle.flip(images, axis=[3])).numpy()
+    # equivariance: the flip test without the shift gives back the plain heatmaps
+    np.testing.assert_allclose(ev.merge_flip(plain, of_mirror, COCO_FLIP_PAIRS, shift=False), plain, atol=1e-5)
+    # a left/right symmetric image: the mirrored input is the same image, the same heatmaps come back
+    symmetric = paddle.concat([images[:, :, :, :24], paddle.flip(images[:, :, :, :24], axis=[3])], axis=3)
+    out = net(symmetric).numpy()
+    np.testing.assert_allclose(ev.merge_flip(out, net(paddle.flip(symmetric, axis=[3])).numpy(), COCO_FLIP_PAIRS,
+                                             shift=False), out, atol=1e-5)
+    # through predict_heatmaps (official shift on): 0.5 * (plain + plain shifted right by one column)
+    shifted = plain.copy()
+    shifted[..., 1:] = plain[..., :-1]
+    indices = paddle.to_tensor(np.array([0, -2], np.int64))  # the second image "could not be read"
+    net.train()
+    batches = list(ev.predict_heatmaps(net, [(images, None, None, indices)], flip=True, flip_pairs=COCO_FLIP_PAIRS))
+    assert net.training  # mode restored
+    (heatmaps, kept, skipped), = batches
+    assert skipped.tolist() == [1] and kept.tolist() == [0]
+    np.testing.assert_allclose(heatmaps, 0.5 * (plain + shifted)[:1], atol=1e-5)
+    (no_flip, _, _), = ev.predict_heatmaps(net, [(images, None, None, indices)], flip=False)
+    np.testing.assert_allclose(no_flip, plain[:1], atol=1e-6)
+    with pytest.raises(ValueError, match="flip_pairs"):
+        list(ev.predict_heatmaps(net, [(images, None, None, indices)], flip=True))
+
+
+# ----------------------------------------------------------------------------- OKS, NMS, rescoring
+
+
+def direct_oks(g, d, area_g, area_d, sigmas, thr=None):
+    """OKS straight from the formula, one joint at a time."""
+    total, count = 0.0, 0
+    for k in range(len(sigmas)):
+        if thr is not None and not (g[k, 2] > thr and d[k, 2] > thr):
+            continue
+        dist2 = (g[k, 0] - d[k, 0]) ** 2 + (g[k, 1] - d[k, 1]) ** 2
+        total += np.exp(-dist2 / (2 * float(sigmas[k])) ** 2 / ((area_g + area_d) / 2 + np.spacing(1)) / 2)
+        count += 1
+    return total / count if count else 0.0
+
+
+def random_pose(rng, center=(100, 100), spread=40):
+    xy = rng.normal(center, spread, size=(17, 2))
+    return np.concatenate([xy, rng.uniform(0, 1, (17, 1))], axis=1)
+
+
+def test_oks_iou_matches_the_formula():
+    rng = np.random.default_rng(6)
+    g = random_pose(rng)
+    ds = np.stack([g + np.concatenate([rng.normal(0, s, (17, 2)), np.zeros((17, 1))], 1) for s in (0, 2, 10, 50)])
+    ds[:, :, 2] = rng.uniform(0, 1, (4, 17))
+    areas = np.array([5000.0, 8000.0, 12000.0, 3000.0])
+    for thr in (None, 0.2, 0.99):
+        got = ev.oks_iou(g, ds, 6000.0, areas, COCO_SIGMAS, thr)
+        want = [direct_oks(g, d, 6000.0, a, COCO_SIGMAS, thr) for d, a in zip(ds, areas)]
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert ev.oks_iou(g, ds, 6000.0, areas, COCO_SIGMAS)[0] == pytest.approx(1.0)
+    np.testing.assert_array_equal(ev.oks_iou(g, ds, 6000.0, areas, COCO_SIGMAS, in_vis_thre=1.0), 0.0)  # no joint kept
+    flat = ev.oks_iou(g.reshape(-1), ds.reshape(4, -1), 6000.0, areas, COCO_SIGMAS)  # official flat layout
+    np.testing.assert_allclose(flat, ev.oks_iou(g, ds, 6000.0, areas, COCO_SIGMAS))
+
+
+def test_oks_nms_keeps_the_better_of_two_duplicates_and_the_distinct_pose():
+    rng = np.random.default_rng(7)
+    pose = random_pose(rng)
+    near_copy = pose + [0.5, -0.5, 0]
+    distinct = random_pose(rng, center=(400, 300))
+    people = [{"keypoints": near_copy, "score": 0.6, "area": 9000.0},
+              {"keypoints": distinct, "score": 0.5, "area": 9000.0},
+              {"keypoints": pose, "score": 0.9, "area": 9000.0}]
+    assert ev.oks_nms(people, 0.9, COCO_SIGMAS) == [2, 1]
+    assert ev.oks_nms([], 0.9, COCO_SIGMAS) == []
+    # soft NMS keeps all three but pushes the duplicate behind the distinct pose
+    assert ev.soft_oks_nms(people, 0.9, COCO_SIGMAS) == [2, 1, 0]
+
+
+def test_soft_oks_nms_keeps_at_most_20():
+    rng = np.random.default_rng(8)
+    people = [{"keypoints": random_pose(rng, center=(100 * i, 0)), "score": float(s), "area": 1000.0}
+              for i, s in enumerate(rng.uniform(0, 1, 30))]
+    keep = ev.soft_oks_nms(people, 0.9, COCO_SIGMAS)
+    scores = np.array([p["score"] for p in people])
+    assert keep == list(np.argsort(-scores)[:20])  # far apart: no rescoring, just the 20 best
+
+
+def test_rescore_and_nms_builds_official_results():
+    rng = np.random.default_rng(9)
+    pose = random_pose(rng)
+    pose[:, 2] = 0.1
+    pose[:4, 2] = [0.9, 0.5, 0.3, 0.2]  # above 0.2: 0.9, 0.5, 0.3 -> mean 0.5667 (0.2 is not > 0.2)
+    people = [
+        {"image_id": 7, "keypoints": pose, "center": np.float32([100, 100]), "scale": np.float32([1.0, 1.5]),
+         "score": 0.8},
+        {"image_id": 7, "keypoints": pose + [1, 0, 0], "center": [101, 100], "scale": [1.0, 1.5], "score": 0.5},
+        {"image_id": 3, "keypoints": np.concatenate([pose[:, :2], np.full((17, 1), 0.1)], 1),
+         "center": [5, 5], "scale": [1, 1], "score": 1.0},
+    ]
+    results = ev.rescore_and_nms(people, COCO_SIGMAS, in_vis_thre=0.2, oks_thre=0.9)
+    assert [r["image_id"] for r in results] == [7, 3]  # the duplicate of image 7 is suppressed
+    first = results[0]
+    assert first["score"] == pytest.approx(0.8 * (0.9 + 0.5 + 0.3) / 3, rel=1e-6)
+    assert results[1]["score"] == 0.0  # no joint above in_vis_thre
+    assert first["category_id"] == 1 and len(first["keypoints"]) == 51
+    assert all(type(v) is float for v in first["keypoints"] + first["center"] + first["scale"] + [first["score"]])
+    np.testing.assert_allclose(first["keypoints"], pose.astype(np.float32).reshape(-1))
+    json.dumps(results)  # plain python types only
+
+
+# ----------------------------------------------------------------------------- COCO scoring and the CLI
+
+
+def gt_as_results(ann_file):
+    with open(ann_file) as f:
+        annotations = json.load(f)["annotations"]
+    return [{"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
+            for a in annotations if a["num_keypoints"] > 0 and not a["iscrowd"]]
+
+
+def test_ground_truth_as_predictions_scores_ap_1():
+    stats = ev.coco_keypoint_stats(TINY_ANN, gt_as_results(TINY_ANN))
+    assert tuple(stats) == ev.STAT_NAMES
+    assert stats["AP"] == pytest.approx(1.0) and stats["AR"] == pytest.approx(1.0)
+
+
+def test_known_predictions_score_the_published_figures():
+    with open(TINY_PREDICTIONS) as f:
+        results = json.load(f)
+    stats = ev.coco_keypoint_stats(TINY_ANN, results, sigmas=COCO_SIGMAS.astype(np.float32))
+    assert round(stats["AP"], 4) == 0.8609 and round(stats["AP .5"], 4) == 0.9931 and round(stats["AR"], 3) == 0.875
+    assert "bbox" not in results[0]  # the caller's dicts are not modified by pycocotools
+
+
+def test_scoring_rejects_empty_results_and_foreign_image_ids():
+    with pytest.raises(ValueError, match="no keypoint results"):
+        ev.coco_keypoint_stats(TINY_ANN, [])
+    foreign = gt_as_results(TINY_ANN)
+    foreign[0] = dict(foreign[0], image_id=123456789)
+    with pytest.raises(ValueError, match="123456789.*person_keypoints_val2017.json"):
+        ev.coco_keypoint_stats(TINY_ANN, foreign)
+    short = [dict(gt_as_results(TINY_ANN)[0], keypoints=[1.0] * 50)]
+    with pytest.raises(ValueError, match="51 keypoint values"):
+        ev.coco_keypoint_stats(TINY_ANN, short)
+    with pytest.raises(ValueError, match="not found"):
+        ev.coco_keypoint_stats("/nonexistent/ann.json", gt_as_results(TINY_ANN))
+
+
+def test_cli_scores_a_results_file(capsys):
+    ev.main(["--data", TINY, "--results", TINY_PREDICTIONS])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "AP: 0.861"
+    assert len(lines) >= 11 and lines[-2].startswith("AR (L)")
+
+
+def cli_error(argv):
+    with pytest.raises(SystemExit) as info:
+        ev.main(argv)
+    message = str(info.value.code)
+    assert message.startswith("error: ") and "\n" not in message
+    return message
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+    assert "annotation file" in cli_error(["--data", str(tmp_path), "--results", TINY_PREDICTIONS])
+    assert "--results" in cli_error(["--data", TINY, "--results", str(tmp_path / "missing.json")])
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    assert "no keypoint results" in cli_error(["--data", TINY, "--results", str(empty)])
+    broken = tmp_path / "broken.json"
+    broken.write_text("[{")
+    assert "not valid JSON" in cli_error(["--data", TINY, "--results", str(broken)])
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps([dict(gt_as_results(TINY_ANN)[0], image_id=42)]))
+    assert "not in" in cli_error(["--data", TINY, "--results", str(foreign)])
+    assert "--model and --weights" in cli_error(["--data", TINY])
+    model_args = ["--data", TINY, "--model", "lite_hrnet_18", "--weights", "w.pdparams"]
+    assert "--boxes" in cli_error(model_args + ["--boxes", str(tmp_path / "nope.json")])
+    assert "non-empty" in cli_error(model_args + ["--boxes", str(empty)])
+    other_images = tmp_path / "other_images.json"
+    other_images.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [1, 1, 50, 80], "score": 0.9}]))
+    assert "not in the annotation file" in cli_error(model_args + ["--boxes", str(other_images)])
+    assert "--input-size" in cli_error(model_args + ["--input-size", "250x192"])
+
+
+def test_write_json_atomically(tmp_path):
+    path = tmp_path / "sub" / "results.json"
+    ev.write_json_atomically([{"a": 1.5}], str(path))
+    assert json.loads(path.read_text()) == [{"a": 1.5}]
+    assert os.listdir(path.parent) == ["results.json"]
+
+
+# ----------------------------------------------------------------------------- end to end with data.py / model.py
+
+
+def tiny_dataset(boxes="gt", **kwargs):
+    from data import COCOKeypointDataset, parse_input_size
+    return COCOKeypointDataset(TINY_ANN, os.path.join(TINY, "val2017"), parse_input_size("256x192"), train=False,
+                               boxes=boxes, **kwargs)
+
+
+class TargetsAsImages(paddle.io.Dataset):
+    """The dataset's own target heatmaps in place of the images: with an identity 'model' the evaluation
+    must find the ground-truth poses again (checks crop transform, target rendering and decoding agree)."""
+
+    def __init__(self, dataset):
+        self.dataset, self.records, self.info, self.ann_file = dataset, dataset.records, dataset.info, dataset.ann_file
+        self.udp = dataset.udp
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        _image, target, target_weight, index = self.dataset[i]
+        return target, target, target_weight, index
+
+
+class Identity(paddle.nn.Layer):
+    def forward(self, x):
+        return x
+
+
+@pytest.mark.parametrize("decode, udp", [("default", False), ("dark", False), ("default", True)])
+def test_evaluate_model_finds_the_ground_truth_from_perfect_heatmaps(decode, udp):
+    dataset = TargetsAsImages(tiny_dataset(udp=udp))
+    logs = []
+    results, stats = ev.evaluate_model(Identity(), dataset, batch_size=8, flip=False, decode=decode, log=logs.append)
+    assert len(results) == len(dataset.records) == 12
+    assert stats["AP"] > 0.95, stats
+    assert any("samples/s" in line for line in logs)
+
+
+def test_evaluate_model_scores_only_the_images_it_could_read(tmp_path):
+    os.symlink(os.path.join(TINY, "val2017", "000000000785.jpg"), tmp_path / "000000000785.jpg")
+    from data import COCOKeypointDataset
+    dataset = TargetsAsImages(COCOKeypointDataset(TINY_ANN, str(tmp_path), "256x192", train=False))
+    logs = []
+    with pytest.warns(UserWarning):
+        results, stats = ev.evaluate_model(Identity(), dataset, batch_size=4, flip=False, log=logs.append)
+    assert {r["image_id"] for r in results} == {785}
+    assert any("skipped 11 of 12 samples: 3 images could not be read" in line for line in logs)
+    assert stats["AP"] > 0.95  # the people of the three unread images are not counted as missed
+
+
+def test_evaluate_model_with_a_random_lite_hrnet_on_gt_and_detector_boxes(tmp_path):
+    from model import build_model
+    paddle.seed(0)
+    model = build_model("lite_hrnet_18")
+    model.train()
+    for boxes, kwargs in (("gt", {}), (TINY_DETS, {"det_score_thr": 0.5})):
+        dataset = tiny_dataset(boxes, **kwargs)
+        results, stats = ev.evaluate_model(model, dataset, batch_size=16, flip=boxes == "gt", log=lambda *a: None)
+        assert model.training  # train.py's periodic eval gets its training mode back
+        assert tuple(stats) == ev.STAT_NAMES and all(isinstance(v, float) and -1 <= v <= 1 for v in stats.values())
+        assert 0 < len(results) <= len(dataset)
+        assert {r["image_id"] for r in results} <= {785, 40083, 196141, 197388}
+        for r in results[:3]:
+            assert r["category_id"] == 1 and len(r["keypoints"]) == 51 and np.isfinite(r["keypoints"]).all()
+            assert 0 <= r["score"] <= 1 and len(r["center"]) == len(r["scale"]) == 2
+
+
+@pytest.fixture(scope="module")
+def lite18_weights(tmp_path_factory):
+    from model import build_model
+    paddle.seed(0)
+    path = tmp_path_factory.mktemp("weights") / "lite18.pdparams"
+    paddle.save(build_model("lite_hrnet_18").state_dict(), str(path))
+    return str(path)
+
+
+def test_cli_evaluates_a_model_and_writes_results(lite18_weights, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    ev.main(["--data", TINY, "--model", "lite_hrnet_18", "--weights", lite18_weights, "--workers", "0",
+             "--boxes", "det", "--det-score-thr", "0.9", "--no-flip", "--decode", "dark", "--out", str(out)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "on 14 boxes" in lines[0]  # the 14 detections scoring >= 0.9 of coco_tiny's detection file
+    assert lines[-1].startswith("AP: ") and 0 <= float(lines[-1][4:]) <= 1
+    results = json.loads(out.read_text())
+    assert 0 < len(results) <= 14 and set(results[0]) == {"image_id", "category_id", "keypoints", "score", "center",
+                                                          "scale"}
+
+
+def test_cli_rejects_weights_of_another_model(lite18_weights, tmp_path):
+    message = cli_error(["--data", TINY, "--model", "lite_hrnet_30", "--weights", lite18_weights, "--workers", "0"])
+    assert "--weights" in message and "lite18.pdparams" in message
+    message = cli_error(["--data", TINY, "--model", "lite_hrnet_18", "--weights", str(tmp_path / "nope.pdparams")])
+    assert "--weights" in message and "not found" in message
