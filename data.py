@@ -31,7 +31,9 @@ from multiprocessing import Pool
 
 import cv2
 import numpy as np
-import paddle
+
+warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about building C++ extensions
+import paddle  # noqa: E402
 
 # Parallelism comes from worker processes (DataLoader, the synth pool), which are forked: a child forked
 # after OpenCV's thread pool has run deadlocks on it. One OpenCV thread per process keeps forking safe.
@@ -948,17 +950,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     synth = commands.add_parser("synth", help="write the synthetic stick-figure dataset (COCO format)")
-    synth.add_argument("--out", required=True)
-    synth.add_argument("--train", type=int, default=2000)
-    synth.add_argument("--val", type=int, default=200)
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", required=True, help="output folder (COCO layout)")
+    synth.add_argument("--train", type=int, default=2000, help="number of training images")
+    synth.add_argument("--val", type=int, default=200, help="number of validation images")
+    synth.add_argument("--seed", type=int, default=0, help="same seed, same files")
     synth.add_argument("--size", default="320x240", help="image WIDTHxHEIGHT")
-    synth.add_argument("--workers", type=int, default=None)
+    synth.add_argument("--workers", type=int, default=None, help="processes (default: one per core, at most 8)")
     synth.set_defaults(func=_cmd_synth)
     download = commands.add_parser("download", help="download and unpack COCO 2017 (resumable)")
-    download.add_argument("--root", required=True)
-    download.add_argument("--what", default="train,val,annotations")
-    download.add_argument("--base-url", default=COCO_BASE_URL)
+    download.add_argument("--root", required=True, help="folder for train2017/, val2017/, annotations/")
+    download.add_argument("--what", default="train,val,annotations", help="comma-separated items to fetch")
+    download.add_argument("--base-url", default=COCO_BASE_URL, help="host serving zips/ and annotations/")
     download.set_defaults(func=_cmd_download)
     for name, func, text in (("bench", _cmd_bench, "training samples/s of the data pipeline on one core"),
                              ("show", _cmd_show, "save a grid of augmented training crops with targets")):
@@ -968,13 +970,13 @@ def main(argv=None):
         sub.add_argument("--input-size", default="256x192", help="HEIGHTxWIDTH")
         sub.set_defaults(func=func)
     bench = commands.choices["bench"]
-    bench.add_argument("--n", type=int, default=500)
-    bench.add_argument("--udp", action="store_true")
+    bench.add_argument("--n", type=int, default=500, help="samples to time")
+    bench.add_argument("--udp", action="store_true", help="UDP warp and targets")
     show = commands.choices["show"]
-    show.add_argument("--out", default="samples.jpg")
-    show.add_argument("--n", type=int, default=8)
-    show.add_argument("--seed", type=int, default=0)
-    show.add_argument("--no-augment", action="store_true")
+    show.add_argument("--out", default="samples.jpg", help="output image")
+    show.add_argument("--n", type=int, default=8, help="number of crops")
+    show.add_argument("--seed", type=int, default=0, help="augmentation seed")
+    show.add_argument("--no-augment", action="store_true", help="plain crops, as at evaluation")
     args = parser.parse_args(argv)
     try:
         args.func(args)

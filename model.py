@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 
-warnings.filterwarnings("ignore", message=".*ccache.*")
+warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about building C++ extensions
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
