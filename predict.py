@@ -16,6 +16,8 @@ os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # Paddle pin
 
 import argparse
 import time
+from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import cv2
 import numpy as np
@@ -206,25 +208,34 @@ def person_json(person):
 # Inputs and outputs
 
 
+@dataclass
+class Source:
+    """What --input names. kind: 'images' (an image, a folder) or 'video' (a file, a webcam); items yields
+    (file name or frame index, BGR image or None if unreadable); total: how many items (None if unknown)."""
+    kind: str
+    name: str
+    items: Iterator
+    total: Optional[int]
+    fps: float = 25.0
+    skipped: int = 0  # files of a folder that are not images
+
+
 def read_input(spec, max_frames=0):
-    """--input -> (kind, source name, items, fps, skipped files). kind is 'images' (an image, a folder) or 'video'
-    (a file, a webcam index); items yields (file name or frame index, BGR image, or None if unreadable).
-    Everything that can be checked before the first prediction is: errors are one-line ValueErrors."""
+    """--input as a Source, after every check that can be made before the first prediction (one-line errors)."""
     if spec.isdigit():
-        return ("video", f"webcam{spec}", *_video_frames(spec, max_frames), 0)
+        return _video_source(spec, f"webcam{spec}", max_frames)
     if os.path.isdir(spec):
         files = sorted(os.path.join(spec, f) for f in os.listdir(spec) if os.path.isfile(os.path.join(spec, f)))
         images = [f for f in files if cv2.haveImageReader(f)]  # by the file's signature, not its extension
         if not images:
             raise ValueError(f"--input {spec}: no images in this folder ({len(files)} other files)")
-        return "images", os.path.basename(os.path.normpath(spec)), _read_images(images), None, len(files) - len(images)
+        return Source("images", os.path.basename(os.path.normpath(spec)), _read_images(images), len(images),
+                      skipped=len(files) - len(images))
     if not os.path.exists(spec):
         raise FileNotFoundError(f"--input {spec}: no such image, video or folder")
     if cv2.haveImageReader(spec):
-        image = _read_bgr(spec)
-        return "images", os.path.basename(spec), iter([(os.path.basename(spec), image)]), None, 0
-    name = os.path.splitext(os.path.basename(spec))[0]
-    return ("video", name, *_video_frames(spec, max_frames), 0)
+        return Source("images", os.path.basename(spec), iter([(os.path.basename(spec), _read_bgr(spec))]), 1)
+    return _video_source(spec, os.path.splitext(os.path.basename(spec))[0], max_frames)
 
 
 def _read_bgr(path):
@@ -243,8 +254,8 @@ def _read_images(paths):
             yield os.path.basename(path), None
 
 
-def _video_frames(spec, max_frames):
-    """(frames, fps) of a video file or webcam, after checking that it opens and gives a first frame."""
+def _video_source(spec, name, max_frames):
+    """A video file or webcam, checked to open and to give a first frame."""
     webcam = spec.isdigit()
     capture = cv2.VideoCapture(int(spec) if webcam else spec)
     if not capture.isOpened():
@@ -254,7 +265,8 @@ def _video_frames(spec, max_frames):
     if not ok:
         capture.release()
         raise ValueError(f"--input {spec}: the {'webcam' if webcam else 'video'} gives no frames")
-    fps = capture.get(cv2.CAP_PROP_FPS)
+    fps, count = capture.get(cv2.CAP_PROP_FPS), int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    total = None if webcam or count <= 0 else min(count, max_frames or count)
 
     def frames():
         index, frame = 0, first
@@ -266,7 +278,7 @@ def _video_frames(spec, max_frames):
         finally:
             capture.release()
 
-    return frames(), (fps if 0 < fps < 1000 else 25.0)
+    return Source("video", name, frames(), total, fps if 0 < fps < 1000 else 25.0)
 
 
 def _atomic_path(path):
@@ -274,14 +286,16 @@ def _atomic_path(path):
     return f"{root}.tmp{os.getpid()}{ext}"  # same extension: OpenCV picks the format from it
 
 
-def predict_input(args, run, pose, kind, name, items, fps, boxes_for, box_padding):
-    """Predict every image or frame; write the drawn images (or one video) and the JSON to args.out."""
+def predict_input(args, run, pose, source, boxes_for, box_padding):
+    """Predict every image or frame of source; write the drawn images (or one video) and predictions.json to
+    args.out. Returns the JSON's results and the number of unreadable images."""
     os.makedirs(args.out, exist_ok=True)
-    video_path = os.path.join(args.out, f"{name}.mp4")
+    video = source.kind == "video"
+    video_path = os.path.join(args.out, f"{source.name}.mp4")
     writer, results, unreadable = None, [], 0
     start = last_report = time.time()
     try:
-        for label, image_bgr in items:
+        for done, (label, image_bgr) in enumerate(source.items, 1):
             if image_bgr is None:
                 unreadable += 1
                 continue
@@ -289,9 +303,9 @@ def predict_input(args, run, pose, kind, name, items, fps, boxes_for, box_paddin
             people = predict_image(run, image_rgb, boxes_for(label, image_bgr), pose, box_padding, args.flip,
                                    args.decode, args.dark_kernel, args.batch_size, nms_thr=args.nms_thr)
             drawn = draw_poses(image_bgr, people, pose["skeleton"], pose["flip_pairs"], args.kpt_thr)
-            if kind == "video":
+            if video:
                 if writer is None:
-                    writer = cv2.VideoWriter(_atomic_path(video_path), cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                    writer = cv2.VideoWriter(_atomic_path(video_path), cv2.VideoWriter_fourcc(*"mp4v"), source.fps,
                                              (drawn.shape[1], drawn.shape[0]))
                     if not writer.isOpened():
                         raise ValueError(f"--out {args.out}: OpenCV cannot write an mp4 video there")
@@ -301,12 +315,14 @@ def predict_input(args, run, pose, kind, name, items, fps, boxes_for, box_paddin
                 if not cv2.imwrite(_atomic_path(out_path), drawn):
                     raise ValueError(f"--out {args.out}: OpenCV cannot write {label} there")
                 os.replace(_atomic_path(out_path), out_path)
-            results.append({("frame" if kind == "video" else "file"): label, "width": image_bgr.shape[1],
+            results.append({("frame" if video else "file"): label, "width": image_bgr.shape[1],
                             "height": image_bgr.shape[0], "people": [person_json(p) for p in people]})
             now = time.time()
-            if kind == "images" or now - last_report > 2:
-                print(f"{label}: {len(people)} {'person' if len(people) == 1 else 'people'}" if kind == "images" else
-                      f"frame {label + 1}: {len(people)} people, {len(results) / (now - start):.1f} frames/s")
+            if not video or now - last_report > 2:
+                rate = done / (now - start)
+                eta = f", ETA {(source.total - done) / rate:.0f} s" if source.total and done < source.total else ""
+                print(f"{done}/{source.total or '?'} {label if not video else 'frames'}: {len(people)} "
+                      f"{'person' if len(people) == 1 else 'people'}, {rate:.1f}/s{eta}", flush=True)
                 last_report = now
     except KeyboardInterrupt:  # how a webcam run ends: keep what was recorded
         print("stopped")
@@ -318,9 +334,8 @@ def predict_input(args, run, pose, kind, name, items, fps, boxes_for, box_paddin
     write_json_atomically({"model": pose["model"], "input_size": pose["input_size"],
                            "keypoint_names": pose["keypoint_names"], "skeleton": pose["skeleton"],
                            "results": results}, json_path)
-    elapsed = time.time() - start
-    print(f"{len(results)} {'frames' if kind == 'video' else 'images'} in {elapsed:.1f} s "
-          f"({len(results) / max(elapsed, 1e-9):.1f}/s); wrote {video_path if writer else args.out + '/'} and {json_path}")
+    print(f"{len(results)} {'frames' if video else 'images'} in {time.time() - start:.1f} s; wrote "
+          f"{video_path if writer else args.out + '/'} and {json_path}")
     return results, unreadable
 
 
@@ -410,23 +425,24 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        kind, name, items, fps, skipped = read_input(args.input, args.max_frames)
-        boxes_for, box_padding, boxes_text = box_source(args, kind)
+        source = read_input(args.input, args.max_frames)
+        boxes_for, box_padding, boxes_text = box_source(args, source.kind)
         input_folder = args.input if os.path.isdir(args.input) else os.path.dirname(args.input) or "."
-        if kind == "images" and not args.benchmark and os.path.realpath(args.out) == os.path.realpath(input_folder):
+        if (source.kind == "images" and not args.benchmark
+                and os.path.realpath(args.out) == os.path.realpath(input_folder)):
             raise ValueError(f"--out {args.out}: the input's own folder; the drawn images would replace the inputs")
         run, pose = load_model(args)
         description = (f"paddle.inference {args.device or ('gpu' if paddle.is_compiled_with_cuda() else 'cpu')}"
                        f" oneDNN {'on' if args.onednn else 'off'}" if args.model_dir else "eager checkpoint")
         if args.benchmark:
-            image = next((image for _, image in items if image is not None), None)
+            image = next((image for _, image in source.items if image is not None), None)
             if image is None:
                 raise ValueError(f"--input {args.input}: no readable image to benchmark on")
             benchmark(args, run, pose, image, description)
             return
         print(f"{pose['model']} ({description}) on {args.input}, boxes: {boxes_text}"
-              + (f"; skipping {skipped} files that are not images" if skipped else ""))
-        _, unreadable = predict_input(args, run, pose, kind, name, items, fps, boxes_for, box_padding)
+              + (f"; skipping {source.skipped} files that are not images" if source.skipped else ""))
+        _, unreadable = predict_input(args, run, pose, source, boxes_for, box_padding)
         if unreadable:
             print(f"skipped {unreadable} unreadable images")
     except (ValueError, FileNotFoundError) as err:

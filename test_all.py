@@ -1484,6 +1484,27 @@ def test_predict_image_maps_crops_back_to_the_image():
     assert pr.predict_image(dot_finding_network(pose), image, [], pose) == []
 
 
+def test_predict_image_finds_what_evaluate_finds_from_the_same_boxes(lite_checkpoint):
+    model = M.load_weights(M.build_model("lite_hrnet_18"), lite_checkpoint)
+    dataset = data.COCOKeypointDataset(TINY_ANN, TINY_IMAGES, "128x96", train=False, boxes=TINY_DETS,
+                                       det_score_thr=0.5)
+    expected, _ = ev.evaluate_model(model, dataset, batch_size=8, flip=True, log=lambda *a: None)
+    model.eval()
+    pose = ex.pose_metadata("lite_hrnet_18", "128x96", COCO_INFO)
+    detections = pr.read_detections(TINY_DETS, 0.5)
+    found = []
+    for image_id in sorted(detections):
+        image = data.read_image_rgb(os.path.join(TINY_IMAGES, f"{image_id:012d}.jpg"))
+        for person in pr.predict_image(lambda x: outputs(model, x), image, detections[image_id], pose, flip=True):
+            found.append((image_id, person["score"], person["keypoints"].reshape(-1)))
+    expected = [(r["image_id"], r["score"], np.array(r["keypoints"])) for r in expected]
+    assert len(found) == len(expected) > 4
+    for (image_a, score_a, keypoints_a), (image_b, score_b, keypoints_b) in zip(sorted(found, key=lambda f: f[:2]),
+                                                                                sorted(expected, key=lambda f: f[:2])):
+        assert image_a == image_b and score_a == pytest.approx(score_b, abs=1e-6)
+        assert np.allclose(keypoints_a, keypoints_b, atol=1e-3)
+
+
 def test_draw_poses_colours_sides_and_skips_low_scores():
     image = np.zeros((100, 100, 3), np.uint8)
     keypoints = np.zeros((17, 3))
@@ -1503,7 +1524,7 @@ def predict_error(argv):
 
 def test_predict_on_the_demo_photo_writes_drawing_and_json(lite_export, tmp_path, capsys):
     pr.main(["--model-dir", lite_export[0], "--input", DEMO, "--out", str(tmp_path), "--kpt-thr", "-1"])
-    assert "hrnet_demo.jpg: 1 person" in capsys.readouterr().out
+    assert "1/1 hrnet_demo.jpg: 1 person" in capsys.readouterr().out
     drawn, original = cv2.imread(str(tmp_path / "hrnet_demo.jpg")), cv2.imread(DEMO)
     assert drawn.shape == original.shape and np.abs(drawn.astype(int) - original).max() > 100
     result = json.loads((tmp_path / "predictions.json").read_text())
