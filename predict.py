@@ -199,9 +199,9 @@ def draw_poses(image_bgr, people, skeleton, flip_pairs=(), kpt_thr=0.3):
 
 
 def person_json(person):
+    keypoints = [[round(float(x), 2), round(float(y), 2), round(float(s), 5)] for x, y, s in person["keypoints"]]
     return {"box": [round(v, 2) for v in person["box"]], "box_score": round(person["box_score"], 5),
-            "score": round(person["score"], 5),
-            "keypoints": [[round(float(x), 2), round(float(y), 2), round(float(s), 5)] for x, y, s in person["keypoints"]]}
+            "score": round(person["score"], 5), "keypoints": keypoints}
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1445,6 +1445,25 @@ def test_pose_json_and_predictor_errors_are_one_line(lite_export, tmp_path):
                     str(other), device="cpu")
 
 
+def test_create_predictor_runs_a_legacy_format_export_with_int8_kernels(tmp_path):
+    """quantize.py saves the old program format (model.pdmodel), which needs FLAGS_enable_pir_api=0 at import."""
+    script = ("import paddle; from paddle.static import InputSpec; paddle.seed(0)\n"
+              "net = paddle.nn.Conv2D(3, 17, 3, stride=4, padding=1); net.eval()\n"
+              "paddle.jit.save(paddle.jit.to_static(net, input_spec=[InputSpec([None, 3, 64, 64], 'float32', 'image')],"
+              " full_graph=True), r'%s')\n"
+              "paddle.save(net.state_dict(), r'%s')" % (tmp_path / "model", tmp_path / "net.pdparams"))
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, timeout=300,
+                   env=dict(os.environ, FLAGS_enable_pir_api="0"))
+    assert (tmp_path / "model.pdmodel").exists() and not (tmp_path / "model.json").exists()
+    ex.write_pose_json(str(tmp_path), "conv", "64x64", COCO_INFO, quantized=True, model_file="model.pdmodel")
+    net = paddle.nn.Conv2D(3, 17, 3, stride=4, padding=1)
+    net.set_state_dict(paddle.load(str(tmp_path / "net.pdparams")))
+    x = np.random.RandomState(0).randn(2, 3, 64, 64).astype("float32")
+    for int8 in (False, True):  # a float graph has nothing to quantize: int8 kernels must leave it exact
+        y = ex.create_predictor(str(tmp_path), device="cpu", int8=int8)(x)
+        assert np.abs(y - outputs(net, x)).max() < 1e-4
+
+
 def test_onnx_without_paddle2onnx_says_how_to_install_before_any_work(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "paddle2onnx", None)  # makes `import paddle2onnx` fail
     with pytest.raises(SystemExit, match="pip install paddle2onnx"):
