@@ -18,6 +18,7 @@ os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # Paddle pin
 import argparse
 import contextlib
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -98,22 +99,25 @@ def export_model(model, out_dir, model_name, input_size, info, udp=False):
     """jit.save the model for crops of input_size ((width, height) or 'HxW') and any batch size, plus pose.json.
     The model is traced in eval mode and handed back in its own mode, still eager. Returns the written files."""
     width, height = _size_wh(input_size)
-    os.makedirs(out_dir, exist_ok=True)
+    staging = os.path.join(out_dir, f".export{os.getpid()}")  # files appear in out_dir only when complete
     was_training, eager_forward = model.training, model.__dict__.get("forward")
     model.eval()
     try:
         static = paddle.jit.to_static(model, input_spec=[InputSpec([None, 3, height, width], "float32", "image")],
                                       full_graph=True)
-        paddle.jit.save(static, os.path.join(out_dir, "model"))  # PIR format: model.json + model.pdiparams
+        paddle.jit.save(static, os.path.join(staging, "model"))  # PIR format: model.json + model.pdiparams
+        files = [os.path.join(out_dir, name) for name in ("model.json", "model.pdiparams")]
+        for path in files:
+            os.replace(os.path.join(staging, os.path.basename(path)), path)
     finally:
+        shutil.rmtree(staging, ignore_errors=True)
         # to_static replaced forward on this very layer: give the caller its eager model back
         if eager_forward is None:
             model.__dict__.pop("forward", None)
         else:
             model.forward = eager_forward
         model.train(was_training)
-    pose_path = write_pose_json(out_dir, model_name, (width, height), info, udp)
-    return [os.path.join(out_dir, name) for name in ("model.json", "model.pdiparams")] + [pose_path]
+    return files + [write_pose_json(out_dir, model_name, (width, height), info, udp)]
 
 
 def _model_files(model_dir):

@@ -1672,4 +1672,4 @@ def test_benchmark_prints_latency_and_throughput_at_batch_1_and_8(lite_export, c
         assert line.startswith(f"batch {batch}:")
         for p50, p90, rate in re.findall(r"p50 +(\S+) ms +p90 +(\S+) ms +(\S+) img/s", line):
             assert 0 < float(p50) <= float(p90) and float(rate) == pytest.approx(batch * 1000 / float(p50), rel=0.01, abs=0.1)
-        assert "pipeline - model" in line
+        assert re.search(r"outside the network p50 \S+ ms \(\d+% of the pipeline\)$", line)
