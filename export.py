@@ -165,7 +165,8 @@ def create_predictor(model_dir, device=None, threads=None, onednn=True, int8=Fal
         if not paddle.is_compiled_with_cuda():
             raise ValueError(f"--device {device}: this Paddle build has no CUDA; install paddlepaddle-gpu or "
                              f"use --device cpu")
-        config.enable_use_gpu(256, int(device.partition(":")[2] or 0))  # a quantized graph runs in float here
+        # int8 kernels are oneDNN's (CPU): on a GPU a quantized export runs its fake-quant graph in float
+        config.enable_use_gpu(256, int(device.partition(":")[2] or 0))
     elif device == "cpu":
         config.disable_gpu()
         config.set_cpu_math_library_num_threads(int(threads or os.cpu_count() or 1))

@@ -132,13 +132,18 @@ def box_source(args, kind):
         if kind != "images":
             raise ValueError("--boxes FILE gives boxes per COCO image id: use it with images named by their id")
         detections = read_detections(args.boxes, args.box_thr)
-        return (lambda name, image: detections.get(coco_image_id(name), [])), 1.25, args.boxes
+
+        def detection_boxes(name, image):
+            if coco_image_id(name) is None:
+                raise ValueError(f"--boxes: {name} is not named by its COCO image id (as 000000000785.jpg is 785)")
+            return detections.get(coco_image_id(name), [])
+
+        return detection_boxes, 1.25, args.boxes
     if args.detector == "hog":
         detect = hog_people_detector()
-        # a HOG window holds a 96-px person in 128 px: already padded, so no further 1.25
+        # Dalal & Triggs' 64x128 window keeps 16 px of margin around the person: already padded, no further 1.25
         return (lambda name, image: detect(image)), 1.0, "OpenCV HOG people detector"
-    # The whole image is already a loose box around its person: keep its aspect ratio (PaddleDetection's deploy
-    # stretches it, which distorts the body and which the uniform inverse transform cannot undo), no extra padding.
+    # whole image = a loose box around its person: aspect kept (not stretched as in PaddleDetection's deploy), no 1.25
     return (lambda name, image: whole_image_box(image)), 1.0, "whole image"
 
 
@@ -389,7 +394,7 @@ def benchmark(args, run, pose, image_bgr, description, warmup=3):
             line += f"  {what} p50 {p50:7.1f} ms  p90 {p90:7.1f} ms  {batch * 1000 / p50:6.1f} img/s |"
         outside = np.median(times["outside"])
         print(f"{line}  outside the network p50 {outside * 1000:.1f} ms "
-              f"({100 * outside / np.median(times['pipeline']):.0f}% of the pipeline)")
+              f"({100 * outside / np.median(times['pipeline']):.1f}% of the pipeline)")
 
 
 # ----------------------------------------------------------------------------------------------------
