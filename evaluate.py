@@ -173,6 +173,16 @@ def merge_flip(heatmaps, heatmaps_of_flipped_input, flip_pairs, shift=True):
     return (heatmaps + back) * 0.5
 
 
+def predict_batch(run, images, flip=False, flip_pairs=None, shift=True):
+    """Heatmaps (numpy) of one batch of crops, run(images) being the model; with flip, the flip test: averaged
+    with the heatmaps of the mirrored crops. images: a paddle Tensor or a numpy array (N, 3, H, W)."""
+    heatmaps = run(images)
+    if flip:
+        mirrored = paddle.flip(images, axis=[3]) if isinstance(images, paddle.Tensor) else images[..., ::-1].copy()
+        heatmaps = merge_flip(heatmaps, run(mirrored), flip_pairs, shift)
+    return heatmaps
+
+
 def predict_heatmaps(model, loader, flip=True, flip_pairs=None, shift=True):
     """Run the model over a loader of (image, target, target_weight, index) batches.
     flip: flip test; shift: its one-pixel shift (see merge_flip; not wanted with UDP, whose grid mirrors exactly).
@@ -187,10 +197,7 @@ def predict_heatmaps(model, loader, flip=True, flip_pairs=None, shift=True):
     try:
         for images, _target, _target_weight, indices in loader:
             with paddle.no_grad():
-                heatmaps = model(images).numpy()
-                if flip:
-                    flipped = model(paddle.flip(images, axis=[3])).numpy()
-                    heatmaps = merge_flip(heatmaps, flipped, flip_pairs, shift)
+                heatmaps = predict_batch(lambda x: model(x).numpy(), images, flip, flip_pairs, shift)
             indices = indices.numpy().reshape(-1)
             readable = indices >= 0
             yield heatmaps[readable], indices[readable], -indices[~readable] - 1
@@ -265,6 +272,13 @@ def soft_oks_nms(kpts_db, thr, sigmas, in_vis_thre=None, max_dets=20):
     return keep
 
 
+def person_score(joint_scores, box_score, in_vis_thre=0.2):
+    """Official rescoring: box score x mean of the joint scores above in_vis_thre (0 if none is)."""
+    joint_scores = np.asarray(joint_scores, dtype=np.float32)  # compared in float32 as in the official code
+    confident = joint_scores[joint_scores > in_vis_thre].astype(np.float64)
+    return float((confident.mean() if confident.size else 0.0) * box_score)
+
+
 def rescore_and_nms(people, sigmas, in_vis_thre=0.2, oks_thre=0.9, soft=False):
     """Person detections -> COCO keypoint results (official COCODataset.evaluate).
 
@@ -275,9 +289,6 @@ def rescore_and_nms(people, sigmas, in_vis_thre=0.2, oks_thre=0.9, soft=False):
     by_image = defaultdict(list)
     for person in people:
         keypoints = np.asarray(person["keypoints"], dtype=np.float32).reshape(-1, 3)
-        joint_scores = keypoints[:, 2]  # float32, compared in float32 as in the official code
-        confident = joint_scores[joint_scores > in_vis_thre].astype(np.float64)
-        mean_joint_score = confident.mean() if confident.size else 0.0
         scale = np.asarray(person["scale"], dtype=np.float64)
         by_image[person["image_id"]].append({
             "image_id": person["image_id"],
@@ -285,7 +296,7 @@ def rescore_and_nms(people, sigmas, in_vis_thre=0.2, oks_thre=0.9, soft=False):
             "center": person["center"],
             "scale": person["scale"],
             "area": float(np.prod(scale * 200)),  # the padded box area (scale already includes the 1.25)
-            "score": float(mean_joint_score * person["score"]),
+            "score": person_score(keypoints[:, 2], person["score"], in_vis_thre),
         })
     nms = soft_oks_nms if soft else oks_nms
     results = []

@@ -1214,9 +1214,10 @@ def test_cli_scores_a_results_file(capsys):
     assert len(lines) >= 11 and lines[-2].startswith("AR (L)")
 
 
-def cli_error(argv):
+def cli_error(argv, main=None):
+    """The one-line error a script's main (default evaluate.py's) exits with on argv."""
     with pytest.raises(SystemExit) as info:
-        ev.main(argv)
+        (main or ev.main)(argv)
     message = str(info.value.code)
     assert message.startswith("error: ") and "\n" not in message
     return message
@@ -1346,3 +1347,331 @@ def test_cli_rejects_weights_of_another_model(lite18_weights, tmp_path):
     assert "--weights" in message and "lite18.pdparams" in message
     message = cli_error(["--data", TINY, "--model", "lite_hrnet_18", "--weights", str(tmp_path / "nope.pdparams")])
     assert "--weights" in message and "not found" in message
+
+
+# ====================================================================================================
+# export.py and predict.py: export -> predictor parity, pose.json, the prediction pipeline, inputs, bad input
+
+import contextlib  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+
+import export as ex  # noqa: E402
+import predict as pr  # noqa: E402
+
+DEMO = os.path.join(SHARED, "photos", "hrnet_demo.jpg")
+ASTRONAUT = os.path.join(SHARED, "photos", "astronaut.png")
+COCO_INFO = data.keypoint_info_from_category(data.COCO_PERSON_CATEGORY)
+
+
+@pytest.fixture(scope="module")
+def lite_checkpoint(tmp_path_factory):
+    """A random lite_hrnet_18 with settled BatchNorm statistics, saved as a checkpoint."""
+    paddle.seed(1)
+    model = settle_batch_norm(M.build_model("lite_hrnet_18"), (2, 3, 128, 96))
+    path = tmp_path_factory.mktemp("checkpoint") / "lite18.pdparams"
+    paddle.save(model.state_dict(), str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def lite_export(lite_checkpoint, tmp_path_factory):
+    """export.py's command line on that checkpoint at 128x96: (folder, what it printed)."""
+    out = tmp_path_factory.mktemp("export") / "lite18"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        ex.main(["--model", "lite_hrnet_18", "--weights", lite_checkpoint, "--input-size", "128x96", "--out", str(out)])
+    return str(out), printed.getvalue()
+
+
+def test_export_cli_checks_against_eager_and_lists_the_files(lite_export):
+    out, printed = lite_export
+    lines = printed.strip().splitlines()
+    relative = float(re.search(r"max diff \S+ \((\S+) of the largest output\)", lines[0]).group(1))
+    assert relative < 1e-4
+    assert [line.split()[-1] for line in lines[1:]] == [os.path.join(out, f) for f in ("model.json", "model.pdiparams",
+                                                                                        "pose.json")]
+    pose = ex.read_pose_json(out)
+    assert set(pose) == set(ex.POSE_KEYS) and pose["model"] == "lite_hrnet_18"
+    assert pose["input_size"] == [128, 96] and pose["heatmap_size"] == [32, 24] and pose["color"] == "RGB"
+    assert pose["mean"] == [0.485, 0.456, 0.406] and pose["std"] == [0.229, 0.224, 0.225]
+    assert pose["keypoint_names"] == data.COCO_KEYPOINT_NAMES and pose["flip_pairs"] == COCO_FLIP_PAIRS
+    assert pose["skeleton"] == [[a - 1, b - 1] for a, b in data.COCO_SKELETON]
+    assert np.allclose(pose["sigmas"], COCO_SIGMAS) and pose["udp"] is False and pose["quantized"] is False
+    assert (pose["model_file"], pose["params_file"]) == ("model.json", "model.pdiparams")
+
+
+def test_exported_lite_hrnet_matches_its_checkpoint(lite_checkpoint, lite_export):
+    model = M.load_weights(M.build_model("lite_hrnet_18"), lite_checkpoint)
+    model.eval()
+    run = ex.create_predictor(lite_export[0], device="cpu", threads=2)
+    for batch in (1, 3):  # any batch size
+        x = np.random.RandomState(batch).randn(batch, 3, 128, 96).astype("float32")
+        reference, exported = outputs(model, x), run(x)
+        assert exported.shape == (batch, 17, 32, 24)
+        assert np.abs(exported - reference).max() / np.abs(reference).max() < 1e-4
+
+
+def test_export_model_round_trips_hrnet_and_hands_the_model_back(tmp_path):
+    paddle.seed(2)
+    model = settle_batch_norm(M.build_model("hrnet_w32"), (2, 3, 64, 64))
+    model.train()
+    files = ex.export_model(model, str(tmp_path), "hrnet_w32", "64x64", COCO_INFO)
+    assert files == [str(tmp_path / f) for f in ("model.json", "model.pdiparams", "pose.json")]
+    assert model.training and "forward" not in model.__dict__  # still eager, in its own mode
+    assert ex.read_pose_json(str(tmp_path))["heatmap_size"] == [16, 16]
+    model.eval()
+    run = ex.create_predictor(str(tmp_path), device="cpu")
+    for batch in (1, 2):
+        x = np.random.RandomState(batch).randn(batch, 3, 64, 64).astype("float32")
+        reference = outputs(model, x)
+        assert np.abs(run(x) - reference).max() / np.abs(reference).max() < 1e-4
+
+
+def test_pose_json_and_predictor_errors_are_one_line(lite_export, tmp_path):
+    raises_one_line(FileNotFoundError, "nope not found", ex.read_pose_json, str(tmp_path / "nope"))
+    raises_one_line(FileNotFoundError, "has no pose.json", ex.read_pose_json, str(tmp_path))
+    raises_one_line(FileNotFoundError, "no model.json", ex.create_predictor, str(tmp_path))
+    (tmp_path / "pose.json").write_text("{")
+    raises_one_line(ValueError, "pose.json is not valid JSON", ex.read_pose_json, str(tmp_path))
+    (tmp_path / "pose.json").write_text('{"model": "hrnet_w32"}')
+    raises_one_line(ValueError, "lacks input_size, heatmap_size", ex.read_pose_json, str(tmp_path))
+    other = tmp_path / "other_size"
+    shutil.copytree(lite_export[0], other)
+    pose = json.loads((other / "pose.json").read_text())
+    pose.update(input_size=[256, 192], heatmap_size=[64, 48])
+    (other / "pose.json").write_text(json.dumps(pose))
+    raises_one_line(ValueError, "does not take the 256x192 input its pose.json states", ex.create_predictor,
+                    str(other), device="cpu")
+
+
+def test_create_predictor_runs_a_legacy_format_export_with_int8_kernels(tmp_path):
+    """quantize.py saves the old program format (model.pdmodel), which needs FLAGS_enable_pir_api=0 at import."""
+    script = ("import paddle; from paddle.static import InputSpec; paddle.seed(0)\n"
+              "net = paddle.nn.Conv2D(3, 17, 3, stride=4, padding=1); net.eval()\n"
+              "paddle.jit.save(paddle.jit.to_static(net, input_spec=[InputSpec([None, 3, 64, 64], 'float32', 'image')],"
+              " full_graph=True), r'%s')\n"
+              "paddle.save(net.state_dict(), r'%s')" % (tmp_path / "model", tmp_path / "net.pdparams"))
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, timeout=300,
+                   env=dict(os.environ, FLAGS_enable_pir_api="0"))
+    assert (tmp_path / "model.pdmodel").exists() and not (tmp_path / "model.json").exists()
+    ex.write_pose_json(str(tmp_path), "conv", "64x64", COCO_INFO, quantized=True, model_file="model.pdmodel")
+    net = paddle.nn.Conv2D(3, 17, 3, stride=4, padding=1)
+    net.set_state_dict(paddle.load(str(tmp_path / "net.pdparams")))
+    x = np.random.RandomState(0).randn(2, 3, 64, 64).astype("float32")
+    for int8 in (False, True):  # a float graph has nothing to quantize: int8 kernels must leave it exact
+        y = ex.create_predictor(str(tmp_path), device="cpu", int8=int8)(x)
+        assert np.abs(y - outputs(net, x)).max() < 1e-4
+
+
+def test_onnx_without_paddle2onnx_says_how_to_install_before_any_work(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "paddle2onnx", None)  # makes `import paddle2onnx` fail
+    with pytest.raises(SystemExit, match="pip install paddle2onnx"):
+        ex.main(["--model", "lite_hrnet_18", "--weights", "unused.pdparams", "--out", str(tmp_path / "x"), "--onnx"])
+    assert not (tmp_path / "x").exists()
+
+
+def dot_finding_network(pose):
+    """A stand-in network: every joint's heatmap peaks at the centre of the bright spot in the crop (stride 4)."""
+    height, width = pose["heatmap_size"]
+
+    def run(crops):
+        heatmaps = np.zeros((len(crops), len(pose["keypoint_names"]), height, width), np.float32)
+        for heatmap, crop in zip(heatmaps, crops):
+            brightness = crop.sum(axis=0)
+            ys, xs = np.nonzero(brightness > brightness.max() / 2)
+            heatmap[:] = gaussian_map(height, width, xs.mean() / 4, ys.mean() / 4)
+        return heatmaps
+    return run
+
+
+def test_predict_image_maps_crops_back_to_the_image():
+    pose = ex.pose_metadata("stand-in", "256x192", COCO_INFO)
+    image = np.zeros((300, 400, 3), np.uint8)
+    dots = [(60, 100), (200, 150), (330, 240)]
+    for x, y in dots:
+        cv2.circle(image, (x, y), 3, (255, 255, 255), -1)
+    boxes = [((x - 40, y - 70, 80, 140), score) for (x, y), score in zip(dots, (0.9, 0.8, 0.7))]
+    people = pr.predict_image(dot_finding_network(pose), image, boxes, pose, batch_size=2)
+    assert [p["box_score"] for p in people] == [0.9, 0.8, 0.7]  # three distinct people: none merged by OKS-NMS
+    for person, (x, y) in zip(people, dots):
+        # the quarter offset is exact to a quarter heatmap pixel: 1 crop pixel, 140 * 1.25 / 256 = 0.7 image pixels
+        assert np.abs(person["keypoints"][:, :2] - [x, y]).max() < 1
+        assert person["score"] == pytest.approx(person["box_score"])  # all joints score 1
+    whole = pr.predict_image(dot_finding_network(pose), image[:, 150:250], pr.whole_image_box(image[:, 150:250]), pose)
+    assert np.abs(whole[0]["keypoints"][:, :2] - [50, 150]).max() < 1
+    assert pr.predict_image(dot_finding_network(pose), image, [], pose) == []
+
+
+def test_predict_image_finds_what_evaluate_finds_from_the_same_boxes(lite_checkpoint):
+    model = M.load_weights(M.build_model("lite_hrnet_18"), lite_checkpoint)
+    dataset = data.COCOKeypointDataset(TINY_ANN, TINY_IMAGES, "128x96", train=False, boxes=TINY_DETS,
+                                       det_score_thr=0.5)
+    expected, _ = ev.evaluate_model(model, dataset, batch_size=8, flip=True, log=lambda *a: None)
+    model.eval()
+    pose = ex.pose_metadata("lite_hrnet_18", "128x96", COCO_INFO)
+    detections = pr.read_detections(TINY_DETS, 0.5)
+    found = []
+    for image_id in sorted(detections):
+        image = data.read_image_rgb(os.path.join(TINY_IMAGES, f"{image_id:012d}.jpg"))
+        for person in pr.predict_image(lambda x: outputs(model, x), image, detections[image_id], pose, flip=True):
+            found.append((image_id, person["score"], person["keypoints"].reshape(-1)))
+    expected = [(r["image_id"], r["score"], np.array(r["keypoints"])) for r in expected]
+    assert len(found) == len(expected) > 4
+    for (image_a, score_a, keypoints_a), (image_b, score_b, keypoints_b) in zip(sorted(found, key=lambda f: f[:2]),
+                                                                                sorted(expected, key=lambda f: f[:2])):
+        assert image_a == image_b and score_a == pytest.approx(score_b, abs=1e-6)
+        assert np.allclose(keypoints_a, keypoints_b, atol=1e-3)
+
+
+def test_draw_poses_colours_sides_and_skips_low_scores():
+    image = np.zeros((100, 100, 3), np.uint8)
+    keypoints = np.zeros((17, 3))
+    keypoints[[0, 5, 6, 11]] = [[50, 20, 0.9], [20, 50, 0.9], [80, 50, 0.9], [20, 90, 0.1]]
+    drawn = pr.draw_poses(image, [{"keypoints": keypoints, "score": 0.9}], COCO_INFO.skeleton, COCO_INFO.flip_pairs)
+    assert not image.any()  # a drawn copy
+    assert tuple(drawn[50, 20]) == pr.LEFT and tuple(drawn[50, 80]) == pr.RIGHT and tuple(drawn[20, 50]) == pr.MIDDLE
+    assert tuple(drawn[50, 50]) == pr.MIDDLE  # the shoulder line joins the two sides
+    assert not drawn[70:100, :10].any() and not drawn[70:100, 12:28].any()  # hip below kpt_thr: no point, no limb
+    boxed = pr.draw_poses(image, [{"keypoints": keypoints, "score": 0.9, "box": [5, 5, 90, 90]}], [], [])
+    assert boxed[5, 50].any() and not boxed[50, 50].any()
+
+
+def predict_error(argv):
+    return cli_error(argv, pr.main)
+
+
+def test_predict_on_the_demo_photo_writes_drawing_and_json(lite_export, tmp_path, capsys):
+    pr.main(["--model-dir", lite_export[0], "--input", DEMO, "--out", str(tmp_path), "--kpt-thr", "-1"])
+    assert "1/1 hrnet_demo.jpg: 1 person" in capsys.readouterr().out
+    drawn, original = cv2.imread(str(tmp_path / "hrnet_demo.jpg")), cv2.imread(DEMO)
+    assert drawn.shape == original.shape and np.abs(drawn.astype(int) - original).max() > 100
+    result = json.loads((tmp_path / "predictions.json").read_text())
+    assert set(result) == {"model", "input_size", "keypoint_names", "skeleton", "results"}
+    assert result["model"] == "lite_hrnet_18" and result["input_size"] == [128, 96]
+    [entry] = result["results"]
+    assert (entry["file"], entry["width"], entry["height"]) == ("hrnet_demo.jpg", 359, 423)
+    [person] = entry["people"]
+    assert set(person) == {"box", "box_score", "score", "keypoints"} and person["box"] == [0, 0, 359, 423]
+    keypoints = np.array(person["keypoints"])
+    assert keypoints.shape == (17, 3) and 0 <= person["score"] <= 1
+    # whole image, aspect ratio kept, no padding: the crop spans x 0..359 and y 211.5 -+ 359 / 0.75 / 2
+    assert (keypoints[:, 0] >= 0).all() and (keypoints[:, 0] <= 359).all()
+    assert (np.abs(keypoints[:, 1] - 211.5) <= 239.4).all()
+
+
+def test_predict_on_a_folder_skips_and_counts_what_is_not_an_image(lite_checkpoint, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(DEMO, folder / "a.jpg")
+    shutil.copy(ASTRONAUT, folder / "b.png")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"0" * 100)  # a JPEG signature, then nothing
+    pr.main(["--model", "lite_hrnet_18", "--weights", lite_checkpoint, "--input-size", "128x96",
+             "--input", str(folder), "--out", str(tmp_path / "out")])
+    printed = capsys.readouterr().out
+    assert "skipping 1 files that are not images" in printed and "skipped 1 unreadable images" in printed
+    assert sorted(os.listdir(tmp_path / "out")) == ["a.jpg", "b.png", "predictions.json"]
+    results = json.loads((tmp_path / "out" / "predictions.json").read_text())["results"]
+    assert [(r["file"], r["width"], r["height"]) for r in results] == [("a.jpg", 359, 423), ("b.png", 512, 512)]
+    assert all(len(r["people"]) == 1 and len(r["people"][0]["keypoints"]) == 17 for r in results)
+
+
+def test_predict_on_a_short_video(lite_checkpoint, tmp_path):
+    frame = cv2.resize(cv2.imread(DEMO), (96, 112))
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (96, 112))
+    for i in range(5):
+        writer.write(np.roll(frame, 4 * i, axis=1))
+    writer.release()
+    pr.main(["--model", "lite_hrnet_18", "--weights", lite_checkpoint, "--input-size", "128x96",
+             "--input", str(video), "--out", str(tmp_path / "out"), "--batch-size", "1"])
+    capture = cv2.VideoCapture(str(tmp_path / "out" / "clip.mp4"))
+    frames = []
+    while True:
+        ok, image = capture.read()
+        if not ok:
+            break
+        frames.append(image)
+    assert len(frames) == 5 and frames[0].shape == (112, 96, 3)
+    results = json.loads((tmp_path / "out" / "predictions.json").read_text())["results"]
+    assert [r["frame"] for r in results] == [0, 1, 2, 3, 4]
+    assert all(r["people"][0]["box"] == [0, 0, 96, 112] for r in results)
+
+
+def test_predict_with_detection_boxes_and_an_image_without_any(lite_checkpoint, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("000000000785.jpg", "000000196141.jpg"):
+        os.symlink(os.path.join(TINY_IMAGES, name), folder / name)
+    shutil.copy(DEMO, folder / "000000999999.jpg")  # an id the detection file does not have
+    pr.main(["--model", "lite_hrnet_18", "--weights", lite_checkpoint, "--input-size", "128x96", "--input",
+             str(folder), "--out", str(tmp_path / "out"), "--boxes", TINY_DETS, "--box-thr", "0.5", "--nms-thr", "1"])
+    results = {r["file"]: r["people"] for r in json.loads((tmp_path / "out" / "predictions.json").read_text())["results"]}
+    detections = json.load(open(TINY_DETS))
+    for name in ("000000000785.jpg", "000000196141.jpg"):
+        expected = sorted([round(v, 2) for v in d["bbox"]] for d in detections
+                          if d["image_id"] == int(name[:-4]) and d["score"] >= 0.5)
+        assert expected and sorted(p["box"] for p in results[name]) == expected
+    assert results["000000999999.jpg"] == []
+    assert cv2.imread(str(tmp_path / "out" / "000000999999.jpg")).shape == cv2.imread(DEMO).shape
+
+
+def test_hog_people_detector_or_what_to_install(lite_checkpoint, tmp_path):
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((160, 120, 3), 128, np.uint8))
+    argv = ["--model", "lite_hrnet_18", "--weights", lite_checkpoint, "--input-size", "128x96", "--input", str(blank),
+            "--out", str(tmp_path / "out"), "--detector", "hog"]
+    if not hasattr(cv2, "HOGDescriptor"):  # OpenCV 5 moved it to opencv-contrib
+        assert "pip install 'opencv-python<5'" in predict_error(argv)
+        return
+    boxes = pr.hog_people_detector()(cv2.imread(ASTRONAUT))
+    assert boxes and all(0 <= x and 0 <= y and x + w <= 512 and y + h <= 512 for (x, y, w, h), _ in boxes)
+    pr.main(argv)
+    assert json.loads((tmp_path / "out" / "predictions.json").read_text())["results"][0]["people"] == []
+
+
+def test_predict_bad_input_is_one_line(lite_checkpoint, lite_export, tmp_path):
+    out = str(tmp_path / "out")
+    model = ["--model", "lite_hrnet_18", "--weights", lite_checkpoint, "--input-size", "128x96", "--out", out]
+    assert "no such image, video or folder" in predict_error(model + ["--input", str(tmp_path / "missing.jpg")])
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0" + b"0" * 100)
+    assert "broken.jpg could not be decoded" in predict_error(model + ["--input", str(broken)])
+    folder = tmp_path / "no_images"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("x")
+    assert "no images in this folder (1 other files)" in predict_error(model + ["--input", str(folder)])
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_text("not a video")
+    assert "neither an image nor a video" in predict_error(model + ["--input", str(garbage)])
+    assert "no webcam with this index" in predict_error(model + ["--input", "7"])
+    video = tmp_path / "one_frame.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 64))
+    writer.write(np.zeros((64, 64, 3), np.uint8))
+    writer.release()
+    assert "COCO image id" in predict_error(model + ["--input", str(video), "--boxes", TINY_DETS])
+    assert "hrnet_demo.jpg is not named by its COCO image id" in predict_error(model + ["--input", DEMO, "--boxes",
+                                                                                        TINY_DETS])
+    no_pose = tmp_path / "no_pose"
+    no_pose.mkdir()
+    for name in ("model.json", "model.pdiparams"):
+        shutil.copy(os.path.join(lite_export[0], name), no_pose / name)
+    assert "has no pose.json" in predict_error(["--model-dir", str(no_pose), "--input", DEMO, "--out", out])
+    assert "takes 128x96 crops" in predict_error(["--model-dir", lite_export[0], "--input-size", "256x192",
+                                                  "--input", DEMO, "--out", out])
+    assert "alternatives" in predict_error(["--model-dir", lite_export[0], "--model", "hrnet_w32", "--input", DEMO])
+    assert "would replace the inputs" in predict_error(model[:-2] + ["--input", DEMO, "--out", SHARED + "/photos"])
+    assert "--weights" in predict_error(["--model", "hrnet_w32", "--weights", lite_checkpoint, "--input", DEMO,
+                                         "--out", out])
+
+
+def test_benchmark_prints_latency_and_throughput_at_batch_1_and_8(lite_export, capsys):
+    pr.main(["--model-dir", lite_export[0], "--input", DEMO, "--benchmark", "--benchmark-runs", "2"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("benchmark: lite_hrnet_18 128x96, paddle.inference cpu oneDNN on")
+    for batch, line in zip((1, 8), lines[1:]):
+        assert line.startswith(f"batch {batch}:")
+        for p50, p90, rate in re.findall(r"p50 +(\S+) ms +p90 +(\S+) ms +(\S+) img/s", line):
+            assert 0 < float(p50) <= float(p90) and float(rate) == pytest.approx(batch * 1000 / float(p50), rel=0.01, abs=0.1)
+        assert re.search(r"outside the network p50 \S+ ms \([\d.]+% of the pipeline\)$", line)
