@@ -235,7 +235,7 @@ def _crop_matrix(center, scale, rot_deg, output_size, udp):
 # ----------------------------------------------------------------------------------------------------------
 # Images
 
-def _read_bgr(path):
+def read_image_bgr(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image {path} not found")
     # COCO labels refer to the stored pixel grid: honouring an EXIF rotation would misplace every keypoint.
@@ -246,7 +246,7 @@ def _read_bgr(path):
 
 
 def read_image_rgb(path):
-    return cv2.cvtColor(_read_bgr(path), cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(read_image_bgr(path), cv2.COLOR_BGR2RGB)
 
 
 _NORM_MUL = (1.0 / (255.0 * IMAGENET_STD)).astype(np.float32)
@@ -267,6 +267,16 @@ def crop_and_normalize(image_rgb, center, scale, rot_deg, input_size, udp=False)
     width, height = _size_wh(input_size)
     matrix = _crop_matrix(center, scale, rot_deg, (width, height), udp)
     return normalize_image(cv2.warpAffine(image_rgb, matrix, (width, height), flags=cv2.INTER_LINEAR))
+
+
+def image_grid(images, columns=4, height=None):
+    """Images side by side, `columns` per row, each resized to one height (default: the first's); blank padding."""
+    height = height or images[0].shape[0]
+    tiles = [cv2.resize(im, (max(1, round(im.shape[1] * height / im.shape[0])), height)) for im in images]
+    width = max(t.shape[1] for t in tiles)
+    tiles = [cv2.copyMakeBorder(t, 0, 0, 0, width - t.shape[1], cv2.BORDER_CONSTANT) for t in tiles]
+    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % columns)
+    return np.vstack([np.hstack(tiles[r:r + columns]) for r in range(0, len(tiles), columns)])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -521,7 +531,7 @@ class COCOKeypointDataset(paddle.io.Dataset):
         record = self.records[index]
         num_joints, (width, height), heatmap_size = self.info.num_joints, self.input_size, self.heatmap_size
         try:
-            image = _read_bgr(record["image_file"])
+            image = read_image_bgr(record["image_file"])
         except (FileNotFoundError, ValueError) as err:
             warnings.warn(f"skipping sample {index}: {err}")
             return (np.zeros((3, height, width), np.float32),
@@ -911,7 +921,7 @@ def _cmd_bench(args):
     elapsed = time.perf_counter() - start
     start = time.perf_counter()
     for i in range(args.n):
-        _read_bgr(dataset.records[i % len(dataset)]["image_file"])
+        read_image_bgr(dataset.records[i % len(dataset)]["image_file"])
     decode = time.perf_counter() - start
     print(f"{args.n} training samples at {args.input_size} on one core: {args.n / elapsed:.1f} samples/s, "
           f"{1000 * elapsed / args.n:.2f} ms/sample (JPEG decode alone {1000 * decode / args.n:.2f} ms)")
@@ -940,9 +950,7 @@ def _cmd_show(args):
                 left = "left" in dataset.info.names[k]
                 cv2.circle(tile, p, 3, (0, 128, 255) if left else (255, 128, 0), -1, cv2.LINE_AA)
         tiles.append(tile)
-    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % 4)
-    grid = np.vstack([np.hstack(tiles[r:r + 4]) for r in range(0, len(tiles), 4)])
-    cv2.imwrite(args.out, grid)
+    cv2.imwrite(args.out, image_grid(tiles))
     print(f"wrote {args.out} ({len(dataset)} samples in {ann_file})")
 
 

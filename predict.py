@@ -24,7 +24,7 @@ import numpy as np
 import paddle
 
 from data import (COCO_PERSON_CATEGORY, IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD, _load_json, box_to_center_scale,
-                  crop_and_normalize, keypoint_info_from_category, parse_input_size, read_image_rgb)
+                  crop_and_normalize, keypoint_info_from_category, parse_input_size, read_image_bgr)
 from evaluate import heatmaps_to_keypoints, oks_nms, person_score, predict_batch, write_json_atomically
 from export import create_predictor, pose_metadata, read_pose_json
 from model import MODEL_NAMES, build_model, load_weights, set_device
@@ -245,7 +245,7 @@ def read_input(spec, max_frames=0):
 
 def _read_bgr(path):
     try:
-        return cv2.cvtColor(read_image_rgb(path), cv2.COLOR_RGB2BGR)
+        return read_image_bgr(path)
     except (ValueError, FileNotFoundError) as err:
         raise ValueError(f"--input {err}") from None
 

@@ -800,6 +800,8 @@ def test_short_training_lowers_the_loss_and_resume_is_exact(synthetic_root, tmp_
     losses = [r["loss"] for r in read_metrics(straight)]
     assert losses[-1] < 0.8 * losses[0]
     assert "AP" in read_metrics(straight)[-1] and (straight / "best.pdparams").exists()
+    picture = cv2.imread(str(straight / "predictions.jpg"))  # the 8 val images (160x128) drawn, 4 per row
+    assert picture.shape == (2 * 128, 4 * 160, 3)
 
     interrupted = tmp_path / "interrupted"
     T.train(tiny_run_args(synthetic_root, interrupted, "--epochs", "2"))

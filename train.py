@@ -22,9 +22,13 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from data import COCOKeypointDataset, augmentation_defaults, make_synthetic_dataset, parse_input_size
+import cv2
+
+from data import (COCOKeypointDataset, augmentation_defaults, image_grid, make_synthetic_dataset, parse_input_size,
+                  read_image_bgr)
 from evaluate import STAT_NAMES, evaluate_model
 from model import MODEL_NAMES, build_model, load_weights, save_checkpoint, set_device
+from predict import draw_poses
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SYNTHETIC_DIR = os.path.join(HERE, "data", "synthetic")
@@ -188,13 +192,14 @@ def _train(args, model, loss_fn, datasets):
             log(f"epoch {epoch + 1}: skipped {skipped} unreadable images")
         record = dict(epoch=epoch + 1, step=step, loss=epoch_loss / steps_per_epoch, lr=lr, skipped=skipped)
         if rank == 0 and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
-            _, stats = evaluate_model(model, val_set, batch_size=args.batch_size, flip=args.flip,
-                                      num_workers=args.workers, log=log)
+            results, stats = evaluate_model(model, val_set, batch_size=args.batch_size, flip=args.flip,
+                                            num_workers=args.workers, log=log)
             record.update(stats)
             log("  ".join(f"{k} {stats[k]:.3f}" for k in STAT_NAMES))
             if stats["AP"] > best_ap:
                 best_ap = stats["AP"]
                 save_checkpoint(model.state_dict(), os.path.join(args.out, "best.pdparams"))
+            save_prediction_picture(results, val_set, os.path.join(args.out, "predictions.jpg"))
         if rank == 0:
             save_checkpoint(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1,
                                  step=step, best_ap=best_ap, args=vars(args)),
@@ -203,6 +208,20 @@ def _train(args, model, loss_fn, datasets):
             metrics.flush()
     print(f"rank {rank}: parameter checksum {parameter_checksum(model)}", flush=True)
     return model, val_set, best_ap
+
+
+def save_prediction_picture(results, val_set, path, num_images=8):
+    """The latest evaluation's skeletons on the first val images: the quickest look at what the model learned."""
+    image_files = {}
+    for record in val_set.records:
+        image_files.setdefault(record["image_id"], record["image_file"])
+    drawings = []
+    for image_id, image_file in list(image_files.items())[:num_images]:
+        people = [r for r in results if r["image_id"] == image_id]
+        drawings.append(draw_poses(read_image_bgr(image_file), people, val_set.info.skeleton, val_set.info.flip_pairs))
+    tmp = path + ".tmp.jpg"
+    cv2.imwrite(tmp, image_grid(drawings))
+    os.replace(tmp, path)
 
 
 def build_parser(description=__doc__.split("\n\n")[0].strip()):
@@ -271,7 +290,8 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}")
     if dist.get_rank() == 0:
-        print(f"checkpoints: {os.path.join(args.out, 'last.pdparams')}, {os.path.join(args.out, 'best.pdparams')}")
+        print(f"checkpoints: {os.path.join(args.out, 'last.pdparams')}, {os.path.join(args.out, 'best.pdparams')}; "
+              f"predictions drawn in {os.path.join(args.out, 'predictions.jpg')}")
         print(f"AP: {best_ap:.3f}")
 
 
