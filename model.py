@@ -295,7 +295,9 @@ class SpatialWeighting(nn.Layer):
         self.conv2 = ConvModule(int(channels / ratio), channels, 1, act="sigmoid", norm=False)
 
     def forward(self, x):
-        return x * self.conv2(self.conv1(x.mean(axis=[2, 3], keepdim=True)))
+        # global average pooling, as the official AdaptiveAvgPool2d(1): a mean over axes 2 and 3 gives the same
+        # numbers, but its backward is ~15x slower on CPU, which made Lite-HRNet's training step 1.2x slower
+        return x * self.conv2(self.conv1(F.adaptive_avg_pool2d(x, 1)))
 
 
 class ConditionalChannelWeighting(nn.Layer):

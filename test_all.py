@@ -853,6 +853,44 @@ def test_distillation_loss_is_zero_for_the_teacher_and_only_trains_the_student(t
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in student.parameters())
 
 
+def test_one_cpu_thread_trains_like_two(synthetic_root):
+    """The fast CPU setting (--threads 1) must not change the numbers: the same Adam steps from the same weights
+    give the loss curve of Paddle's two-thread kernels, within float32 rounding."""
+    args = tiny_run_args(synthetic_root, "unused")
+    train_set, _ = T.build_datasets(args)
+    batch = [paddle.to_tensor(np.stack(column)) for column in zip(*(train_set[i][:3] for i in range(4)))]
+    paddle.seed(0)
+    start = M.build_model("lite_hrnet_18").state_dict()
+    curves = []
+    for threads in (2, 1):
+        model = M.build_model("lite_hrnet_18")
+        model.set_state_dict(start)
+        # a small lr: Adam's first steps turn rounding-level gradients into lr-sized updates
+        optimizer = paddle.optimizer.Adam(learning_rate=1e-4, parameters=model.parameters())
+        T.use_cpu_threads(threads)
+        curves.append([T.training_step(model, optimizer, T.heatmap_loss(args), *batch) for _ in range(4)])
+    T.use_cpu_threads(1)
+    assert curves[0][-1] < 0.98 * curves[0][0]  # the steps do train
+    np.testing.assert_allclose(curves[1], curves[0], rtol=1e-4)
+
+
+def test_benchmark_reports_step_and_loading_rates(synthetic_root, capsys):
+    T.main(["--benchmark", "1", "--data", synthetic_root, "--model", "lite_hrnet_18", "--input-size", "64x64",
+            "--batch-size", "2", "--workers", "0", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "benchmark: lite_hrnet_18 64x64, batch 2, cpu, median of 1 steps after 3 warm-up" in out
+    steps = [line for line in out.splitlines() if line.startswith("training step")]
+    assert len(steps) == len({1, os.cpu_count()}) and "1 thread(s) (--threads)" in steps[0]
+    for line in steps + [line for line in out.splitlines() if line.startswith("data loading (0 workers)")]:
+        assert float(line.split(": ")[1].split(" samples/s")[0]) > 0
+
+
+@pytest.mark.parametrize("flag", [["--threads", "0"], ["--benchmark", "-1"]])
+def test_bad_speed_flags_are_one_line_errors(flag):
+    with pytest.raises(SystemExit, match=rf"^error: {flag[0]} {flag[1]}: expected"):
+        T.main(flag + ["--device", "cpu"])
+
+
 # ====================================================================================================
 # evaluate.py: decoding, flip test, OKS / OKS-NMS, rescoring, COCO scoring, the CLI, end to end
 

@@ -4,6 +4,7 @@ Train HRNet / Lite-HRNet on a COCO-format keypoint dataset: one process per devi
     python train.py                                   # teaching default: synthetic data, small model, CPU, minutes
     python train.py --data data/coco --model hrnet_w32 --input-size 256x192          # the paper's recipe
     python -m paddle.distributed.launch --gpus 0,1,2,3,4,5,6,7 train.py --data data/coco --model hrnet_w32
+    python train.py --benchmark --model hrnet_w32                    # training samples/s (README, Speed)
 
 Recipes (REFERENCE: HRNet's yaml, Lite-HRNet's mmpose config) fill every hyperparameter flag left unset.
 """
@@ -13,8 +14,10 @@ os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # Paddle pin
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
+import statistics
 import sys
 import time
 
@@ -51,7 +54,9 @@ def joints_mse_loss(heatmaps, targets, target_weight, scale=0.5, ohkm_topk=0):
     """MSE between predicted and target heatmaps, joints weighted by visibility (HRNet's JointsMSELoss).
     With ohkm_topk > 0, only each sample's k hardest joints count (online hard keypoint mining)."""
     weight = target_weight.unsqueeze(-1)  # (N, K, 1, 1)
-    per_joint = scale * (((heatmaps - targets) * weight) ** 2).mean(axis=[2, 3])  # (N, K)
+    # square + a mean over one flattened axis: the same numbers as `** 2` and .mean(axis=[2, 3]), whose
+    # backward kernels are ~10x slower on CPU
+    per_joint = scale * paddle.square((heatmaps - targets) * weight).flatten(2).mean(axis=2)  # (N, K)
     if ohkm_topk:
         return paddle.topk(per_joint, ohkm_topk, axis=1)[0].mean()
     return per_joint.mean()
@@ -100,6 +105,34 @@ def heatmap_loss(args):
     return loss_fn
 
 
+def use_cpu_threads(threads):
+    """Intra-op threads of Paddle's CPU kernels (OpenMP and MKL), set at run time; no effect on a GPU run.
+    Paddle's CPU training kernels gain little from a second thread and lose much when the cores are shared:
+    on 2 busy cores one thread trained HRNet-W32 and Lite-HRNet 1.25-2.1x faster than two (README, Speed)."""
+    if paddle.device.get_device() == "cpu":
+        paddle.base.core.set_num_threads(threads)
+
+
+def training_step(net, optimizer, loss_fn, images, targets, target_weight, scaler=None):
+    """One update: forward, loss, backward, optimizer step. Returns the loss as a float; a NaN or infinite loss
+    returns before the weights are touched, so the caller can stop on the last good weights."""
+    with paddle.amp.auto_cast(enable=scaler is not None):
+        heatmaps = net(images)
+    loss = loss_fn(heatmaps.astype("float32"), images, targets, target_weight)
+    loss_value = float(loss)
+    if not math.isfinite(loss_value):
+        return loss_value
+    if scaler:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    optimizer.clear_grad()
+    return loss_value
+
+
 def train(args, model=None, loss_fn=None, datasets=None):
     """The training run. quantize.py passes a prepared (fake-quantized) model, distill.py a loss_fn(heatmaps,
     images, targets, target_weight) that adds the teacher's term; datasets = (train, val) if already built.
@@ -111,6 +144,7 @@ def train(args, model=None, loss_fn=None, datasets=None):
 
 def _train(args, model, loss_fn, datasets):
     set_device(args.device)
+    use_cpu_threads(args.threads)
     world, rank = dist.get_world_size(), dist.get_rank()
     if world > 1:
         dist.init_parallel_env()
@@ -162,21 +196,10 @@ def _train(args, model, loss_fn, datasets):
         for i, (images, targets, target_weight, indices) in enumerate(loader):
             lr = learning_rate(args, epoch, step)
             optimizer.set_lr(lr)
-            with paddle.amp.auto_cast(enable=args.amp):
-                heatmaps = net(images)
-            loss = loss_fn(heatmaps.astype("float32"), images, targets, target_weight)
-            loss_value = float(loss)
+            loss_value = training_step(net, optimizer, loss_fn, images, targets, target_weight, scaler)
             if not math.isfinite(loss_value):
                 raise SystemExit(f"error: loss became {loss_value} at step {step} (epoch {epoch + 1}, batch {i}); "
                                  f"stopping. The last good checkpoint is {os.path.join(args.out, 'last.pdparams')}")
-            if scaler:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            optimizer.clear_grad()
             step += 1
             epoch_loss += loss_value
             skipped += int((indices.numpy() < 0).sum())
@@ -224,6 +247,46 @@ def save_prediction_picture(results, val_set, path, num_images=8):
     os.replace(tmp, path)
 
 
+def benchmark(args, warmup=3):
+    """--benchmark STEPS: samples/s of the training step (forward, loss, backward, Adam) on one batch kept in
+    memory, the median of STEPS steps after warm-up; the data loader is timed on its own. On CPU the step is
+    timed alternately with --threads and with one thread per core, so that the two rates can be compared."""
+    set_device(args.device)
+    train_set, _ = build_datasets(args)
+    loader = paddle.io.DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                  num_workers=args.workers)
+    batches = iter(loader)
+    images, targets, target_weight, _ = next(batches)  # the first batch also waits for the workers to start
+    start, loaded = time.perf_counter(), 0
+    for loaded, _ in enumerate(itertools.islice(batches, args.benchmark), 1):
+        pass
+    loading = loaded * args.batch_size / (time.perf_counter() - start) if loaded else float("nan")
+
+    paddle.seed(args.seed)
+    model = build_model(args.model, train_set.info.num_joints)
+    optimizer = paddle.optimizer.Adam(learning_rate=args.lr, parameters=model.parameters())
+    loss_fn = heatmap_loss(args)
+    on_cpu = paddle.device.get_device() == "cpu"
+    thread_counts = sorted({args.threads, os.cpu_count() or 1}) if on_cpu else [args.threads]
+    times = {n: [] for n in thread_counts}
+    for i in range(warmup + args.benchmark):
+        for n in thread_counts:
+            use_cpu_threads(n)
+            start = time.perf_counter()
+            training_step(model, optimizer, loss_fn, images, targets, target_weight)
+            if i >= warmup:
+                times[n].append(time.perf_counter() - start)
+    use_cpu_threads(args.threads)
+    print(f"benchmark: {args.model} {args.input_size}, batch {args.batch_size}, {paddle.device.get_device()}, "
+          f"median of {args.benchmark} steps after {warmup} warm-up")
+    for n in thread_counts:
+        step_time = statistics.median(times[n])
+        threads = f" with {n} thread(s){' (--threads)' if n == args.threads else ''}" if on_cpu else ""
+        print(f"training step (forward, loss, backward, Adam){threads}: {args.batch_size / step_time:.2f} "
+              f"samples/s, {step_time:.3f} s/step")
+    print(f"data loading ({args.workers} workers): {loading:.1f} samples/s")
+
+
 def build_parser(description=__doc__.split("\n\n")[0].strip()):
     """Every training flag; distill.py and quantize.py add theirs to it."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -260,6 +323,8 @@ def build_parser(description=__doc__.split("\n\n")[0].strip()):
     p.add_argument("--resume", default=None, help="a last.pdparams to continue exactly where it stopped")
     p.add_argument("--amp", action="store_true", help="mixed precision (GPU only)")
     p.add_argument("--workers", type=int, default=2, help="data loading processes per training process")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads per training process for Paddle's kernels (1 is fastest; see README, Speed)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights init and augmentation")
     p.add_argument("--log-every", type=int, default=20, help="progress line every N steps")
     p.add_argument("--device", default=None, help="cpu or gpu (default: gpu if Paddle has CUDA)")
@@ -279,13 +344,26 @@ def apply_recipe(args, recipes=RECIPES):
     for key, value in recipe.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.threads < 1:
+        raise SystemExit(f"error: --threads {args.threads}: expected 1 or more")
     args.out = args.out or os.path.join("runs", args.model)
     return args
 
 
 def main(argv=None):
-    args = apply_recipe(build_parser().parse_args(argv))
+    p = build_parser()
+    p.add_argument("--benchmark", type=int, nargs="?", const=10, default=0, metavar="STEPS",
+                   help="instead of training, time STEPS training steps and the data loader "
+                        "(batch 8 at 256x192 unless set)")
+    args = p.parse_args(argv)
+    if args.benchmark < 0:
+        raise SystemExit(f"error: --benchmark {args.benchmark}: expected a number of steps, 1 or more")
+    if args.benchmark:  # the setting of the speed figures in README unless given
+        args.input_size, args.batch_size = args.input_size or "256x192", args.batch_size or 8
+    args = apply_recipe(args)
     try:
+        if args.benchmark:
+            return benchmark(args)
         model, val_set, best_ap = train(args)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}")
