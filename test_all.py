@@ -456,7 +456,10 @@ def test_flip_twice_is_identity(tmp_path):
     a, b = plain[0], flipped[0]
     np.testing.assert_array_equal(a[1], b[1])
     np.testing.assert_array_equal(a[2], b[2])
-    assert np.abs(a[0] - b[0]).max() < 0.05  # warp sub-pixel rounding only
+    # cv2.warpAffine snaps sample positions to 1/32 px, so mirrored sampling may differ by a few grey levels
+    # at disc edges (< 1/32 of the 0..255 contrast = 0.14 after /std), and only at a handful of pixels.
+    diff = np.abs(a[0] - b[0])
+    assert diff.max() < 0.14 and (diff > 0).mean() < 0.001
 
 
 # ------------------------------------------------------------------------------------------------- targets
