@@ -48,21 +48,24 @@ def conv1x1(cin, cout):
 # Resampling written with plain tensor ops. F.interpolate is exact too, but in the default (PIR) export
 # format every interpolate op fails under oneDNN in Paddle 3.3.1, so these run everywhere.
 
-class UpsampleNearest(nn.Layer):
-    """Nearest-neighbour upsampling by an integer factor: each pixel repeated factor x factor times."""
-
-    def __init__(self, factor):
-        super().__init__()
-        self.factor = factor
-
-    def forward(self, x):
-        return upsample_nearest(x, self.factor)
-
-
 def upsample_nearest(x, factor):
     _, c, h, w = x.shape
     x = x.reshape([-1, c, h, 1, w, 1]).expand([-1, c, h, factor, w, factor])
     return x.reshape([-1, c, h * factor, w * factor])
+
+
+def sum_of_lower_branches(row, xs, i):
+    """Sum over j > i of row[j](xs[j]) nearest-upsampled by 2^(j-i) to branch i, or None if i is the last branch.
+
+    Evaluated from the lowest resolution up, one x2 step at a time (nearest upsampling commutes with sums):
+    only one tensor per row is upsampled to full size, and every conv output takes the running sum as its
+    residual input, which oneDNN fuses into the conv.
+    """
+    y = None
+    for j in range(len(xs) - 1, i, -1):
+        z = row[j](xs[j])
+        y = z if y is None else z + upsample_nearest(y, 2)
+    return None if y is None else upsample_nearest(y, 2)
 
 
 _BILINEAR_MATRICES = {}
@@ -130,9 +133,9 @@ class Bottleneck(nn.Layer):
 
 
 def hrnet_fuse_layers(channels, num_outputs):
-    """fuse_layers[i][j] brings branch j to branch i's resolution and width (paper Fig. 3).
+    """fuse_layers[i][j] brings branch j to branch i's width and resolution (paper Fig. 3).
 
-    j > i: 1x1 conv + BN, then nearest upsampling by 2^(j-i).
+    j > i: 1x1 conv + BN; the nearest upsampling by 2^(j-i) that follows is in sum_of_lower_branches.
     j < i: (i-j) strided 3x3 convs; the intermediate ones keep branch j's width and end with ReLU.
     """
     rows = nn.LayerList()
@@ -140,8 +143,7 @@ def hrnet_fuse_layers(channels, num_outputs):
         row = nn.LayerList()
         for j in range(len(channels)):
             if j > i:
-                row.append(nn.Sequential(conv1x1(channels[j], channels[i]), batch_norm(channels[i]),
-                                         UpsampleNearest(2 ** (j - i))))
+                row.append(nn.Sequential(conv1x1(channels[j], channels[i]), batch_norm(channels[i])))
             elif j == i:
                 row.append(nn.Identity())
             else:
@@ -167,7 +169,15 @@ class HighResolutionModule(nn.Layer):
 
     def forward(self, xs):
         xs = [branch(x) for branch, x in zip(self.branches, xs)]
-        return [F.relu(sum(fuse(x) for fuse, x in zip(row, xs))) for row in self.fuse_layers]
+        outs = []
+        for i, row in enumerate(self.fuse_layers):
+            y, lower = xs[i], sum_of_lower_branches(row, xs, i)
+            if lower is not None:
+                y = y + lower
+            for j in range(i):  # higher resolutions, brought down by strided convs; the add fuses into the last conv
+                y = row[j](xs[j]) + y
+            outs.append(F.relu(y))
+        return outs
 
 
 class Transition(nn.LayerList):
@@ -283,7 +293,8 @@ class CrossResolutionWeighting(nn.Layer):
         h, w = xs[-1].shape[2:]
         pooled = [F.adaptive_avg_pool2d(x, (h, w)) for x in xs[:-1]] + [xs[-1]]
         weights = paddle.split(self.conv2(self.conv1(paddle.concat(pooled, axis=1))), self.channels, axis=1)
-        return [x * upsample_nearest(a, x.shape[2] // h) for x, a in zip(xs, weights)]
+        # the lowest-resolution branch needs no upsampling (a factor-1 one would still cost three ops)
+        return [x * (a if x.shape[2] == h else upsample_nearest(a, x.shape[2] // h)) for x, a in zip(xs, weights)]
 
 
 class SpatialWeighting(nn.Layer):
@@ -295,8 +306,8 @@ class SpatialWeighting(nn.Layer):
         self.conv2 = ConvModule(int(channels / ratio), channels, 1, act="sigmoid", norm=False)
 
     def forward(self, x):
-        # global average pooling, as the official AdaptiveAvgPool2d(1): a mean over axes 2 and 3 gives the same
-        # numbers, but its backward is ~15x slower on CPU, which made Lite-HRNet's training step 1.2x slower
+        # global average pooling, as the official AdaptiveAvgPool2d(1). A mean over axes 2 and 3 gives the same
+        # numbers, but its backward is ~15x slower on CPU and oneDNN inference runs it with a reference kernel
         return x * self.conv2(self.conv1(F.adaptive_avg_pool2d(x, 1)))
 
 
@@ -325,8 +336,7 @@ def lite_fuse_layers(channels):
         row = nn.LayerList()
         for j in range(len(channels)):
             if j > i:
-                row.append(nn.Sequential(conv1x1(channels[j], channels[i]), batch_norm(channels[i]),
-                                         UpsampleNearest(2 ** (j - i))))
+                row.append(nn.Sequential(conv1x1(channels[j], channels[i]), batch_norm(channels[i])))
             elif j == i:
                 row.append(nn.Identity())
             else:
@@ -351,9 +361,14 @@ class LiteHRModule(nn.Layer):
         # which later rows then read. (PaddleDetection reproduces it the same way.)
         x0, outs = xs[0], []
         for i, row in enumerate(self.fuse_layers):
-            y = 2 * x0 if i == 0 else 2 * row[0](x0)
-            for j in range(1, len(xs)):
-                y = y + (xs[j] if i == j else row[j](xs[j]))
+            first = x0 if i == 0 else row[0](x0)
+            y, lower = first + first, sum_of_lower_branches(row, xs, i)
+            if lower is not None:
+                y = y + lower
+            if i > 0:
+                y = y + xs[i]
+            for j in range(1, i):
+                y = row[j](xs[j]) + y
             if i == 0:
                 x0 = y
             outs.append(F.relu(y))
