@@ -131,7 +131,7 @@ class QuantConv2D(nn.Layer):
 
 
 def replace_layers(model, kind, make):
-    """Swap every sublayer of type kind for make(layer, dotted name), in place. Returns the count."""
+    """Swap every sublayer of type kind for make(layer, dotted name), in place."""
     targets = [(name, layer) for name, layer in model.named_sublayers() if isinstance(layer, kind)]
     for name, layer in targets:
         *path, attribute = name.split(".")
@@ -139,14 +139,13 @@ def replace_layers(model, kind, make):
         for part in path:
             parent = getattr(parent, part)
         setattr(parent, attribute, make(layer, name))  # a Sequential / LayerList entry keeps its place
-    return len(targets)
 
 
 def prepare_qat(model, pact=True, pact_init=100.0, pact_lr=1000.0, moving_rate=0.9):
     """Make a float model quantization-aware, in place: every Conv2D becomes a QuantConv2D.
     Load the float weights before (build order of the seed). Returns the model.
     The networks here have no Linear layers; a Linear would stay in float."""
-    with paddle.utils.unique_name.guard():
+    with paddle.utils.unique_name.guard():  # the alphas' names are taken per name scope: one per model
         replace_layers(model, nn.Conv2D,
                        lambda conv, name: QuantConv2D(conv, name, pact, pact_init, pact_lr, moving_rate))
     return model
@@ -178,9 +177,8 @@ def conv_bn_pairs(model, input_size):
 
     def match(name):
         def hook(layer, inputs):
-            conv = outputs.get(id(inputs[0]))
-            if conv is not None and conv[1] is inputs[0]:
-                pairs[conv[0]] = name
+            if id(inputs[0]) in outputs:
+                pairs[outputs[id(inputs[0])][0]] = name
         return hook
 
     for name, layer in model.named_sublayers():
@@ -235,7 +233,7 @@ class Int8Conv2D(nn.Layer):
         self.register_buffer("weight_scale", paddle.to_tensor(abs_max.astype(np.float32)))
         self.register_buffer("input_scale", layer.input_scale.clone())
         self.register_buffer("bias", paddle.to_tensor(bias.astype(np.float32)))
-        self.zero_point = zero_point  # one shared int32 zero: the quantization is symmetric
+        self.register_buffer("zero_point", zero_point)  # one int32 zero shared by all: symmetric quantization
         self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, layer.groups
 
     def forward(self, x):
@@ -248,18 +246,24 @@ class Int8Conv2D(nn.Layer):
         return _append_op("elementwise_add", {"X": [x], "Y": [self.bias]}, {"axis": 1})
 
 
-class _Zero(nn.Layer):
-    """Holds the zero point all Int8Conv2D layers share, as one persistable variable of the program."""
-
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("value", paddle.zeros([1], "int32"))
+@contextlib.contextmanager
+def layers_traced_as_written():
+    """paddle.jit.to_static translates the source code of every layer instance it meets (700 translations
+    for a Lite-HRNet: 80% of a 10 s PIR or 60 s legacy export). This project's forward code branches on
+    Python values only, so tracing it as written records the same program. Undone on exit."""
+    modules = [m for m in (model_py, sys.modules[__name__]) if m not in convert_call_func.BUILTIN_LIKELY_MODULES]
+    paddle.jit.ignore_module(modules)
+    try:
+        yield
+    finally:
+        for m in modules:
+            convert_call_func.BUILTIN_LIKELY_MODULES.remove(m)
 
 
 @contextlib.contextmanager
 def legacy_program_ops():
-    """While a legacy program is traced, route three functions the networks use to ops that work there,
-    and skip the source translation of this project's layers (restored on exit):
+    """While a legacy program is traced, route three functions the networks use to ops that work there
+    (restored on exit):
 
     - F.sigmoid and paddle.matmul: Paddle 3.3.1 binds them to PIR-only functions that reject a legacy
       program's Variables ("argument must be Value, but got Variable"); the classic ops are appended instead;
@@ -277,17 +281,11 @@ def legacy_program_ops():
     def upsample_nearest(x, factor):
         return F.interpolate(x, scale_factor=factor, mode="nearest")
 
-    # Run the layers' forward code as it is instead of translating each layer instance's source (700
-    # translations, 85% of a 60 s Lite-HRNet export): their control flow depends on Python values only.
-    untranslated = [m for m in (model_py, sys.modules[__name__]) if m not in convert_call_func.BUILTIN_LIKELY_MODULES]
-    paddle.jit.ignore_module(untranslated)
     F.sigmoid, paddle.matmul, model_py.upsample_nearest = sigmoid, matmul, upsample_nearest
     try:
         yield
     finally:
         F.sigmoid, paddle.matmul, model_py.upsample_nearest = originals
-        for m in untranslated:
-            convert_call_func.BUILTIN_LIKELY_MODULES.remove(m)
 
 
 def compact_program(path):
@@ -324,29 +322,32 @@ def compact_program(path):
 def export_int8(model, out_dir, model_name, input_size, info, udp=False):
     """Write out_dir/model.pdmodel + model.pdiparams (the int8 program) and pose.json for a trained QAT model
     (left unchanged). input_size = (width, height). Returns {"files": {name: bytes}, "folded_bn": count}."""
-    over = {name: sa for name, sa in quantized_inputs(model).items() if sa[1] is not None and sa[0] > sa[1]}
+    over = {name: s / a - 1 for name, (s, a) in quantized_inputs(model).items() if a is not None and s > a}
     if over:
-        name, (scale, alpha) = next(iter(over.items()))
-        print(f"warning: {len(over)} quantized inputs have a scale above their PACT alpha (e.g. {name}: "
-              f"{scale:.4g} > {alpha:.4g}); the int8 model clips those inputs at the scale, not at alpha")
+        name = max(over, key=over.get)
+        print(f"warning: {len(over)} quantized inputs have a scale above their PACT alpha (at most {over[name]:.2%}, "
+              f"{name}); the int8 model clips them at the scale, the QAT model at alpha")
     twin = copy.deepcopy(model)
     twin.eval()
     pairs = conv_bn_pairs(twin, input_size)
     layers = dict(twin.named_sublayers())
-    zero = _Zero()
-    twin.add_sublayer("int8_zero_point", zero)
-    replace_layers(twin, QuantConv2D, lambda layer, name: Int8Conv2D(layer, layers.get(pairs.get(name)), zero.value))
+    zero = paddle.zeros([1], "int32")
+    replace_layers(twin, QuantConv2D, lambda layer, name: Int8Conv2D(layer, layers.get(pairs.get(name)), zero))
     folded = set(pairs.values())
     replace_layers(twin, nn.BatchNorm2D, lambda bn, name: nn.Identity() if name in folded else bn)
-    os.makedirs(out_dir, exist_ok=True)
-    prefix = os.path.join(out_dir, "model")
+    staging = out_dir.rstrip("/\\") + ".partial"  # written here first: an interrupted export leaves out_dir as it was
+    prefix = os.path.join(staging, "model")
     spec = [paddle.static.InputSpec([None, 3, input_size[1], input_size[0]], "float32", "image")]
-    with paddle.pir_utils.OldIrGuard(), legacy_program_ops():
+    with paddle.pir_utils.OldIrGuard(), legacy_program_ops(), layers_traced_as_written():
         paddle.jit.save(paddle.jit.to_static(twin, input_spec=spec, full_graph=True), prefix)
     compact_program(prefix + ".pdmodel")
     os.remove(prefix + ".pdiparams.info")  # only paddle.jit.load reads it; inference needs the other two
-    write_pose_json(out_dir, model_name, input_size, info, udp, quantized=True,
+    write_pose_json(staging, model_name, input_size, info, udp, quantized=True,
                     model_file="model.pdmodel", params_file="model.pdiparams")
+    os.makedirs(out_dir, exist_ok=True)
+    for name in ("model.pdmodel", "model.pdiparams", "pose.json"):
+        os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
+    os.rmdir(staging)
     files = {f: os.path.getsize(os.path.join(out_dir, f)) for f in ("model.pdmodel", "model.pdiparams")}
     return {"files": files, "folded_bn": len(folded)}
 
@@ -413,7 +414,7 @@ QAT_RECIPES = {
     family: dict(train.RECIPES[family], epochs=50, milestones=[40, 45], lr=1e-3, warmup_steps=500)
     for family in ("hrnet", "lite_hrnet")}
 # on the synthetic set (after `python train.py`): one epoch at the float run's final learning rate
-QAT_RECIPES["synthetic"] = dict(train.RECIPES["synthetic"], epochs=1, milestones=[1], lr=4e-4, warmup_steps=20,
+QAT_RECIPES["synthetic"] = dict(train.RECIPES["synthetic"], epochs=1, milestones=[], lr=4e-4, warmup_steps=20,
                                 eval_every=1)
 
 
@@ -421,7 +422,7 @@ def build_parser():
     p = train.build_parser(__doc__.split("\n\n")[1].strip())
     p.add_argument("--qat-weights", default=None,
                    help="a QAT checkpoint of this script (e.g. runs/<model>_qat/best.pdparams): no training, "
-                        "only export and evaluate it")
+                        "only evaluate and export it")
     p.add_argument("--export", default=None, help="folder for the int8 inference model (default <out>/int8)")
     p.add_argument("--pact", action=argparse.BooleanOptionalAction, default=True,
                    help="PACT clipping before every quantized input (the seed's activation_preprocess_type)")
@@ -434,17 +435,19 @@ def build_parser():
     return p
 
 
-def load_qat_weights(model, path):
-    """A QAT checkpoint into a prepared model; one-line errors for files of another kind."""
+def load_qat_model(name, path, num_joints=17):
+    """A QAT checkpoint of this script (best/last.pdparams) -> the quantization-aware model holding it,
+    with PACT if the checkpoint has alphas. One-line errors for files of another kind."""
     state = read_checkpoint(path)
-    own = model.state_dict()
     if not any(k.endswith(".input_scale") for k in state):
-        raise ValueError(f"--qat-weights {path}: no quantizer scales in it; a float checkpoint goes to --weights")
-    problems = [k for k in own if k not in state] + [k for k in state if k not in own]
-    if problems:
-        raise ValueError(f"--qat-weights {path} does not fit a {'PACT ' if '.pact_alpha' in ' '.join(own) else ''}"
-                         f"QAT {type(model).__name__}: {len(problems)} keys differ (e.g. {', '.join(problems[:3])}); "
-                         f"same --model and --pact/--no-pact as in training?")
+        raise ValueError(f"{path}: no quantizer scales in it, not a QAT checkpoint (float weights go to --weights)")
+    model = prepare_qat(build_model(name, num_joints), pact=any(k.endswith(".pact_alpha") for k in state))
+    own = model.state_dict()
+    differ = [k for k in own if k not in state] + [k for k in state if k not in own]
+    differ += [k for k in own if k in state and list(state[k].shape) != list(own[k].shape)]
+    if differ:
+        raise ValueError(f"{path} does not fit a quantization-aware {name} with {num_joints} joints: {len(differ)} "
+                         f"entries differ (e.g. {', '.join(differ[:3])}); trained with another --model?")
     model.set_state_dict({k: paddle.to_tensor(v, dtype=own[k].dtype) for k, v in state.items()})
     return model
 
@@ -461,20 +464,21 @@ def main(argv=None):
         set_device(args.device)
         datasets = train.build_datasets(args)
         val_set = datasets[1]
-        model = build_model(args.model, val_set.info.num_joints)
-        float_ap = None
+        num_joints = val_set.info.num_joints
+        float_ap, qat_ap = None, -1.0
         if args.qat_weights:
-            load_qat_weights(prepare_qat(model, args.pact), args.qat_weights)
+            model = load_qat_model(args.model, args.qat_weights, num_joints)
         else:
+            model = build_model(args.model, num_joints)
             if args.weights and not args.resume:
                 load_weights(model, args.weights)
                 _, stats = evaluate_model(model, val_set, args.batch_size, args.flip, num_workers=args.workers)
                 float_ap = stats["AP"]
                 print(f"float model {args.weights}: AP {float_ap:.3f}")
             prepare_qat(model, args.pact, args.pact_init, args.pact_lr, args.moving_rate)
-            model, _, qat_ap = train.train(args, model=model, datasets=datasets)
-            load_qat_weights(model, os.path.join(args.out, "best.pdparams"))
-        if args.qat_weights or qat_ap < 0:
+            _, _, qat_ap = train.train(args, model=model, datasets=datasets)
+            model = load_qat_model(args.model, os.path.join(args.out, "best.pdparams"), num_joints)
+        if qat_ap < 0:  # not trained here, or trained without an evaluation
             _, stats = evaluate_model(model, val_set, args.batch_size, args.flip, num_workers=args.workers)
             qat_ap = stats["AP"]
         alphas = [a for _, a in quantized_inputs(model).values() if a is not None]

@@ -1489,14 +1489,21 @@ def test_qat_run_reports_and_saves_checkpoint_and_export(qat_run):
     meta = json.load(open(os.path.join(qat_run["export"], "pose.json")))
     assert meta["quantized"] is True and meta["model_file"] == "model.pdmodel" and meta["input_size"] == "64x64"
     assert sorted(os.listdir(qat_run["export"])) == ["model.pdiparams", "model.pdmodel", "pose.json"]
+    with pytest.raises(ValueError, match="does not fit a quantization-aware lite_hrnet_30 with 17 joints"):
+        Q.load_qat_model("lite_hrnet_30", qat_run["qat"])
 
 
 def test_int8_export_is_under_30_percent_of_the_float_export(qat_run, tmp_path):
     from paddle.static import InputSpec
     model = M.load_weights(M.build_model("lite_hrnet_18"), qat_run["float"])
     model.eval()
-    paddle.jit.save(paddle.jit.to_static(model, input_spec=[InputSpec([None, 3, 64, 64], "float32", "image")],
-                                         full_graph=True), str(tmp_path / "model"))
+    x = np.random.RandomState(0).randn(2, 3, 64, 64).astype("float32")
+    expected = outputs(model, x)  # before to_static, which turns the model's forward into the traced program
+    with Q.layers_traced_as_written():
+        paddle.jit.save(paddle.jit.to_static(model, input_spec=[InputSpec([None, 3, 64, 64], "float32", "image")],
+                                             full_graph=True), str(tmp_path / "model"))
+    traced = Q.PredictorModel(Q.create_predictor(str(tmp_path), onednn=False))(paddle.to_tensor(x)).numpy()
+    np.testing.assert_allclose(traced, expected, atol=1e-5 * np.abs(expected).max())  # traced as written
     float_params = os.path.getsize(tmp_path / "model.pdiparams")
     float_total = float_params + os.path.getsize(tmp_path / "model.json")
     int8_params = os.path.getsize(os.path.join(qat_run["export"], "model.pdiparams"))
@@ -1506,7 +1513,7 @@ def test_int8_export_is_under_30_percent_of_the_float_export(qat_run, tmp_path):
 
 
 def test_int8_predictor_runs_int8_convolutions_and_matches_the_fake_quant_model(qat_run, synthetic_root, capfd):
-    model = Q.load_qat_weights(Q.prepare_qat(M.build_model("lite_hrnet_18")), qat_run["qat"])
+    model = Q.load_qat_model("lite_hrnet_18", qat_run["qat"])
     model.eval()
     x = val_crops(synthetic_root)
     expected = outputs(model, x)
@@ -1526,5 +1533,5 @@ def test_quantize_cli_errors_are_one_line(synthetic_root, tmp_path, lite18_weigh
             "--workers", "0", "--device", "cpu"]
     with pytest.raises(SystemExit, match="--weights FLOAT_CHECKPOINT is needed"):
         Q.main(base)
-    with pytest.raises(SystemExit, match=r"--qat-weights .*lite18.pdparams: no quantizer scales in it"):
+    with pytest.raises(SystemExit, match=r"lite18.pdparams: no quantizer scales in it, not a QAT checkpoint"):
         Q.main(base + ["--qat-weights", lite18_weights])
