@@ -423,7 +423,7 @@ def build_parser():
     p.add_argument("--qat-weights", default=None,
                    help="a QAT checkpoint of this script (e.g. runs/<model>_qat/best.pdparams): no training, "
                         "only evaluate and export it")
-    p.add_argument("--export", default=None, help="folder for the int8 inference model (default <out>/int8)")
+    p.add_argument("--export", default=None, help="folder for the int8 inference model (None: <out>/int8)")
     p.add_argument("--pact", action=argparse.BooleanOptionalAction, default=True,
                    help="PACT clipping before every quantized input (the seed's activation_preprocess_type)")
     p.add_argument("--pact-init", type=float, default=100.0, help="initial PACT clip alpha")
@@ -431,7 +431,7 @@ def build_parser():
     p.add_argument("--moving-rate", type=float, default=0.9, help="decay of the activation scales' moving average")
     p.add_argument("--eval-int8", action=argparse.BooleanOptionalAction, default=True,
                    help="score the exported int8 model on val (Paddle Inference, oneDNN int8 on CPU)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads of the int8 predictor (default: all)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of the int8 predictor (None: all cores)")
     return p
 
 
