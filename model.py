@@ -18,7 +18,6 @@ os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # Paddle pin
 
 import argparse
 import re
-import sys
 import warnings
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The whole test suite: python -m pytest -q test_all.py (CPU only)."""
+import contextlib
 import hashlib
 import http.server
 import io
@@ -1442,7 +1443,6 @@ def test_cli_rejects_weights_of_another_model(lite18_weights, tmp_path):
 # ====================================================================================================
 # export.py and predict.py: export -> predictor parity, pose.json, the prediction pipeline, inputs, bad input
 
-import contextlib  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
 
@@ -1764,3 +1764,193 @@ def test_benchmark_prints_latency_and_throughput_at_batch_1_and_8(lite_export, c
         for p50, p90, rate in re.findall(r"p50 +(\S+) ms +p90 +(\S+) ms +(\S+) img/s", line):
             assert 0 < float(p50) <= float(p90) and float(rate) == pytest.approx(batch * 1000 / float(p50), rel=0.01, abs=0.1)
         assert re.search(r"outside the network p50 \S+ ms \([\d.]+% of the pipeline\)$", line)
+
+# quantize.py: PACT / fake-quant gradients, QAT preparation, the int8 export and its predictor
+
+import quantize as Q  # noqa: E402
+
+
+def test_pact_clip_forward_backward_match_numpy_and_finite_differences():
+    rng = np.random.RandomState(0)
+    x = rng.uniform(-3, 3, (4, 5, 6)).astype("float32")
+    x[np.abs(np.abs(x) - 1.3) < 0.02] = 0.5  # keep finite differences away from the kinks at +-alpha
+    upstream = rng.randn(*x.shape).astype("float32")
+    xt = paddle.to_tensor(x, stop_gradient=False)
+    alpha = paddle.to_tensor([1.3], stop_gradient=False)
+    out = Q.PACTClip.apply(xt, alpha)
+    np.testing.assert_allclose(out.numpy(), x - np.maximum(x - 1.3, 0) + np.maximum(-1.3 - x, 0), atol=1e-6)
+    (out * paddle.to_tensor(upstream)).sum().backward()
+    inside = np.abs(x) <= 1.3
+    np.testing.assert_allclose(xt.grad.numpy(), upstream * inside, atol=1e-6)
+    expected = upstream[x > 1.3].sum() - upstream[x < -1.3].sum()
+    assert abs(alpha.grad.item() - expected) < 1e-4
+
+    def loss(a):  # float64 numpy: the clip function PACT differentiates
+        return (upstream.astype(np.float64) * np.clip(x, -a, a)).sum()
+    eps = 1e-3
+    assert abs((loss(1.3 + eps) - loss(1.3 - eps)) / (2 * eps) - alpha.grad.item()) < 1e-3
+    for i in range(3):  # d/dx by finite differences, on a few entries inside and outside the clip range
+        j = np.unravel_index(rng.randint(x.size), x.shape)
+        bump = np.zeros_like(x, dtype=np.float64)
+        bump[j] = eps
+        fd = ((upstream * np.clip(x + bump, -1.3, 1.3)).sum() - (upstream * np.clip(x - bump, -1.3, 1.3)).sum()) / (2 * eps)
+        assert abs(fd - xt.grad.numpy()[j]) < 1e-3
+
+
+def test_fake_quant_levels_and_straight_through_gradient():
+    rng = np.random.RandomState(1)
+    x = rng.randn(1000).astype("float32") * 2
+    xt = paddle.to_tensor(x, stop_gradient=False)
+    q = Q.FakeQuant.apply(xt, paddle.to_tensor([2.5]))
+    levels = np.round(np.clip(x / 2.5, -1, 1) * 127)
+    np.testing.assert_allclose(q.numpy(), levels * 2.5 / 127, atol=1e-6)
+    assert len(np.unique(q.numpy())) <= 255 and np.abs(q.numpy()).max() <= 2.5 + 1e-6
+    (q * paddle.to_tensor(np.arange(1000, dtype="float32"))).sum().backward()
+    np.testing.assert_allclose(xt.grad.numpy(), np.arange(1000))  # identity: straight through, clipped or not
+
+
+def test_quant_conv_weight_gradient_is_the_finite_difference_gradient_at_the_quantized_weight():
+    """The straight-through estimator: dL/dW is the gradient of the loss with respect to the quantized
+    weights it actually used, which finite differences of that (linear) convolution give independently."""
+    paddle.seed(0)
+    conv = Q.QuantConv2D(paddle.nn.Conv2D(3, 4, 3, padding=1), "c", pact=False)
+    conv.eval()
+    conv.input_scale.set_value(paddle.to_tensor([2.0]))
+    rng = np.random.RandomState(2)
+    x, r = rng.randn(2, 3, 5, 5).astype("float32"), rng.randn(2, 4, 5, 5).astype("float64")
+    (conv(paddle.to_tensor(x)) * paddle.to_tensor(r.astype("float32"))).sum().backward()
+    w = conv.weight.numpy().astype(np.float64)
+    s = np.abs(w).max(axis=(1, 2, 3), keepdims=True)
+    wq = np.round(w / s * 127) * s / 127
+    xq = np.round(np.clip(x / 2.0, -1, 1) * 127) * 2.0 / 127
+
+    def loss(weight):
+        y = F.conv2d(paddle.to_tensor(xq, dtype="float64"), paddle.to_tensor(weight), padding=1).numpy()
+        return (r * y).sum()
+    for j in [(0, 0, 0, 0), (1, 2, 1, 1), (3, 1, 2, 0)]:
+        bump = np.zeros_like(wq)
+        bump[j] = 1e-3
+        fd = (loss(wq + bump) - loss(wq - bump)) / 2e-3
+        assert abs(fd - conv.weight.grad.numpy()[j]) < 1e-3 * max(1, abs(fd))
+
+
+def test_activation_scale_is_the_moving_average_of_paddles_quantizer():
+    conv = Q.QuantConv2D(paddle.nn.Conv2D(1, 1, 1), "c", pact=True, pact_init=3.0)
+    maxima, accum, state = [1.0, 5.0, 2.0], 1.0, 1.0
+    conv.train()
+    for m in maxima:
+        x = np.zeros((1, 1, 2, 2), np.float32)
+        x[0, 0, 0, 0] = -m
+        conv(paddle.to_tensor(x))
+        accum, state = 0.9 * accum + min(m, 3.0), 0.9 * state + 1  # the max is taken after the PACT clip at 3
+        assert abs(conv.input_scale.item() - accum / state) < 1e-6
+    conv.eval()
+    conv(paddle.to_tensor(np.full((1, 1, 2, 2), 100.0, np.float32)))
+    assert abs(conv.input_scale.item() - accum / state) < 1e-6  # evaluation uses the stored scale
+
+
+def test_prepare_qat_keeps_float_keys_and_alpha_learns_1000x_faster():
+    model = M.build_model("lite_hrnet_18")
+    float_keys = set(model.state_dict())
+    n_convs = sum(isinstance(layer, paddle.nn.Conv2D) for layer in model.sublayers())
+    Q.prepare_qat(model)
+    quantized = [layer for layer in model.sublayers() if isinstance(layer, Q.QuantConv2D)]
+    assert len(quantized) == n_convs == 301 and not any(type(l) is paddle.nn.Conv2D for l in model.sublayers())
+    extra = set(model.state_dict()) - float_keys
+    assert float_keys <= set(model.state_dict()) and len(extra) == 4 * n_convs
+    assert {k.rsplit(".", 1)[1] for k in extra} == {"pact_alpha", "input_scale", "input_accum", "input_state"}
+    # one Adam step moves each parameter by about lr x its multiplier, whatever the gradient's size
+    layer = quantized[0]
+    opt = paddle.optimizer.Adam(learning_rate=1e-3, parameters=[layer.weight, layer.pact_alpha])
+    x = paddle.to_tensor(np.full((1, 3, 8, 8), 150.0, np.float32))  # above alpha = 100: alpha gets a gradient
+    layer.train()
+    layer(x).sum().backward()
+    before_w, before_a = layer.weight.numpy().copy(), layer.pact_alpha.item()
+    opt.step()
+    assert abs(abs(layer.pact_alpha.item() - before_a) - 1.0) < 0.01
+    assert np.abs(layer.weight.numpy() - before_w).max() < 1.01e-3
+
+
+@pytest.fixture(scope="module")
+def qat_run(synthetic_root, tmp_path_factory):
+    """A small trained float Lite-HRNet-18 (64x64), then quantize.py's whole run on it: one QAT epoch,
+    evaluation and the int8 export (its int8 evaluation is left to the tests below)."""
+    root = tmp_path_factory.mktemp("qat")
+    T.train(tiny_run_args(synthetic_root, root / "float", "--epochs", "3"))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        Q.main(["--data", synthetic_root, "--out", str(root / "qat"), "--model", "lite_hrnet_18", "--input-size",
+                "64x64", "--batch-size", "8", "--workers", "0", "--no-flip", "--device", "cpu", "--epochs", "1",
+                "--warmup-steps", "0", "--weights", str(root / "float" / "best.pdparams"), "--no-eval-int8"])
+    return dict(root=root, float=str(root / "float" / "best.pdparams"), qat=str(root / "qat" / "best.pdparams"),
+                export=str(root / "qat" / "int8"), log=out.getvalue())
+
+
+def val_crops(synthetic_root, size="64x64"):
+    from data import COCOKeypointDataset
+    dataset = COCOKeypointDataset(os.path.join(synthetic_root, "annotations", "person_keypoints_val2017.json"),
+                                  os.path.join(synthetic_root, "val2017"), size, train=False)
+    return np.stack([dataset[i][0] for i in range(len(dataset))]).astype("float32")
+
+
+def test_qat_run_reports_and_saves_checkpoint_and_export(qat_run):
+    lines = qat_run["log"].strip().splitlines()
+    assert lines[-1].startswith("AP: ") and lines[-2].startswith("AP float ") and "QAT (fake-quant)" in lines[-2]
+    assert any(line.startswith("int8 model: ") and "204 BatchNorms folded" in line for line in lines)
+    state = paddle.load(qat_run["qat"])
+    scales = [v.item() for k, v in state.items() if k.endswith(".input_scale")]
+    assert len(scales) == 301 and min(scales) > 0.001  # every quantizer saw data (the initial scale is 0.001)
+    assert sum(k.endswith(".pact_alpha") for k in state) == 301
+    meta = json.load(open(os.path.join(qat_run["export"], "pose.json")))
+    assert meta["quantized"] is True and meta["model_file"] == "model.pdmodel" and meta["input_size"] == [64, 64]
+    assert sorted(os.listdir(qat_run["export"])) == ["model.pdiparams", "model.pdmodel", "pose.json"]
+    with pytest.raises(ValueError, match="does not fit a quantization-aware lite_hrnet_30 with 17 joints"):
+        Q.load_qat_model("lite_hrnet_30", qat_run["qat"])
+
+
+def test_int8_export_is_under_30_percent_of_the_float_export(qat_run, tmp_path):
+    from paddle.static import InputSpec
+    model = M.load_weights(M.build_model("lite_hrnet_18"), qat_run["float"])
+    model.eval()
+    x = np.random.RandomState(0).randn(2, 3, 64, 64).astype("float32")
+    expected = outputs(model, x)  # before to_static, which turns the model's forward into the traced program
+    with Q.layers_traced_as_written():
+        paddle.jit.save(paddle.jit.to_static(model, input_spec=[InputSpec([None, 3, 64, 64], "float32", "image")],
+                                             full_graph=True), str(tmp_path / "model"))
+    traced = Q.PredictorModel(Q.create_predictor(str(tmp_path), onednn=False))(paddle.to_tensor(x)).numpy()
+    np.testing.assert_allclose(traced, expected, atol=1e-5 * np.abs(expected).max())  # traced as written
+    float_params = os.path.getsize(tmp_path / "model.pdiparams")
+    float_total = float_params + os.path.getsize(tmp_path / "model.json")
+    int8_params = os.path.getsize(os.path.join(qat_run["export"], "model.pdiparams"))
+    int8_total = int8_params + os.path.getsize(os.path.join(qat_run["export"], "model.pdmodel"))
+    assert int8_params < 0.3 * float_params  # the weights are stored as int8
+    assert int8_total <= 0.3 * float_total, (int8_total, float_total)
+
+
+def test_int8_predictor_runs_int8_convolutions_and_matches_the_fake_quant_model(qat_run, synthetic_root, capfd):
+    model = Q.load_qat_model("lite_hrnet_18", qat_run["qat"])
+    model.eval()
+    x = val_crops(synthetic_root)
+    expected = outputs(model, x)
+    # the program itself (float kernels): BatchNorm folding, int8 codes and scales reproduce the QAT model
+    exported = Q.PredictorModel(Q.create_predictor(qat_run["export"], onednn=False))(paddle.to_tensor(x)).numpy()
+    assert np.abs(exported - expected).max() <= 1e-4 * np.abs(expected).max()
+    capfd.readouterr()
+    int8 = Q.PredictorModel(Q.create_predictor(qat_run["export"], int8=True))
+    passes = capfd.readouterr().err
+    assert "quantized 301 fused_conv2d ops" in passes  # every convolution runs in int8
+    got = int8(paddle.to_tensor(x)).numpy()
+    # oneDNN keeps one scale per tensor (QAT: one per consuming layer) and rounding flips cascade, so the heatmaps
+    # of this barely trained 64x64 model follow the fake-quant ones in shape and size, not to float precision;
+    # the accuracy bar itself (AP within 1.0 of float) is measured on the teaching model (README, Quantization)
+    assert np.corrcoef(got.ravel(), expected.ravel())[0, 1] > 0.95
+    assert np.abs(got - expected).mean() < 0.3 * np.abs(expected).mean()
+
+
+def test_quantize_cli_errors_are_one_line(synthetic_root, tmp_path, lite18_weights):
+    base = ["--data", synthetic_root, "--out", str(tmp_path), "--model", "lite_hrnet_18", "--input-size", "64x64",
+            "--workers", "0", "--device", "cpu"]
+    with pytest.raises(SystemExit, match="--weights FLOAT_CHECKPOINT is needed"):
+        Q.main(base)
+    with pytest.raises(SystemExit, match=r"lite18.pdparams: no quantizer scales in it, not a QAT checkpoint"):
+        Q.main(base + ["--qat-weights", lite18_weights])

@@ -18,10 +18,8 @@ import itertools
 import json
 import math
 import statistics
-import sys
 import time
 
-import numpy as np
 import paddle
 import paddle.distributed as dist
 
