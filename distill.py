@@ -8,8 +8,10 @@ frozen, stronger network's heatmaps (the seed's LiteHRNet-30 69.4 -> 69.9 AP rec
 Every training flag of train.py works here too; the loop is train.py's, with this file's loss.
 """
 import os
+import warnings
 
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # Paddle pins 1 thread if this is unset
+warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import paddle
 

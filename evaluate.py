@@ -14,9 +14,11 @@ Examples:
     python evaluate.py --data data/coco --results results.json   # only score an existing results file
 """
 import os
+import warnings
 
 # Paddle runs CPU ops on one thread unless OMP_NUM_THREADS is set before paddle is imported.
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import argparse
 import contextlib

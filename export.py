@@ -12,8 +12,10 @@ After writing, the export is loaded with paddle.inference (CPU with oneDNN) and 
 random batch; a disagreement is an error.
 """
 import os
+import warnings
 
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # Paddle pins 1 thread if this is unset
+warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import argparse
 import contextlib

@@ -131,11 +131,11 @@ class Bottleneck(nn.Layer):
         return F.relu(self.bn3(self.conv3(out)) + residual)
 
 
-def hrnet_fuse_layers(channels, num_outputs):
+def fuse_layers(channels, num_outputs, strided_step):
     """fuse_layers[i][j] brings branch j to branch i's width and resolution (paper Fig. 3).
 
     j > i: 1x1 conv + BN; the nearest upsampling by 2^(j-i) that follows is in sum_of_lower_branches.
-    j < i: (i-j) strided 3x3 convs; the intermediate ones keep branch j's width and end with ReLU.
+    j < i: (i-j) stride-2 steps, strided_step(cin, cout, last); the intermediate ones keep branch j's width.
     """
     rows = nn.LayerList()
     for i in range(num_outputs):
@@ -146,15 +146,16 @@ def hrnet_fuse_layers(channels, num_outputs):
             elif j == i:
                 row.append(nn.Identity())
             else:
-                steps = []
-                for k in range(i - j):
-                    last = k == i - j - 1
-                    cout = channels[i] if last else channels[j]
-                    step = [conv3x3(channels[j], cout, stride=2), batch_norm(cout)]
-                    steps.append(nn.Sequential(*step) if last else nn.Sequential(*step, nn.ReLU()))
-                row.append(nn.Sequential(*steps))
+                row.append(nn.Sequential(*[strided_step(channels[j], channels[i] if k == i - j - 1 else channels[j],
+                                                        k == i - j - 1) for k in range(i - j)]))
         rows.append(row)
     return rows
+
+
+def hrnet_strided_step(cin, cout, last):
+    """3x3 conv + BN, with ReLU except on the last step of a chain."""
+    step = [conv3x3(cin, cout, stride=2), batch_norm(cout)]
+    return nn.Sequential(*step) if last else nn.Sequential(*step, nn.ReLU())
 
 
 class HighResolutionModule(nn.Layer):
@@ -164,7 +165,7 @@ class HighResolutionModule(nn.Layer):
         super().__init__()
         self.branches = nn.LayerList([
             nn.Sequential(*[BasicBlock(c, c) for _ in range(4)]) for c in channels])
-        self.fuse_layers = hrnet_fuse_layers(channels, len(channels) if multi_scale_output else 1)
+        self.fuse_layers = fuse_layers(channels, len(channels) if multi_scale_output else 1, hrnet_strided_step)
 
     def forward(self, xs):
         xs = [branch(x) for branch, x in zip(self.branches, xs)]
@@ -328,22 +329,9 @@ class ConditionalChannelWeighting(nn.Layer):
         return [F.channel_shuffle(paddle.concat([h[0], x], axis=1), 2) for h, x in zip(halves, x2)]
 
 
-def lite_fuse_layers(channels):
-    """As HRNet's fuse layers, with every strided 3x3 conv made depthwise + pointwise."""
-    rows = nn.LayerList()
-    for i in range(len(channels)):
-        row = nn.LayerList()
-        for j in range(len(channels)):
-            if j > i:
-                row.append(nn.Sequential(conv1x1(channels[j], channels[i]), batch_norm(channels[i])))
-            elif j == i:
-                row.append(nn.Identity())
-            else:
-                row.append(nn.Sequential(*[
-                    dw_pw(channels[j], channels[i] if k == i - j - 1 else channels[j], 2, relu=k < i - j - 1)
-                    for k in range(i - j)]))
-        rows.append(row)
-    return rows
+def lite_strided_step(cin, cout, last):
+    """Lite-HRNet's fuse layers make every strided 3x3 conv depthwise + pointwise."""
+    return dw_pw(cin, cout, 2, relu=not last)
 
 
 class LiteHRModule(nn.Layer):
@@ -351,7 +339,7 @@ class LiteHRModule(nn.Layer):
         super().__init__()
         self.layers = nn.Sequential(*[ConditionalChannelWeighting(channels, reduce_ratio)
                                       for _ in range(num_blocks)])
-        self.fuse_layers = lite_fuse_layers(channels)
+        self.fuse_layers = fuse_layers(channels, len(channels), lite_strided_step)
 
     def forward(self, xs):
         xs = self.layers(xs)

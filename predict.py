@@ -11,8 +11,10 @@ The network is either an export (--model-dir, run by paddle.inference) or a chec
     python predict.py --model-dir export/lite_hrnet_30 --input photo.jpg --benchmark
 """
 import os
+import warnings
 
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # Paddle pins 1 thread if this is unset
+warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import argparse
 import time

@@ -13,8 +13,10 @@ At the end the QAT weights are exported as an int8 inference model (--export) an
 running as int8 in Paddle Inference.
 """
 import os
+import warnings
 
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # Paddle pins 1 thread if this is unset
+warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import argparse
 import contextlib

@@ -853,6 +853,9 @@ def test_learning_rate_warmup_and_steps():
     assert T.learning_rate(args, 5, 600) == pytest.approx(2e-3)
     assert T.learning_rate(args, 170, 10 ** 6) == pytest.approx(2e-4)
     assert T.learning_rate(args, 205, 10 ** 6) == pytest.approx(2e-5)
+    within_epoch = T.build_parser().parse_args(["--lr", "4e-3", "--warmup-steps", "0", "--milestones", "0.75"])
+    assert T.learning_rate(within_epoch, 0.74, 100) == pytest.approx(4e-3)
+    assert T.learning_rate(within_epoch, 0.75, 104) == pytest.approx(4e-4)
 
 
 def test_short_training_lowers_the_loss_and_resume_is_exact(synthetic_root, tmp_path):
