@@ -1942,6 +1942,7 @@ def test_int8_predictor_runs_int8_convolutions_and_matches_the_fake_quant_model(
     int8 = Q.PredictorModel(Q.create_predictor(qat_run["export"], int8=True))
     passes = capfd.readouterr().err
     assert "quantized 301 fused_conv2d ops" in passes  # every convolution runs in int8
+    assert "quantized 0 pool2d ops" in passes  # and only they: int8 pooling clipped at the next conv's scale
     got = int8(paddle.to_tensor(x)).numpy()
     # oneDNN keeps one scale per tensor (QAT: one per consuming layer) and rounding flips cascade, so the heatmaps
     # of this barely trained 64x64 model follow the fake-quant ones in shape and size, not to float precision;
