@@ -40,6 +40,18 @@ HOG_MAX_SIDE = 800
 # The network as a function of a batch of crops
 
 
+def compare_model(args, pose):
+    """--compare DIR: the network of a second export with the same input size, run like --model-dir's."""
+    if not args.compare:
+        return None
+    other = read_pose_json(args.compare)
+    if other["input_size"] != pose["input_size"]:
+        raise ValueError(f"--compare {args.compare}: takes {other['input_size'][0]}x{other['input_size'][1]} crops, "
+                         f"the benchmarked model {pose['input_size'][0]}x{pose['input_size'][1]}")
+    return create_predictor(args.compare, args.device, args.threads, args.onednn,
+                            int8=other["quantized"] and args.onednn)
+
+
 def load_model(args):
     """(run, pose): run maps float32 N x 3 x H x W crops to N x K x h x w heatmaps (numpy); pose is the model's
     pose.json (an export's own, or the same description made for a checkpoint)."""
@@ -356,10 +368,12 @@ def _seconds(fn):
     return time.perf_counter() - start
 
 
-def benchmark(args, run, pose, image_bgr, description, warmup=3):
+def benchmark(args, run, pose, image_bgr, description, warmup=3, compare_run=None):
     """Latency (p50, p90) and throughput of the network alone (one call) and of the whole pipeline on the image
     (boxes to crops, network, decoding, OKS-NMS, drawing; no file reading or writing), at batch 1 (the whole
-    image) and 8 (eight person boxes in the image, one batch); and the pipeline's time outside the network."""
+    image) and 8 (eight person boxes in the image, one batch); and the pipeline's time outside the network.
+    compare_run: a second network (--compare), timed in the same loop, so that the ratio is not blurred by
+    the load drifting between two processes on a shared CPU."""
     height, width = pose["input_size"]
     img_h, img_w = image_bgr.shape[:2]
     print(f"benchmark: {pose['model']} {height}x{width}, {description}, flip {'on' if args.flip else 'off'}, "
@@ -383,13 +397,15 @@ def benchmark(args, run, pose, image_bgr, description, warmup=3):
                                    args.dark_kernel, batch, nms_thr=args.nms_thr)
             draw_poses(image_bgr, people, pose["skeleton"], pose["flip_pairs"], args.kpt_thr)
 
-        times = {"model": [], "pipeline": [], "outside": []}
+        times = {"model": [], "pipeline": [], "outside": [], "compare": []}
         for i in range(warmup + args.benchmark_runs):  # alternating: load changes on a shared CPU hit both alike
             model_time, pipeline_time = _seconds(lambda: run(crops)), _seconds(pipeline)
+            compare_time = _seconds(lambda: compare_run(crops)) if compare_run else None
             if i >= warmup:
                 times["model"].append(model_time)
                 times["pipeline"].append(pipeline_time)
                 times["outside"].append(pipeline_time - sum(network))
+                times["compare"].append(compare_time)
         line = f"batch {batch}:"
         for what in ("model", "pipeline"):
             p50, p90 = np.percentile(times[what], [50, 90]) * 1000
@@ -397,6 +413,10 @@ def benchmark(args, run, pose, image_bgr, description, warmup=3):
         outside = np.median(times["outside"])
         print(f"{line}  outside the network p50 {outside * 1000:.1f} ms "
               f"({100 * outside / np.median(times['pipeline']):.1f}% of the pipeline)")
+        if compare_run:
+            other = np.median(times["compare"])
+            print(f"batch {batch}:  --compare {args.compare} model p50 {other * 1000:7.1f} ms: this model is "
+                  f"{other / np.median(times['model']):.2f}x as fast")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -431,9 +451,12 @@ def parse_args(argv=None):
     p.add_argument("--benchmark", action="store_true",
                    help="time the network and the pipeline on the first image, batch 1 and 8; write nothing")
     p.add_argument("--benchmark-runs", type=int, default=20, help="timed runs per measurement")
+    p.add_argument("--compare", help="with --benchmark: another export (same input size) timed in the same loop")
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.benchmark_runs < 1:
         p.error("--batch-size and --benchmark-runs must be at least 1")
+    if args.compare and not args.benchmark:
+        p.error("--compare is a --benchmark option")
     return args
 
 
@@ -453,7 +476,7 @@ def main(argv=None):
             image = next((image for _, image in source.items if image is not None), None)
             if image is None:
                 raise ValueError(f"--input {args.input}: no readable image to benchmark on")
-            benchmark(args, run, pose, image, description)
+            benchmark(args, run, pose, image, description, compare_run=compare_model(args, pose))
             return
         print(f"{pose['model']} ({description}) on {args.input}, boxes: {boxes_text}"
               + (f"; skipping {source.skipped} files that are not images" if source.skipped else ""))

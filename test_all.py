@@ -1768,6 +1768,26 @@ def test_benchmark_prints_latency_and_throughput_at_batch_1_and_8(lite_export, c
             assert 0 < float(p50) <= float(p90) and float(rate) == pytest.approx(batch * 1000 / float(p50), rel=0.01, abs=0.1)
         assert re.search(r"outside the network p50 \S+ ms \([\d.]+% of the pipeline\)$", line)
 
+
+def test_benchmark_compare_times_a_second_export_in_the_same_loop(lite_export, capsys, tmp_path):
+    pr.main(["--model-dir", lite_export[0], "--compare", lite_export[0], "--input", DEMO, "--benchmark",
+             "--benchmark-runs", "3"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if "--compare" in line]
+    assert [line.split(":")[0] for line in lines] == ["batch 1", "batch 8"]
+    for line in lines:  # the same export against itself: the printed ratio is its own two medians' ratio
+        other = float(re.search(r"model p50 +(\S+) ms", line).group(1))
+        assert other > 0 and 0.2 < float(re.search(r"is (\S+)x as fast", line).group(1)) < 5
+    other_size = tmp_path / "other"
+    shutil.copytree(lite_export[0], other_size)
+    pose = json.load(open(other_size / "pose.json"))
+    json.dump(dict(pose, input_size=[256, 192]), open(other_size / "pose.json", "w"))
+    with pytest.raises(SystemExit, match=r"--compare .*other: takes 256x192 crops, the benchmarked model 128x96"):
+        pr.main(["--model-dir", lite_export[0], "--compare", str(other_size), "--input", DEMO, "--benchmark"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        pr.main(["--model-dir", lite_export[0], "--compare", lite_export[0], "--input", DEMO, "--out", str(tmp_path)])
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("error: --compare is a --benchmark option")
+
 # quantize.py: PACT / fake-quant gradients, QAT preparation, the int8 export and its predictor
 
 import quantize as Q  # noqa: E402
