@@ -876,6 +876,17 @@ def test_short_training_lowers_the_loss_and_resume_is_exact(synthetic_root, tmp_
     np.testing.assert_allclose(resumed, losses, rtol=1e-5)  # same data order, same optimizer state
 
 
+def test_amp_levels_parse_and_are_ignored_on_cpu_with_a_note(synthetic_root, tmp_path, capsys):
+    parse = T.build_parser().parse_args
+    assert parse([]).amp is None and parse(["--amp"]).amp == "O1" and parse(["--amp", "O2"]).amp == "O2"
+    with pytest.raises(SystemExit):
+        parse(["--amp", "O3"])
+    T.train(tiny_run_args(synthetic_root, tmp_path / "amp", "--epochs", "1", "--amp", "O2"))
+    T.train(tiny_run_args(synthetic_root, tmp_path / "plain", "--epochs", "1"))
+    assert "--amp O2: ignored on CPU" in capsys.readouterr().out
+    assert read_metrics(tmp_path / "amp")[0]["loss"] == read_metrics(tmp_path / "plain")[0]["loss"]
+
+
 def test_nan_loss_stops_with_the_step_named_and_keeps_the_checkpoint(synthetic_root, tmp_path):
     T.train(tiny_run_args(synthetic_root, tmp_path, "--epochs", "1"))
     good, steps = (tmp_path / "last.pdparams").read_bytes(), read_metrics(tmp_path)[0]["step"]

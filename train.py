@@ -116,10 +116,10 @@ def use_cpu_threads(threads):
         paddle.base.core.set_num_threads(threads)
 
 
-def training_step(net, optimizer, loss_fn, images, targets, target_weight, scaler=None):
+def training_step(net, optimizer, loss_fn, images, targets, target_weight, scaler=None, amp_level="O1"):
     """One update: forward, loss, backward, optimizer step. Returns the loss as a float; a NaN or infinite loss
     returns before the weights are touched, so the caller can stop on the last good weights."""
-    with paddle.amp.auto_cast(enable=scaler is not None):
+    with paddle.amp.auto_cast(enable=scaler is not None, level=amp_level):
         heatmaps = net(images)
     loss = loss_fn(heatmaps.astype("float32"), images, targets, target_weight)
     loss_value = float(loss)
@@ -153,8 +153,8 @@ def _train(args, model, loss_fn, datasets):
         dist.init_parallel_env()
     log = print if rank == 0 else (lambda *a, **k: None)
     if args.amp and not paddle.is_compiled_with_cuda():
-        log("--amp: ignored on CPU (Paddle's CPU AMP computes in float32 anyway)")
-        args.amp = False
+        log(f"--amp {args.amp}: ignored on CPU (Paddle's CPU AMP computes in float32 anyway)")
+        args.amp = None
     paddle.seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
 
@@ -175,6 +175,8 @@ def _train(args, model, loss_fn, datasets):
         optimizer.set_state_dict(state["optimizer"])
         start_epoch, step, best_ap = state["epoch"], state["step"], state["best_ap"]
         log(f"resumed {args.resume}: epoch {start_epoch}, step {step}, best AP {best_ap:.3f}")
+    if args.amp == "O2":  # float16 weights with float32 master copies; checkpoints stay float32
+        model, optimizer = paddle.amp.decorate(models=model, optimizers=optimizer, level="O2", save_dtype="float32")
     net = paddle.DataParallel(model) if world > 1 else model  # broadcasts rank 0's weights
     scaler = paddle.amp.GradScaler() if args.amp else None
 
@@ -199,7 +201,7 @@ def _train(args, model, loss_fn, datasets):
         for i, (images, targets, target_weight, indices) in enumerate(loader):
             lr = learning_rate(args, epoch + i / steps_per_epoch, step)
             optimizer.set_lr(lr)
-            loss_value = training_step(net, optimizer, loss_fn, images, targets, target_weight, scaler)
+            loss_value = training_step(net, optimizer, loss_fn, images, targets, target_weight, scaler, args.amp or "O1")
             if not math.isfinite(loss_value):
                 raise SystemExit(f"error: loss became {loss_value} at step {step} (epoch {epoch + 1}, batch {i}); "
                                  f"stopping. The last good checkpoint is {os.path.join(args.out, 'last.pdparams')}")
@@ -325,7 +327,8 @@ def build_parser(description=__doc__.split("\n\n")[0].strip()):
     p.add_argument("--weights", default=None, help="initial weights (path or URL), any layout model.py reads")
     p.add_argument("--pretrained", default=None, help="ImageNet backbone (path or URL); classifier keys skipped")
     p.add_argument("--resume", default=None, help="a last.pdparams to continue exactly where it stopped")
-    p.add_argument("--amp", action="store_true", help="mixed precision (GPU only)")
+    p.add_argument("--amp", nargs="?", const="O1", choices=("O1", "O2"), default=None,
+                   help="mixed precision on GPUs: O1 (float16 where safe) or O2 (float16 weights, float32 master)")
     p.add_argument("--workers", type=int, default=2, help="data loading processes per training process")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads per training process for Paddle's kernels (1 is fastest; see README, Speed)")
