@@ -111,7 +111,8 @@ def heatmap_loss(args):
 def use_cpu_threads(threads):
     """Intra-op threads of Paddle's CPU kernels (OpenMP and MKL), set at run time; no effect on a GPU run.
     Paddle's CPU training kernels gain little from a second thread and lose much when the cores are shared:
-    on 2 busy cores one thread trained HRNet-W32 and Lite-HRNet 1.25-2.1x faster than two (README, Speed)."""
+    on 2 busy cores one thread trained HRNet-W32 and Lite-HRNet 1.25-2.1x faster than two; on idle ones two
+    threads gain only 3-15% (README, Speed)."""
     if paddle.device.get_device() == "cpu":
         paddle.base.core.set_num_threads(threads)
 
@@ -331,7 +332,7 @@ def build_parser(description=__doc__.split("\n\n")[0].strip()):
                    help="mixed precision on GPUs: O1 (float16 where safe) or O2 (float16 weights, float32 master)")
     p.add_argument("--workers", type=int, default=2, help="data loading processes per training process")
     p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads per training process for Paddle's kernels (1 is fastest; see README, Speed)")
+                   help="CPU threads per training process for Paddle's kernels (1: fastest on shared cores; README, Speed)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights init and augmentation")
     p.add_argument("--log-every", type=int, default=20, help="progress line every N steps")
     p.add_argument("--device", default=None, help="cpu or gpu (default: gpu if Paddle has CUDA)")
