@@ -48,6 +48,8 @@ def conv1x1(cin, cout):
 # format every interpolate op fails under oneDNN in Paddle 3.3.1, so these run everywhere.
 
 def upsample_nearest(x, factor):
+    if factor == 1:  # no op at all, rather than three that copy (the lowest branch in cross-resolution weighting)
+        return x
     _, c, h, w = x.shape
     x = x.reshape([-1, c, h, 1, w, 1]).expand([-1, c, h, factor, w, factor])
     return x.reshape([-1, c, h * factor, w * factor])
@@ -293,8 +295,7 @@ class CrossResolutionWeighting(nn.Layer):
         h, w = xs[-1].shape[2:]
         pooled = [F.adaptive_avg_pool2d(x, (h, w)) for x in xs[:-1]] + [xs[-1]]
         weights = paddle.split(self.conv2(self.conv1(paddle.concat(pooled, axis=1))), self.channels, axis=1)
-        # the lowest-resolution branch needs no upsampling (a factor-1 one would still cost three ops)
-        return [x * (a if x.shape[2] == h else upsample_nearest(a, x.shape[2] // h)) for x, a in zip(xs, weights)]
+        return [x * upsample_nearest(a, x.shape[2] // h) for x, a in zip(xs, weights)]
 
 
 class SpatialWeighting(nn.Layer):

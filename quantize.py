@@ -281,7 +281,7 @@ def legacy_program_ops():
         return _append_op("matmul_v2", {"X": [x], "Y": [y]}, {"trans_x": transpose_x, "trans_y": transpose_y})
 
     def upsample_nearest(x, factor):
-        return F.interpolate(x, scale_factor=factor, mode="nearest")
+        return x if factor == 1 else F.interpolate(x, scale_factor=factor, mode="nearest")
 
     F.sigmoid, paddle.matmul, model_py.upsample_nearest = sigmoid, matmul, upsample_nearest
     try:
