@@ -929,6 +929,7 @@ def _cmd_bench(args):
 
 def _cmd_show(args):
     """A grid of training crops with their target heatmaps and keypoints: the quickest check of a dataset."""
+    from predict import draw_poses, write_image_atomically  # drawing lives in predict.py, which imports this file
     ann_file, image_dir = _split_files(args.data, args.split)
     dataset = COCOKeypointDataset(ann_file, image_dir, args.input_size, train=not args.no_augment, seed=args.seed)
     tiles = []
@@ -939,18 +940,12 @@ def _cmd_show(args):
         heat = cv2.applyColorMap((cv2.resize(target.max(axis=0), crop.shape[1::-1]) * 255).astype(np.uint8),
                                  cv2.COLORMAP_JET)
         tile = cv2.addWeighted(crop, 0.7, heat, 0.3, 0)
-        peaks = [np.unravel_index(t.argmax(), t.shape)[::-1] for t in target]
-        points = [(int(x * HEATMAP_STRIDE), int(y * HEATMAP_STRIDE)) if w > 0 and t.max() > 0 else None
-                  for (x, y), w, t in zip(peaks, weight[:, 0], target)]
-        for a, b in dataset.info.skeleton:
-            if points[a] and points[b]:
-                cv2.line(tile, points[a], points[b], (255, 255, 255), 1, cv2.LINE_AA)
-        for k, p in enumerate(points):
-            if p:
-                left = "left" in dataset.info.names[k]
-                cv2.circle(tile, p, 3, (0, 128, 255) if left else (255, 128, 0), -1, cv2.LINE_AA)
-        tiles.append(tile)
-    cv2.imwrite(args.out, image_grid(tiles))
+        peaks = [np.unravel_index(t.argmax(), t.shape)[::-1] for t in target]  # each target's centre
+        keypoints = [(x * HEATMAP_STRIDE, y * HEATMAP_STRIDE, float(w > 0 and t.max() > 0))
+                     for (x, y), w, t in zip(peaks, weight[:, 0], target)]
+        tiles.append(draw_poses(tile, [{"keypoints": keypoints}], dataset.info.skeleton, dataset.info.flip_pairs))
+    if not write_image_atomically(args.out, image_grid(tiles)):
+        raise ValueError(f"--out {args.out}: OpenCV cannot write an image there")
     print(f"wrote {args.out} ({len(dataset)} samples in {ann_file})")
 
 

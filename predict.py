@@ -32,7 +32,7 @@ from export import create_predictor, pose_metadata, read_pose_json
 from model import MODEL_NAMES, build_model, load_weights, set_device
 
 PREDICTIONS_FILE = "predictions.json"
-LEFT, RIGHT, MIDDLE = (0, 128, 255), (255, 128, 0), (0, 200, 0)  # BGR: orange, blue, green (as data.py show)
+LEFT, RIGHT, MIDDLE = (0, 128, 255), (255, 128, 0), (0, 200, 0)  # BGR: orange, blue, green
 HOG_MAX_SIDE = 800
 
 
@@ -305,6 +305,15 @@ def _atomic_path(path):
     return f"{root}.tmp{os.getpid()}{ext}"  # same extension: OpenCV picks the format from it
 
 
+def write_image_atomically(path, image):
+    """cv2.imwrite to a temporary name beside path, then rename: no half-written image. False if OpenCV cannot."""
+    tmp = _atomic_path(path)
+    if not cv2.imwrite(tmp, image):
+        return False
+    os.replace(tmp, path)
+    return True
+
+
 def predict_input(args, run, pose, source, boxes_for, box_padding):
     """Predict every image or frame of source; write the drawn images (or one video) and predictions.json to
     args.out. Returns the JSON's results and the number of unreadable images."""
@@ -331,9 +340,8 @@ def predict_input(args, run, pose, source, boxes_for, box_padding):
                 writer.write(drawn)
             else:
                 out_path = os.path.join(args.out, label)
-                if not cv2.imwrite(_atomic_path(out_path), drawn):
+                if not write_image_atomically(out_path, drawn):
                     raise ValueError(f"--out {args.out}: OpenCV cannot write {label} there")
-                os.replace(_atomic_path(out_path), out_path)
             results.append({("frame" if video else "file"): label, "width": image_bgr.shape[1],
                             "height": image_bgr.shape[0], "people": [person_json(p) for p in people]})
             now = time.time()

@@ -876,6 +876,17 @@ def test_short_training_lowers_the_loss_and_resume_is_exact(synthetic_root, tmp_
     np.testing.assert_allclose(resumed, losses, rtol=1e-5)  # same data order, same optimizer state
 
 
+def test_data_show_draws_a_grid_of_crops_with_their_target_skeletons(synthetic_root, tmp_path, capsys):
+    out = tmp_path / "crops.jpg"
+    data.main(["show", "--data", synthetic_root, "--out", str(out), "--n", "6", "--input-size", "128x96"])
+    assert "wrote " + str(out) in capsys.readouterr().out
+    grid = cv2.imread(str(out))
+    assert grid.shape == (2 * 128, 4 * 96, 3)  # 6 crops, 4 per row, the last row padded
+    assert grid[136:248, 200:376].max() < 16  # padding tiles are black (away from JPEG ringing at their edge)
+    orange = (grid[..., 2] > 200) & (grid[..., 1] > 90) & (grid[..., 1] < 170) & (grid[..., 0] < 60)
+    assert orange.sum() > 20  # left joints and limbs drawn in predict.draw_poses' orange
+
+
 def test_amp_levels_parse_and_are_ignored_on_cpu_with_a_note(synthetic_root, tmp_path, capsys):
     parse = T.build_parser().parse_args
     assert parse([]).amp is None and parse(["--amp"]).amp == "O1" and parse(["--amp", "O2"]).amp == "O2"

@@ -26,13 +26,11 @@ import time
 import paddle
 import paddle.distributed as dist
 
-import cv2
-
 from data import (COCOKeypointDataset, augmentation_defaults, image_grid, make_synthetic_dataset, parse_input_size,
                   read_image_bgr)
 from evaluate import STAT_NAMES, evaluate_model
 from model import MODEL_NAMES, build_model, load_weights, save_checkpoint, set_device
-from predict import draw_poses
+from predict import draw_poses, write_image_atomically
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SYNTHETIC_DIR = os.path.join(HERE, "data", "synthetic")
@@ -248,9 +246,7 @@ def save_prediction_picture(results, val_set, path, num_images=8):
     for image_id, image_file in list(image_files.items())[:num_images]:
         people = [r for r in results if r["image_id"] == image_id]
         drawings.append(draw_poses(read_image_bgr(image_file), people, val_set.info.skeleton, val_set.info.flip_pairs))
-    tmp = path + ".tmp.jpg"
-    cv2.imwrite(tmp, image_grid(drawings))
-    os.replace(tmp, path)
+    write_image_atomically(path, image_grid(drawings))
 
 
 def benchmark(args, warmup=3):
