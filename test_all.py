@@ -109,12 +109,19 @@ def test_resampling_matches_paddle_interpolate():
                                rtol=1e-6, atol=1e-6)
 
 
-def test_lite_fuse_reproduces_the_official_in_place_loop():
-    """Run the official loop literally, with in-place adds that alias out[0], and compare."""
-    paddle.seed(1)
-    module = settle_batch_norm(_Branches(M.LiteHRModule([40, 80, 160])), (2, 160, 32, 24)).module
+def three_branch_layer(layer_class, seed):
+    """layer_class([40, 80, 160]) built after paddle.seed(seed), BatchNorm statistics settled, and three random
+    inputs at 32x24, 16x12 and 8x6."""
+    paddle.seed(seed)
+    layer = settle_batch_norm(_Branches(layer_class([40, 80, 160])), (2, 160, 32, 24)).module
     xs = [paddle.to_tensor(np.random.RandomState(i).randn(2, c, 32 // 2 ** i, 24 // 2 ** i).astype("float32"))
           for i, c in enumerate([40, 80, 160])]
+    return layer, xs
+
+
+def test_lite_fuse_reproduces_the_official_in_place_loop():
+    """Run the official loop literally, with in-place adds that alias out[0], and compare."""
+    module, xs = three_branch_layer(M.LiteHRModule, seed=1)
     with paddle.no_grad():
         out = module.layers(xs)
         def fuse(i, j, x):  # the official fuse_layers[i][j] ends with nn.Upsample(scale 2^(j-i)) when j > i
@@ -145,10 +152,7 @@ def test_sum_of_lower_branches_equals_upsampling_each_term_directly():
 
 def test_hrnet_fuse_matches_the_official_sum():
     """The official HighResolutionModule fuse: y_i = sum_j fuse_layers[i][j](x_j) in branch order, j > i upsampled."""
-    paddle.seed(4)
-    module = settle_batch_norm(_Branches(M.HighResolutionModule([40, 80, 160])), (2, 160, 32, 24)).module
-    xs = [paddle.to_tensor(np.random.RandomState(i).randn(2, c, 32 // 2 ** i, 24 // 2 ** i).astype("float32"))
-          for i, c in enumerate([40, 80, 160])]
+    module, xs = three_branch_layer(M.HighResolutionModule, seed=4)
     with paddle.no_grad():
         out = [branch(x) for branch, x in zip(module.branches, xs)]
         official = []
@@ -164,10 +168,7 @@ def test_hrnet_fuse_matches_the_official_sum():
 
 def test_lite_channel_weighting_matches_the_official_formulas():
     """Mean-pooled spatial weighting, cross-resolution weights upsampled (factor 1 included) by interpolation."""
-    paddle.seed(5)
-    block = settle_batch_norm(_Branches(M.ConditionalChannelWeighting([40, 80, 160])), (2, 160, 32, 24)).module
-    xs = [paddle.to_tensor(np.random.RandomState(i).randn(2, c, 32 // 2 ** i, 24 // 2 ** i).astype("float32"))
-          for i, c in enumerate([40, 80, 160])]
+    block, xs = three_branch_layer(M.ConditionalChannelWeighting, seed=5)
     crw = block.cross_resolution_weighting
     with paddle.no_grad():
         halves = [paddle.chunk(x, 2, axis=1) for x in xs]
