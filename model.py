@@ -628,10 +628,16 @@ def load_weights(model, path, pretrained=False, log=print):
     if path.startswith(("http://", "https://")):
         from data import resolve_path_or_url
         path = resolve_path_or_url(path)
-    state, skipped = convert_state_dict(read_checkpoint(path), model, pretrained)
-    model.set_state_dict({k: paddle.to_tensor(v, dtype=model.state_dict()[k].dtype) for k, v in state.items()})
+    return load_state(model, read_checkpoint(path), pretrained, log, path)
+
+
+def load_state(model, state, pretrained=False, log=print, source="checkpoint"):
+    """Load a state read by read_checkpoint into model, all or nothing (see convert_state_dict)."""
+    state, skipped = convert_state_dict(state, model, pretrained)
+    own = model.state_dict()
+    model.set_state_dict({k: paddle.to_tensor(v, dtype=own[k].dtype) for k, v in state.items()})
     if skipped:
-        log(f"{path}: loaded {len(state)} backbone entries, skipped {len(skipped)} not in this model "
+        log(f"{source}: loaded {len(state)} backbone entries, skipped {len(skipped)} not in this model "
             f"(classifier etc., e.g. {', '.join(skipped[:3])})")
     return model
 

@@ -36,7 +36,7 @@ import train
 from data import parse_input_size
 from evaluate import evaluate_model
 from export import create_predictor, write_pose_json
-from model import build_model, load_weights, read_checkpoint, set_device
+from model import build_model, load_state, load_weights, read_checkpoint, set_device
 
 QMAX = 127  # 8 bits, symmetric: integers -127..127 times scale / 127, as Paddle's quantizers
 
@@ -402,14 +402,11 @@ def load_qat_model(name, path, num_joints=17):
     if not any(k.endswith(".input_scale") for k in state):
         raise ValueError(f"{path}: no quantizer scales in it, not a QAT checkpoint (float weights go to --weights)")
     model = prepare_qat(build_model(name, num_joints), pact=any(k.endswith(".pact_alpha") for k in state))
-    own = model.state_dict()
-    differ = [k for k in own if k not in state] + [k for k in state if k not in own]
-    differ += [k for k in own if k in state and list(state[k].shape) != list(own[k].shape)]
-    if differ:
-        raise ValueError(f"{path} does not fit a quantization-aware {name} with {num_joints} joints: {len(differ)} "
-                         f"entries differ (e.g. {', '.join(differ[:3])}); trained with another --model?")
-    model.set_state_dict({k: paddle.to_tensor(v, dtype=own[k].dtype) for k, v in state.items()})
-    return model
+    try:
+        return load_state(model, state, source=path)
+    except ValueError as err:
+        raise ValueError(f"{path} does not fit a quantization-aware {name} with {num_joints} joints ({err}); "
+                         f"trained with another --model?") from None
 
 
 def main(argv=None):
