@@ -102,25 +102,37 @@ def export_model(model, out_dir, model_name, input_size, info, udp=False):
     """jit.save the model for crops of input_size ((width, height) or 'HxW') and any batch size, plus pose.json.
     The model is traced in eval mode and handed back in its own mode, still eager. Returns the written files."""
     width, height = _size_wh(input_size)
-    staging = os.path.join(out_dir, f".export{os.getpid()}")  # files appear in out_dir only when complete
+    names = ("model.json", "model.pdiparams")  # the PIR format
     was_training, eager_forward = model.training, model.__dict__.get("forward")
     model.eval()
     try:
         static = paddle.jit.to_static(model, input_spec=[InputSpec([None, 3, height, width], "float32", "image")],
                                       full_graph=True)
-        paddle.jit.save(static, os.path.join(staging, "model"))  # PIR format: model.json + model.pdiparams
-        files = [os.path.join(out_dir, name) for name in ("model.json", "model.pdiparams")]
-        for path in files:
-            os.replace(os.path.join(staging, os.path.basename(path)), path)
+        with staged_files(out_dir, names) as staging:
+            paddle.jit.save(static, os.path.join(staging, "model"))
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
         # to_static replaced forward on this very layer: give the caller its eager model back
         if eager_forward is None:
             model.__dict__.pop("forward", None)
         else:
             model.forward = eager_forward
         model.train(was_training)
-    return files + [write_pose_json(out_dir, model_name, (width, height), info, udp)]
+    pose_file = write_pose_json(out_dir, model_name, (width, height), info, udp)
+    return [os.path.join(out_dir, name) for name in names] + [pose_file]
+
+
+@contextlib.contextmanager
+def staged_files(out_dir, names):
+    """A scratch folder inside out_dir to write an export into; on success the named files move into out_dir,
+    so they appear there only complete (an interrupted export leaves the previous ones). Removed either way."""
+    staging = os.path.join(out_dir, f".staging{os.getpid()}")
+    os.makedirs(staging, exist_ok=True)
+    try:
+        yield staging
+        for name in names:
+            os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _model_files(model_dir):

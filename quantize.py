@@ -35,7 +35,7 @@ import model as model_py
 import train
 from data import parse_input_size
 from evaluate import evaluate_model
-from export import create_predictor, write_pose_json
+from export import create_predictor, staged_files, write_pose_json
 from model import build_model, load_state, load_weights, read_checkpoint, set_device
 
 QMAX = 127  # 8 bits, symmetric: integers -127..127 times scale / 127, as Paddle's quantizers
@@ -337,19 +337,15 @@ def export_int8(model, out_dir, model_name, input_size, info, udp=False):
     replace_layers(twin, QuantConv2D, lambda layer, name: Int8Conv2D(layer, layers.get(pairs.get(name)), zero))
     folded = set(pairs.values())
     replace_layers(twin, nn.BatchNorm2D, lambda bn, name: nn.Identity() if name in folded else bn)
-    staging = out_dir.rstrip("/\\") + ".partial"  # written here first: an interrupted export leaves out_dir as it was
-    prefix = os.path.join(staging, "model")
     spec = [paddle.static.InputSpec([None, 3, input_size[1], input_size[0]], "float32", "image")]
-    with paddle.pir_utils.OldIrGuard(), legacy_program_ops(), layers_traced_as_written():
-        paddle.jit.save(paddle.jit.to_static(twin, input_spec=spec, full_graph=True), prefix)
-    compact_program(prefix + ".pdmodel")
-    os.remove(prefix + ".pdiparams.info")  # only paddle.jit.load reads it; inference needs the other two
-    write_pose_json(staging, model_name, input_size, info, udp, quantized=True,
-                    model_file="model.pdmodel", params_file="model.pdiparams")
-    os.makedirs(out_dir, exist_ok=True)
-    for name in ("model.pdmodel", "model.pdiparams", "pose.json"):
-        os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
-    os.rmdir(staging)
+    # model.pdiparams.info, which only paddle.jit.load reads, is left behind in the staging folder
+    with staged_files(out_dir, ("model.pdmodel", "model.pdiparams", "pose.json")) as staging:
+        prefix = os.path.join(staging, "model")
+        with paddle.pir_utils.OldIrGuard(), legacy_program_ops(), layers_traced_as_written():
+            paddle.jit.save(paddle.jit.to_static(twin, input_spec=spec, full_graph=True), prefix)
+        compact_program(prefix + ".pdmodel")
+        write_pose_json(staging, model_name, input_size, info, udp, quantized=True,
+                        model_file="model.pdmodel", params_file="model.pdiparams")
     files = {f: os.path.getsize(os.path.join(out_dir, f)) for f in ("model.pdmodel", "model.pdiparams")}
     return {"files": files, "folded_bn": len(folded)}
 
