@@ -298,43 +298,25 @@ def _visibility_weight(joints_vis, num_joints):
     return np.asarray(joints_vis, np.float32).reshape(num_joints, -1)[:, :1].copy()
 
 
-def generate_target(joints, joints_vis, input_size, heatmap_size, sigma):
+def generate_target(joints, joints_vis, input_size, heatmap_size, sigma, udp=False):
     """MSRA heatmaps, bit-for-bit the official formula: the Gaussian is centred on the joint rounded to the
-    heatmap grid, pasted within a 3-sigma window; joints whose window misses the map get weight 0."""
+    heatmap grid, pasted within a 3-sigma window; joints whose window misses the map get weight 0.
+    udp: UDP's heatmaps instead: stride (input-1)/(heatmap-1) and the Gaussian centred on the exact sub-pixel
+    joint (evaluated on the same window), so decoding can recover the joint without the rounding bias."""
     joints = np.asarray(joints, np.float64)
     num_joints = len(joints)
     hm_w, hm_h = heatmap_size
     target = np.zeros((num_joints, hm_h, hm_w), np.float32)
     weight = _visibility_weight(joints_vis, num_joints)
-    stride_x, stride_y = input_size[0] / hm_w, input_size[1] / hm_h
-    radius = sigma * 3
-    patch = _gaussian_patch(sigma)
-    for k in range(num_joints):
-        # int() truncates toward zero, not floor (matters for joints left of/above the crop): official quirk.
-        mu_x, mu_y = int(joints[k, 0] / stride_x + 0.5), int(joints[k, 1] / stride_y + 0.5)
-        left, top = int(mu_x - radius), int(mu_y - radius)
-        right, bottom = int(mu_x + radius + 1), int(mu_y + radius + 1)
-        if left >= hm_w or top >= hm_h or right < 0 or bottom < 0:
-            weight[k] = 0
-            continue
-        if weight[k] > 0.5:
-            target[k, max(0, top):min(bottom, hm_h), max(0, left):min(right, hm_w)] = \
-                patch[max(0, -top):min(bottom, hm_h) - top, max(0, -left):min(right, hm_w) - left]
-    return target, weight
-
-
-def generate_target_udp(joints, joints_vis, input_size, heatmap_size, sigma):
-    """UDP heatmaps: stride (input-1)/(heatmap-1) and the Gaussian centred on the exact sub-pixel joint
-    (evaluated only on its window), so decoding can recover the joint without the rounding bias."""
-    joints = np.asarray(joints, np.float64)
-    num_joints = len(joints)
-    hm_w, hm_h = heatmap_size
-    target = np.zeros((num_joints, hm_h, hm_w), np.float32)
-    weight = _visibility_weight(joints_vis, num_joints)
-    stride_x, stride_y = (input_size[0] - 1.0) / (hm_w - 1.0), (input_size[1] - 1.0) / (hm_h - 1.0)
+    if udp:
+        stride_x, stride_y = (input_size[0] - 1.0) / (hm_w - 1.0), (input_size[1] - 1.0) / (hm_h - 1.0)
+    else:
+        stride_x, stride_y = input_size[0] / hm_w, input_size[1] / hm_h
+        patch = _gaussian_patch(sigma)
     radius = sigma * 3
     for k in range(num_joints):
         exact_x, exact_y = joints[k, 0] / stride_x, joints[k, 1] / stride_y
+        # int() truncates toward zero, not floor (matters for joints left of/above the crop): official quirk.
         mu_x, mu_y = int(exact_x + 0.5), int(exact_y + 0.5)
         left, top = int(mu_x - radius), int(mu_y - radius)
         right, bottom = int(mu_x + radius + 1), int(mu_y + radius + 1)
@@ -342,10 +324,13 @@ def generate_target_udp(joints, joints_vis, input_size, heatmap_size, sigma):
             weight[k] = 0
             continue
         if weight[k] > 0.5:
-            xs = np.arange(max(0, left), min(right, hm_w)) - exact_x
-            ys = np.arange(max(0, top), min(bottom, hm_h))[:, None] - exact_y
-            target[k, max(0, top):min(bottom, hm_h), max(0, left):min(right, hm_w)] = \
-                np.exp(-(xs ** 2 + ys ** 2) / (2 * sigma ** 2))
+            window = np.s_[k, max(0, top):min(bottom, hm_h), max(0, left):min(right, hm_w)]
+            if udp:
+                xs = np.arange(max(0, left), min(right, hm_w)) - exact_x
+                ys = np.arange(max(0, top), min(bottom, hm_h))[:, None] - exact_y
+                target[window] = np.exp(-(xs ** 2 + ys ** 2) / (2 * sigma ** 2))
+            else:
+                target[window] = patch[max(0, -top):min(bottom, hm_h) - top, max(0, -left):min(right, hm_w) - left]
     return target, weight
 
 
@@ -557,8 +542,7 @@ class COCOKeypointDataset(paddle.io.Dataset):
         crop = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)  # after the warp: 8x fewer pixels than the full image
         labelled = vis > 0
         joints[labelled] = affine_transform(joints[labelled], matrix)
-        make_target = generate_target_udp if self.udp else generate_target
-        target, weight = make_target(joints, vis, self.input_size, heatmap_size, self.sigma)
+        target, weight = generate_target(joints, vis, self.input_size, heatmap_size, self.sigma, self.udp)
         return normalize_image(crop), target, weight, np.array(index, np.int64)
 
 

@@ -559,7 +559,7 @@ def test_msra_target_matches_formula_bit_for_bit():
 
 def test_udp_target_round_trip_is_sub_pixel_exact():
     joints = np.array([[97.37, 130.81], [20.05, 240.6], [150.9, 11.3]])
-    target, weight = data.generate_target_udp(joints, np.ones(3), (192, 256), (48, 64), 2.0)
+    target, weight = data.generate_target(joints, np.ones(3), (192, 256), (48, 64), 2.0, udp=True)
     stride = np.array([191 / 47, 255 / 63])
     for k, joint in enumerate(joints):
         log_map = np.log(np.maximum(target[k].astype(np.float64), 1e-30))
