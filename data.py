@@ -269,16 +269,6 @@ def crop_and_normalize(image_rgb, center, scale, rot_deg, input_size, udp=False)
     return normalize_image(cv2.warpAffine(image_rgb, matrix, (width, height), flags=cv2.INTER_LINEAR))
 
 
-def image_grid(images, columns=4, height=None):
-    """Images side by side, `columns` per row, each resized to one height (default: the first's); blank padding."""
-    height = height or images[0].shape[0]
-    tiles = [cv2.resize(im, (max(1, round(im.shape[1] * height / im.shape[0])), height)) for im in images]
-    width = max(t.shape[1] for t in tiles)
-    tiles = [cv2.copyMakeBorder(t, 0, 0, 0, width - t.shape[1], cv2.BORDER_CONSTANT) for t in tiles]
-    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % columns)
-    return np.vstack([np.hstack(tiles[r:r + columns]) for r in range(0, len(tiles), columns)])
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Heatmap targets
 
@@ -913,7 +903,7 @@ def _cmd_bench(args):
 
 def _cmd_show(args):
     """A grid of training crops with their target heatmaps and keypoints: the quickest check of a dataset."""
-    from predict import draw_poses, write_image_atomically  # drawing lives in predict.py, which imports this file
+    from predict import draw_poses, image_grid, write_image_atomically  # drawing lives there; it imports us
     ann_file, image_dir = _split_files(args.data, args.split)
     dataset = COCOKeypointDataset(ann_file, image_dir, args.input_size, train=not args.no_augment, seed=args.seed)
     tiles = []

@@ -217,6 +217,16 @@ def draw_poses(image_bgr, people, skeleton, flip_pairs=(), kpt_thr=0.3):
     return canvas
 
 
+def image_grid(images, columns=4, height=None):
+    """Images side by side, `columns` per row, each resized to one height (default: the first's); blank padding."""
+    height = height or images[0].shape[0]
+    tiles = [cv2.resize(im, (max(1, round(im.shape[1] * height / im.shape[0])), height)) for im in images]
+    width = max(t.shape[1] for t in tiles)
+    tiles = [cv2.copyMakeBorder(t, 0, 0, 0, width - t.shape[1], cv2.BORDER_CONSTANT) for t in tiles]
+    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % columns)
+    return np.vstack([np.hstack(tiles[r:r + columns]) for r in range(0, len(tiles), columns)])
+
+
 def person_json(person):
     keypoints = [[round(float(x), 2), round(float(y), 2), round(float(s), 5)] for x, y, s in person["keypoints"]]
     return {"box": [round(v, 2) for v in person["box"]], "box_score": round(person["box_score"], 5),
