@@ -1440,10 +1440,12 @@ def test_evaluate_model_with_a_random_lite_hrnet_on_gt_and_detector_boxes(tmp_pa
 
 @pytest.fixture(scope="module")
 def lite18_weights(tmp_path_factory):
-    from model import build_model
-    paddle.seed(0)
+    """A random lite_hrnet_18 with settled BatchNorm statistics, saved as a checkpoint (evaluate, export,
+    predict and quantize tests)."""
+    paddle.seed(1)
+    model = settle_batch_norm(M.build_model("lite_hrnet_18"), (2, 3, 128, 96))
     path = tmp_path_factory.mktemp("weights") / "lite18.pdparams"
-    paddle.save(build_model("lite_hrnet_18").state_dict(), str(path))
+    paddle.save(model.state_dict(), str(path))
     return str(path)
 
 
@@ -1481,22 +1483,12 @@ COCO_INFO = data.keypoint_info_from_category(data.COCO_PERSON_CATEGORY)
 
 
 @pytest.fixture(scope="module")
-def lite_checkpoint(tmp_path_factory):
-    """A random lite_hrnet_18 with settled BatchNorm statistics, saved as a checkpoint."""
-    paddle.seed(1)
-    model = settle_batch_norm(M.build_model("lite_hrnet_18"), (2, 3, 128, 96))
-    path = tmp_path_factory.mktemp("checkpoint") / "lite18.pdparams"
-    paddle.save(model.state_dict(), str(path))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def lite_export(lite_checkpoint, tmp_path_factory):
+def lite_export(lite18_weights, tmp_path_factory):
     """export.py's command line on that checkpoint at 128x96: (folder, what it printed)."""
     out = tmp_path_factory.mktemp("export") / "lite18"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        ex.main(["--model", "lite_hrnet_18", "--weights", lite_checkpoint, "--input-size", "128x96", "--out", str(out)])
+        ex.main(["--model", "lite_hrnet_18", "--weights", lite18_weights, "--input-size", "128x96", "--out", str(out)])
     return str(out), printed.getvalue()
 
 
@@ -1517,8 +1509,8 @@ def test_export_cli_checks_against_eager_and_lists_the_files(lite_export):
     assert (pose["model_file"], pose["params_file"]) == ("model.json", "model.pdiparams")
 
 
-def test_exported_lite_hrnet_matches_its_checkpoint(lite_checkpoint, lite_export):
-    model = M.load_weights(M.build_model("lite_hrnet_18"), lite_checkpoint)
+def test_exported_lite_hrnet_matches_its_checkpoint(lite18_weights, lite_export):
+    model = M.load_weights(M.build_model("lite_hrnet_18"), lite18_weights)
     model.eval()
     run = ex.create_predictor(lite_export[0], device="cpu", threads=2)
     for batch in (1, 3):  # any batch size
@@ -1619,8 +1611,8 @@ def test_predict_image_maps_crops_back_to_the_image():
     assert pr.predict_image(dot_finding_network(pose), image, [], pose) == []
 
 
-def test_predict_image_finds_what_evaluate_finds_from_the_same_boxes(lite_checkpoint):
-    model = M.load_weights(M.build_model("lite_hrnet_18"), lite_checkpoint)
+def test_predict_image_finds_what_evaluate_finds_from_the_same_boxes(lite18_weights):
+    model = M.load_weights(M.build_model("lite_hrnet_18"), lite18_weights)
     dataset = data.COCOKeypointDataset(TINY_ANN, TINY_IMAGES, "128x96", train=False, boxes=TINY_DETS,
                                        det_score_thr=0.5)
     expected, _ = ev.evaluate_model(model, dataset, batch_size=8, flip=True, log=lambda *a: None)
@@ -1676,14 +1668,14 @@ def test_predict_on_the_demo_photo_writes_drawing_and_json(lite_export, tmp_path
     assert (np.abs(keypoints[:, 1] - 211.5) <= 239.4).all()
 
 
-def test_predict_on_a_folder_skips_and_counts_what_is_not_an_image(lite_checkpoint, tmp_path, capsys):
+def test_predict_on_a_folder_skips_and_counts_what_is_not_an_image(lite18_weights, tmp_path, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
     shutil.copy(DEMO, folder / "a.jpg")
     shutil.copy(ASTRONAUT, folder / "b.png")
     (folder / "notes.txt").write_text("not an image")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"0" * 100)  # a JPEG signature, then nothing
-    pr.main(["--model", "lite_hrnet_18", "--weights", lite_checkpoint, "--input-size", "128x96",
+    pr.main(["--model", "lite_hrnet_18", "--weights", lite18_weights, "--input-size", "128x96",
              "--input", str(folder), "--out", str(tmp_path / "out")])
     printed = capsys.readouterr().out
     assert "skipping 1 files that are not images" in printed and "skipped 1 unreadable images" in printed
@@ -1693,14 +1685,14 @@ def test_predict_on_a_folder_skips_and_counts_what_is_not_an_image(lite_checkpoi
     assert all(len(r["people"]) == 1 and len(r["people"][0]["keypoints"]) == 17 for r in results)
 
 
-def test_predict_on_a_short_video(lite_checkpoint, tmp_path):
+def test_predict_on_a_short_video(lite18_weights, tmp_path):
     frame = cv2.resize(cv2.imread(DEMO), (96, 112))
     video = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (96, 112))
     for i in range(5):
         writer.write(np.roll(frame, 4 * i, axis=1))
     writer.release()
-    pr.main(["--model", "lite_hrnet_18", "--weights", lite_checkpoint, "--input-size", "128x96",
+    pr.main(["--model", "lite_hrnet_18", "--weights", lite18_weights, "--input-size", "128x96",
              "--input", str(video), "--out", str(tmp_path / "out"), "--batch-size", "1"])
     capture = cv2.VideoCapture(str(tmp_path / "out" / "clip.mp4"))
     frames = []
@@ -1715,13 +1707,13 @@ def test_predict_on_a_short_video(lite_checkpoint, tmp_path):
     assert all(r["people"][0]["box"] == [0, 0, 96, 112] for r in results)
 
 
-def test_predict_with_detection_boxes_and_an_image_without_any(lite_checkpoint, tmp_path):
+def test_predict_with_detection_boxes_and_an_image_without_any(lite18_weights, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     for name in ("000000000785.jpg", "000000196141.jpg"):
         os.symlink(os.path.join(TINY_IMAGES, name), folder / name)
     shutil.copy(DEMO, folder / "000000999999.jpg")  # an id the detection file does not have
-    pr.main(["--model", "lite_hrnet_18", "--weights", lite_checkpoint, "--input-size", "128x96", "--input",
+    pr.main(["--model", "lite_hrnet_18", "--weights", lite18_weights, "--input-size", "128x96", "--input",
              str(folder), "--out", str(tmp_path / "out"), "--boxes", TINY_DETS, "--box-thr", "0.5", "--nms-thr", "1"])
     results = {r["file"]: r["people"] for r in json.loads((tmp_path / "out" / "predictions.json").read_text())["results"]}
     detections = json.load(open(TINY_DETS))
@@ -1733,10 +1725,10 @@ def test_predict_with_detection_boxes_and_an_image_without_any(lite_checkpoint, 
     assert cv2.imread(str(tmp_path / "out" / "000000999999.jpg")).shape == cv2.imread(DEMO).shape
 
 
-def test_hog_people_detector_finds_the_astronaut_and_nobody_on_a_blank_image(lite_checkpoint, tmp_path, monkeypatch):
+def test_hog_people_detector_finds_the_astronaut_and_nobody_on_a_blank_image(lite18_weights, tmp_path, monkeypatch):
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((160, 120, 3), 128, np.uint8))
-    argv = ["--model", "lite_hrnet_18", "--weights", lite_checkpoint, "--input-size", "128x96", "--input", str(blank),
+    argv = ["--model", "lite_hrnet_18", "--weights", lite18_weights, "--input-size", "128x96", "--input", str(blank),
             "--out", str(tmp_path / "out"), "--detector", "hog"]
     boxes = pr.hog_people_detector()(cv2.imread(ASTRONAUT))
     assert boxes and all(0 <= x and 0 <= y and x + w <= 512 and y + h <= 512 for (x, y, w, h), _ in boxes)
@@ -1746,9 +1738,9 @@ def test_hog_people_detector_finds_the_astronaut_and_nobody_on_a_blank_image(lit
     assert "pip install 'opencv-python<5'" in predict_error(argv)
 
 
-def test_predict_bad_input_is_one_line(lite_checkpoint, lite_export, tmp_path):
+def test_predict_bad_input_is_one_line(lite18_weights, lite_export, tmp_path):
     out = str(tmp_path / "out")
-    model = ["--model", "lite_hrnet_18", "--weights", lite_checkpoint, "--input-size", "128x96", "--out", out]
+    model = ["--model", "lite_hrnet_18", "--weights", lite18_weights, "--input-size", "128x96", "--out", out]
     assert "no such image, video or folder" in predict_error(model + ["--input", str(tmp_path / "missing.jpg")])
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0" + b"0" * 100)
@@ -1777,7 +1769,7 @@ def test_predict_bad_input_is_one_line(lite_checkpoint, lite_export, tmp_path):
                                                   "--input", DEMO, "--out", out])
     assert "alternatives" in predict_error(["--model-dir", lite_export[0], "--model", "hrnet_w32", "--input", DEMO])
     assert "would replace the inputs" in predict_error(model[:-2] + ["--input", DEMO, "--out", SHARED + "/photos"])
-    assert "--weights" in predict_error(["--model", "hrnet_w32", "--weights", lite_checkpoint, "--input", DEMO,
+    assert "--weights" in predict_error(["--model", "hrnet_w32", "--weights", lite18_weights, "--input", DEMO,
                                          "--out", out])
 
 
