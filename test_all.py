@@ -19,7 +19,7 @@ import paddle
 import paddle.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SHARED = os.path.join(HERE, "..", "shared", "data")
+ASSETS = os.path.join(HERE, "assets")  # the real data the repository carries (assets/README.md)
 
 
 def run_script(*args, check=True):
@@ -339,11 +339,11 @@ def test_exported_model_runs_in_paddle_inference_with_onednn(name, small_models,
 
 import data  # noqa: E402
 
-TINY_ANN = os.path.join(SHARED, "coco_tiny", "annotations", "person_keypoints_val2017.json")
-TINY_IMAGES = os.path.join(SHARED, "coco_tiny", "val2017")
-TINY_DETS = os.path.join(SHARED, "coco_tiny", "person_detection_results", "COCO_val2017_detections_AP_H_56_person.json")
-MINI_ANN = os.path.join(SHARED, "coco_mini_train", "annotations", "person_keypoints_train2017.json")
-MINI_IMAGES = os.path.join(SHARED, "coco_mini_train", "train2017")
+TINY_ANN = os.path.join(ASSETS, "coco_tiny", "annotations", "person_keypoints_val2017.json")
+TINY_IMAGES = os.path.join(ASSETS, "coco_tiny", "val2017")
+TINY_DETS = os.path.join(ASSETS, "coco_tiny", "person_detection_results", "COCO_val2017_detections_AP_H_56_person.json")
+MINI_ANN = os.path.join(ASSETS, "coco_mini_train", "annotations", "person_keypoints_train2017.json")
+MINI_IMAGES = os.path.join(ASSETS, "coco_mini_train", "train2017")
 NO_AUGMENT = dict(scale_factor=0.0, rot_factor=0, rot_prob=0.0, half_body_prob=0.0, flip_prob=0.0)
 
 
@@ -400,7 +400,7 @@ def test_gt_record_counts_match_json():
         dataset = data.COCOKeypointDataset(ann, images, "256x192", train=False)
         assert len(dataset) == independent_count(ann)
         assert dataset.num_skipped == len(json.load(open(ann))["annotations"]) - len(dataset)
-    assert len(data.COCOKeypointDataset(MINI_ANN, MINI_IMAGES, "256x192", train=True)) == 86
+    assert len(data.COCOKeypointDataset(MINI_ANN, MINI_IMAGES, "256x192", train=True)) == 74  # assets/README.md
 
 
 def test_detection_records_and_threshold():
@@ -984,7 +984,7 @@ def test_bad_speed_flags_are_one_line_errors(flag):
 import evaluate as ev  # noqa: E402
 from data import COCO_SIGMAS  # noqa: E402
 
-TINY = os.path.join(SHARED, "coco_tiny")
+TINY = os.path.join(ASSETS, "coco_tiny")
 TINY_PREDICTIONS = os.path.join(TINY, "results", "keypoint_predictions.json")
 COCO_FLIP_PAIRS = [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12], [13, 14], [15, 16]]
 
@@ -1477,8 +1477,8 @@ import shutil  # noqa: E402
 import export as ex  # noqa: E402
 import predict as pr  # noqa: E402
 
-DEMO = os.path.join(SHARED, "photos", "hrnet_demo.jpg")
-ASTRONAUT = os.path.join(SHARED, "photos", "astronaut.png")
+DEMO = os.path.join(ASSETS, "photos", "hrnet_demo.jpg")
+ASTRONAUT = os.path.join(ASSETS, "photos", "astronaut.png")
 COCO_INFO = data.keypoint_info_from_category(data.COCO_PERSON_CATEGORY)
 
 
@@ -1768,7 +1768,7 @@ def test_predict_bad_input_is_one_line(lite18_weights, lite_export, tmp_path):
     assert "takes 128x96 crops" in predict_error(["--model-dir", lite_export[0], "--input-size", "256x192",
                                                   "--input", DEMO, "--out", out])
     assert "alternatives" in predict_error(["--model-dir", lite_export[0], "--model", "hrnet_w32", "--input", DEMO])
-    assert "would replace the inputs" in predict_error(model[:-2] + ["--input", DEMO, "--out", SHARED + "/photos"])
+    assert "would replace the inputs" in predict_error(model[:-2] + ["--input", DEMO, "--out", ASSETS + "/photos"])
     assert "--weights" in predict_error(["--model", "hrnet_w32", "--weights", lite18_weights, "--input", DEMO,
                                          "--out", out])
 
