@@ -13,6 +13,7 @@ otherwise; UDP is Huang et al. 2020 ("The Devil is in the Details").
 """
 import argparse
 import colorsys
+import contextlib
 import hashlib
 import http.client
 import json
@@ -99,7 +100,7 @@ def parse_input_size(text):
     return width, height
 
 
-def _size_wh(input_size):
+def size_wh(input_size):
     """Accepts '256x192' (H x W) or a (width, height) pair."""
     if isinstance(input_size, str):
         return parse_input_size(input_size)
@@ -109,7 +110,7 @@ def _size_wh(input_size):
 
 def default_sigma(input_size):
     """Heatmap Gaussian sigma: 2 at 256x192 and 3 at 384x288 (HRNet configs), i.e. proportional to height."""
-    return 2.0 * _size_wh(input_size)[1] / 256
+    return 2.0 * size_wh(input_size)[1] / 256
 
 
 @dataclass
@@ -143,7 +144,7 @@ def keypoint_info_from_category(category, sigmas_file=None):
     if names == COCO_KEYPOINT_NAMES:
         sigmas = COCO_SIGMAS.copy()
     elif sigmas_file:
-        values = _load_json(sigmas_file, "--sigmas file")
+        values = load_json(sigmas_file, "--sigmas file")
         if not isinstance(values, list) or len(values) != len(names):
             raise ValueError(f"--sigmas file {sigmas_file}: expected a JSON list of {len(names)} numbers")
         sigmas = np.array(values, np.float32)
@@ -264,7 +265,7 @@ def normalize_image(image_rgb):
 
 
 def crop_and_normalize(image_rgb, center, scale, rot_deg, input_size, udp=False):
-    width, height = _size_wh(input_size)
+    width, height = size_wh(input_size)
     matrix = _crop_matrix(center, scale, rot_deg, (width, height), udp)
     return normalize_image(cv2.warpAffine(image_rgb, matrix, (width, height), flags=cv2.INTER_LINEAR))
 
@@ -337,7 +338,7 @@ def augmentation_defaults(model_name):
     raise ValueError(f"--model: unknown model family {model_name!r} (expected hrnet_* or lite_hrnet_*)")
 
 
-def _load_json(path, what):
+def load_json(path, what):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} {path} not found")
     try:
@@ -397,7 +398,7 @@ def _gt_records(coco, ann_file, image_dir, num_joints, category_id, aspect_ratio
 
 
 def _detection_records(det_file, coco, image_dir, num_joints, category_id, aspect_ratio, score_thr):
-    detections = _load_json(det_file, "detection file")
+    detections = load_json(det_file, "detection file")
     if not isinstance(detections, list) or not detections:
         raise ValueError(f"detection file {det_file}: expected a non-empty JSON list of "
                          f"{{image_id, category_id, bbox, score}}")
@@ -449,14 +450,14 @@ class COCOKeypointDataset(paddle.io.Dataset):
                  flip_prob=0.5, sigmas_file=None, seed=0):
         super().__init__()
         self.ann_file, self.image_dir = ann_file, image_dir
-        self.input_size = _size_wh(input_size)
+        self.input_size = size_wh(input_size)
         self.heatmap_size = (self.input_size[0] // HEATMAP_STRIDE, self.input_size[1] // HEATMAP_STRIDE)
         self.sigma = default_sigma(self.input_size) if sigma is None else float(sigma)
         self.train, self.udp, self.seed, self.epoch = bool(train), bool(udp), int(seed), 0
         self.scale_factor, self.rot_factor, self.rot_prob = scale_factor, rot_factor, rot_prob
         self.half_body_prob, self.num_joints_half_body, self.flip_prob = half_body_prob, num_joints_half_body, flip_prob
         start = time.time()
-        coco = _load_json(ann_file, "annotation file")
+        coco = load_json(ann_file, "annotation file")
         if not os.path.isdir(image_dir):
             raise FileNotFoundError(f"image folder {image_dir} not found (the images of {ann_file})")
         category = _keypoint_category(coco, ann_file)
@@ -859,6 +860,85 @@ def resolve_path_or_url(path_or_url, cache_dir=None, what="file"):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Files written whole or not at all, and skeleton drawings (data.py show, train.py, predict.py)
+
+def temporary_path(path):
+    """A scratch name beside path with the same extension (OpenCV picks the image format from it)."""
+    root, ext = os.path.splitext(path)
+    return f"{root}.tmp{os.getpid()}{ext}"
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yields a temporary path to write to; on success it is renamed to path, on failure removed: an interrupted
+    run never leaves half a file, and the previous file stays until the new one is complete."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json_atomically(obj, path):
+    with atomic_output(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(obj, f)
+
+
+def write_image_atomically(path, image):
+    """cv2.imwrite through atomic_output; False if OpenCV cannot write there."""
+    try:
+        with atomic_output(path) as tmp:
+            if not cv2.imwrite(tmp, image):
+                raise OSError(path)
+    except OSError:
+        return False
+    return True
+
+
+LEFT, RIGHT, MIDDLE = (0, 128, 255), (255, 128, 0), (0, 200, 0)  # BGR: orange, blue, green
+
+
+def draw_poses(image_bgr, people, skeleton, flip_pairs=(), kpt_thr=0.3):
+    """A copy of image_bgr with each person's keypoints scoring above kpt_thr and the limbs between two of them:
+    left side orange, right side blue, the middle green (sides from the [left, right] flip_pairs); a person's
+    box too if it has one. people: dicts with keypoints (K, 3) as (x, y, score), as evaluate.py and
+    predict_image make them; skeleton: 0-based keypoint pairs."""
+    canvas = image_bgr.copy()
+    side = {}
+    for left, right in flip_pairs:
+        side[left], side[right] = LEFT, RIGHT
+    thickness = max(1, round(max(canvas.shape[:2]) / 400))
+    for person in people:
+        keypoints = np.asarray(person["keypoints"], np.float64).reshape(-1, 3)
+        if "box" in person:
+            x, y, w, h = person["box"]
+            cv2.rectangle(canvas, (round(x), round(y)), (round(x + w), round(y + h)), (160, 160, 160), thickness)
+        shown = keypoints[:, 2] > kpt_thr
+        points = [(round(x), round(y)) for x, y in keypoints[:, :2]]
+        for a, b in skeleton:
+            if shown[a] and shown[b]:
+                colour = side.get(a, MIDDLE) if side.get(a, MIDDLE) == side.get(b, MIDDLE) else MIDDLE
+                cv2.line(canvas, points[a], points[b], colour, thickness + 1, cv2.LINE_AA)
+        for k in np.flatnonzero(shown):
+            cv2.circle(canvas, points[k], thickness + 2, side.get(k, MIDDLE), -1, cv2.LINE_AA)
+    return canvas
+
+
+def image_grid(images, columns=4, height=None):
+    """Images side by side, `columns` per row, each resized to one height (default: the first's); blank padding."""
+    height = height or images[0].shape[0]
+    tiles = [cv2.resize(im, (max(1, round(im.shape[1] * height / im.shape[0])), height)) for im in images]
+    width = max(t.shape[1] for t in tiles)
+    tiles = [cv2.copyMakeBorder(t, 0, 0, 0, width - t.shape[1], cv2.BORDER_CONSTANT) for t in tiles]
+    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % columns)
+    return np.vstack([np.hstack(tiles[r:r + columns]) for r in range(0, len(tiles), columns)])
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Command line
 
 def _split_files(data_dir, split):
@@ -903,7 +983,6 @@ def _cmd_bench(args):
 
 def _cmd_show(args):
     """A grid of training crops with their target heatmaps and keypoints: the quickest check of a dataset."""
-    from predict import draw_poses, image_grid, write_image_atomically  # drawing lives there; it imports us
     ann_file, image_dir = _split_files(args.data, args.split)
     dataset = COCOKeypointDataset(ann_file, image_dir, args.input_size, train=not args.no_augment, seed=args.seed)
     tiles = []

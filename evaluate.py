@@ -33,7 +33,7 @@ import paddle
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from data import COCOKeypointDataset, transform_preds
+from data import COCOKeypointDataset, transform_preds, write_json_atomically
 from model import MODEL_NAMES, build_model, load_weights, set_device
 
 STAT_NAMES = ("AP", "AP .5", "AP .75", "AP (M)", "AP (L)", "AR", "AR .5", "AR .75", "AR (M)", "AR (L)")
@@ -419,16 +419,6 @@ def evaluate_model(model, dataset, batch_size=32, flip=True, decode="default", d
         log(f"warning: skipped {len(skipped)} of {seen} samples: {len(unread)} images could not be read; "
             f"scoring the other {len(scored_images)} images only")
     return results, coco_keypoint_stats(gt, results, dataset.info.sigmas, scored_images)
-
-
-def write_json_atomically(obj, path):
-    """Write JSON to path via a temporary file, so an interrupted run never leaves half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
 
 
 # -----------------------------------------------------------------------------

@@ -29,9 +29,8 @@ import paddle
 from paddle import inference
 from paddle.static import InputSpec
 
-from data import (COCO_PERSON_CATEGORY, HEATMAP_STRIDE, IMAGENET_MEAN, IMAGENET_STD, _size_wh,
-                  keypoint_info_from_category)
-from evaluate import write_json_atomically
+from data import (COCO_PERSON_CATEGORY, HEATMAP_STRIDE, IMAGENET_MEAN, IMAGENET_STD, keypoint_info_from_category,
+                  size_wh, write_json_atomically)
 from model import MODEL_NAMES, build_model, load_weights, set_device
 
 POSE_FILE = "pose.json"
@@ -46,7 +45,7 @@ POSE_KEYS = ("model", "input_size", "heatmap_size", "mean", "std", "color", "key
 def pose_metadata(model_name, input_size, info, udp=False, quantized=False, model_file="model.json",
                   params_file="model.pdiparams"):
     """The content of pose.json. input_size: (width, height) or 'HxW'; info: data.KeypointInfo."""
-    width, height = _size_wh(input_size)
+    width, height = size_wh(input_size)
     return {
         "model": model_name,
         "input_size": [height, width],
@@ -101,7 +100,7 @@ def read_pose_json(model_dir):
 def export_model(model, out_dir, model_name, input_size, info, udp=False):
     """jit.save the model for crops of input_size ((width, height) or 'HxW') and any batch size, plus pose.json.
     The model is traced in eval mode and handed back in its own mode, still eager. Returns the written files."""
-    width, height = _size_wh(input_size)
+    width, height = size_wh(input_size)
     names = ("model.json", "model.pdiparams")  # the PIR format
     was_training, eager_forward = model.training, model.__dict__.get("forward")
     model.eval()
@@ -288,7 +287,7 @@ def main(argv=None):
         except ImportError:
             raise SystemExit("error: --onnx needs paddle2onnx: pip install paddle2onnx onnxruntime")
     try:
-        input_size = _size_wh(args.input_size)
+        input_size = size_wh(args.input_size)
         info = keypoint_info_from_category(COCO_PERSON_CATEGORY)
         set_device("cpu")  # the check below runs on CPU whatever this Paddle build is
         model = build_model(args.model, info.num_joints)

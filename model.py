@@ -27,6 +27,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from data import atomic_output, resolve_path_or_url
+
 MODEL_NAMES = ("hrnet_w32", "hrnet_w48", "lite_hrnet_18", "lite_hrnet_30")
 
 
@@ -536,6 +538,128 @@ def summarize(model, input_size):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Quantization-aware training (quantize.py), here so that every script can build a QAT checkpoint's model.
+# Fake quantization: training sees the int8 rounding in the forward pass. Both gradients are written out
+# (autograd would give round() a zero gradient almost everywhere, which stops training).
+
+QMAX = 127  # 8 bits, symmetric: integers -127..127 times scale / 127, as Paddle's quantizers
+
+
+class FakeQuant(paddle.autograd.PyLayer):
+    """x -> nearest level k * scale / 127 (k = -127..127), inputs beyond +-scale clipped.
+
+    Backward: the straight-through estimator, the gradient of the identity (as Paddle's
+    fake_quantize_dequantize ops): the rounding is treated as noise that the weights learn to live with."""
+
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.x_needs_grad = not x.stop_gradient  # Paddle wants None back for inputs without gradient (images)
+        return paddle.round(paddle.clip(x / scale, -1.0, 1.0) * QMAX) * (scale / QMAX)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad if ctx.x_needs_grad else None
+
+
+class PACTClip(paddle.autograd.PyLayer):
+    """PACT (Choi et al. 2018): clip(x, -alpha, alpha) with a learnable alpha; the seed's
+    x - relu(x - alpha) + relu(-alpha - x).
+
+    Backward: inputs inside [-alpha, alpha] pass the gradient; alpha collects it from the clipped ones,
+    +1 per input above alpha and -1 per input below -alpha (the derivative of the clip in alpha)."""
+
+    @staticmethod
+    def forward(ctx, x, alpha):
+        ctx.save_for_backward(x, alpha)
+        ctx.x_needs_grad = not x.stop_gradient
+        return paddle.minimum(paddle.maximum(x, -alpha), alpha)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, alpha = ctx.saved_tensor()
+        above, below = (x > alpha).astype(grad.dtype), (x < -alpha).astype(grad.dtype)
+        grad_alpha = ((grad * above).sum() - (grad * below).sum()).reshape([1])
+        return (grad * (1 - above - below) if ctx.x_needs_grad else None), grad_alpha
+
+
+def channel_abs_max(weight):
+    """Per output channel max |w| of a conv weight (out, in/groups, kh, kw), shaped (out, 1, 1, 1): the
+    int8 weight scale. An all-zero channel gets a tiny scale instead of 0, so it quantizes to zeros, not NaN."""
+    return paddle.clip(weight.abs().max(axis=[1, 2, 3], keepdim=True), min=1e-8)
+
+
+class QuantConv2D(nn.Layer):
+    """A Conv2D on int8-rounded inputs and weights (the seed's PaddleSlim / Paddle ImperativeQuantAware setup):
+
+        input  -> PACT clip -> fake quant with the moving-average abs-max scale
+        weight -> fake quant with its per-output-channel abs-max scale
+        conv2d with the float bias (BatchNorm is not folded during training, as in the seed)
+
+    It keeps the wrapped conv's weight and bias objects, so checkpoint keys and optimizer state are those
+    of the float model, plus `pact_alpha` and the three `input_*` buffers of this layer."""
+
+    def __init__(self, conv, name, pact=True, pact_init=100.0, pact_lr=1000.0, moving_rate=0.9):
+        super().__init__()
+        if conv._data_format != "NCHW" or conv._padding_mode != "zeros":
+            raise ValueError(f"{name}: only NCHW, zero-padded convolutions can be quantized")
+        self.weight, self.bias = conv.weight, conv.bias
+        self.stride, self.padding = conv._stride, conv._padding
+        self.dilation, self.groups = conv._dilation, conv._groups
+        self.moving_rate = moving_rate
+        self.pact_alpha = None
+        if pact:  # one alpha per quantized input, starting at 100 and learning 1000x faster than the weights;
+            # named after the layer: Adam keys its moments by parameter name, and --resume finds them by it
+            self.pact_alpha = self.create_parameter([1], attr=paddle.ParamAttr(
+                name=name + ".pact_alpha", initializer=nn.initializer.Constant(pact_init), learning_rate=pact_lr))
+        # Paddle's moving-average abs-max quantizer state: accum and state start at 1, the scale at 0.001
+        self.register_buffer("input_scale", paddle.full([1], 0.001))
+        self.register_buffer("input_accum", paddle.ones([1]))
+        self.register_buffer("input_state", paddle.ones([1]))
+
+    def quantize_input(self, x):
+        if self.pact_alpha is not None:
+            x = PACTClip.apply(x, self.pact_alpha)
+        if self.training:  # scale = running average of the batches' max |x|, updated before it is used
+            with paddle.no_grad():
+                paddle.assign(self.moving_rate * self.input_accum + x.abs().max(), self.input_accum)
+                paddle.assign(self.moving_rate * self.input_state + 1, self.input_state)
+                paddle.assign(self.input_accum / self.input_state, self.input_scale)
+        return FakeQuant.apply(x, self.input_scale)
+
+    def forward(self, x):
+        weight = FakeQuant.apply(self.weight, channel_abs_max(self.weight).detach())
+        return F.conv2d(self.quantize_input(x), weight, self.bias, self.stride, self.padding, self.dilation,
+                        self.groups)
+
+
+def replace_layers(model, kind, make):
+    """Swap every sublayer of type kind for make(layer, dotted name), in place."""
+    targets = [(name, layer) for name, layer in model.named_sublayers() if isinstance(layer, kind)]
+    for name, layer in targets:
+        *path, attribute = name.split(".")
+        parent = model
+        for part in path:
+            parent = getattr(parent, part)
+        setattr(parent, attribute, make(layer, name))  # a Sequential / LayerList entry keeps its place
+
+
+def prepare_qat(model, pact=True, pact_init=100.0, pact_lr=1000.0, moving_rate=0.9):
+    """Make a float model quantization-aware, in place: every Conv2D becomes a QuantConv2D.
+    Load the float weights before (build order of the seed). Returns the model.
+    The networks here have no Linear layers; a Linear would stay in float."""
+    with paddle.utils.unique_name.guard():  # the alphas' names are taken per name scope: one per model
+        replace_layers(model, nn.Conv2D,
+                       lambda conv, name: QuantConv2D(conv, name, pact, pact_init, pact_lr, moving_rate))
+    return model
+
+
+def quantized_inputs(model):
+    """{layer name: (input scale, PACT alpha or None)} of every QuantConv2D."""
+    return {name: (layer.input_scale.item(), None if layer.pact_alpha is None else layer.pact_alpha.item())
+            for name, layer in model.named_sublayers() if isinstance(layer, QuantConv2D)}
+
+
+# ----------------------------------------------------------------------------------------------------
 # Weights in: this project's .pdparams and training checkpoints, PaddleDetection's .pdparams,
 # the official PyTorch checkpoints (.pth), and ImageNet-pretrained HRNet backbones.
 
@@ -626,7 +750,6 @@ def convert_state_dict(state, model, pretrained=False):
 def load_weights(model, path, pretrained=False, log=print):
     """Load a checkpoint (path or http(s) URL) into model, all or nothing."""
     if path.startswith(("http://", "https://")):
-        from data import resolve_path_or_url
         path = resolve_path_or_url(path)
     return load_state(model, read_checkpoint(path), pretrained, log, path)
 
@@ -644,10 +767,8 @@ def load_state(model, state, pretrained=False, log=print, source="checkpoint"):
 
 def save_checkpoint(obj, path):
     """Write atomically: a crash mid-write leaves the previous file intact."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    paddle.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        paddle.save(obj, tmp)
 
 
 def main(argv=None):

@@ -25,14 +25,14 @@ import cv2
 import numpy as np
 import paddle
 
-from data import (COCO_PERSON_CATEGORY, IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD, _load_json, box_to_center_scale,
-                  crop_and_normalize, keypoint_info_from_category, parse_input_size, read_image_bgr)
-from evaluate import heatmaps_to_keypoints, oks_nms, person_score, predict_batch, write_json_atomically
+from data import (COCO_PERSON_CATEGORY, IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD, box_to_center_scale,
+                  crop_and_normalize, draw_poses, keypoint_info_from_category, load_json, parse_input_size,
+                  read_image_bgr, temporary_path, write_image_atomically, write_json_atomically)
+from evaluate import heatmaps_to_keypoints, oks_nms, person_score, predict_batch
 from export import create_predictor, pose_metadata, read_pose_json
 from model import MODEL_NAMES, build_model, load_weights, set_device
 
 PREDICTIONS_FILE = "predictions.json"
-LEFT, RIGHT, MIDDLE = (0, 128, 255), (255, 128, 0), (0, 200, 0)  # BGR: orange, blue, green
 HOG_MAX_SIDE = 800
 
 
@@ -99,7 +99,7 @@ def whole_image_box(image):
 
 def read_detections(path, score_thr):
     """A COCO detection-results file -> {image_id: [(box, score), ...]}, person boxes scoring >= score_thr."""
-    detections = _load_json(path, "--boxes file")
+    detections = load_json(path, "--boxes file")
     by_image = {}
     try:
         for det in detections:
@@ -191,42 +191,6 @@ def predict_image(run, image_rgb, boxes, pose, box_padding=1.25, flip=False, dec
     return [people[i] for i in oks_nms(people, nms_thr, pose["sigmas"])]
 
 
-def draw_poses(image_bgr, people, skeleton, flip_pairs=(), kpt_thr=0.3):
-    """A copy of image_bgr with each person's keypoints scoring above kpt_thr and the limbs between two of them:
-    left side orange, right side blue, the middle green (sides from the [left, right] flip_pairs); a person's
-    box too if it has one. people: dicts with keypoints (K, 3) as (x, y, score), as evaluate.py and
-    predict_image make them; skeleton: 0-based keypoint pairs."""
-    canvas = image_bgr.copy()
-    side = {}
-    for left, right in flip_pairs:
-        side[left], side[right] = LEFT, RIGHT
-    thickness = max(1, round(max(canvas.shape[:2]) / 400))
-    for person in people:
-        keypoints = np.asarray(person["keypoints"], np.float64).reshape(-1, 3)
-        if "box" in person:
-            x, y, w, h = person["box"]
-            cv2.rectangle(canvas, (round(x), round(y)), (round(x + w), round(y + h)), (160, 160, 160), thickness)
-        shown = keypoints[:, 2] > kpt_thr
-        points = [(round(x), round(y)) for x, y in keypoints[:, :2]]
-        for a, b in skeleton:
-            if shown[a] and shown[b]:
-                colour = side.get(a, MIDDLE) if side.get(a, MIDDLE) == side.get(b, MIDDLE) else MIDDLE
-                cv2.line(canvas, points[a], points[b], colour, thickness + 1, cv2.LINE_AA)
-        for k in np.flatnonzero(shown):
-            cv2.circle(canvas, points[k], thickness + 2, side.get(k, MIDDLE), -1, cv2.LINE_AA)
-    return canvas
-
-
-def image_grid(images, columns=4, height=None):
-    """Images side by side, `columns` per row, each resized to one height (default: the first's); blank padding."""
-    height = height or images[0].shape[0]
-    tiles = [cv2.resize(im, (max(1, round(im.shape[1] * height / im.shape[0])), height)) for im in images]
-    width = max(t.shape[1] for t in tiles)
-    tiles = [cv2.copyMakeBorder(t, 0, 0, 0, width - t.shape[1], cv2.BORDER_CONSTANT) for t in tiles]
-    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % columns)
-    return np.vstack([np.hstack(tiles[r:r + columns]) for r in range(0, len(tiles), columns)])
-
-
 def person_json(person):
     keypoints = [[round(float(x), 2), round(float(y), 2), round(float(s), 5)] for x, y, s in person["keypoints"]]
     return {"box": [round(v, 2) for v in person["box"]], "box_score": round(person["box_score"], 5),
@@ -310,20 +274,6 @@ def _video_source(spec, name, max_frames):
     return Source("video", name, frames(), total, fps if 0 < fps < 1000 else 25.0)
 
 
-def _atomic_path(path):
-    root, ext = os.path.splitext(path)
-    return f"{root}.tmp{os.getpid()}{ext}"  # same extension: OpenCV picks the format from it
-
-
-def write_image_atomically(path, image):
-    """cv2.imwrite to a temporary name beside path, then rename: no half-written image. False if OpenCV cannot."""
-    tmp = _atomic_path(path)
-    if not cv2.imwrite(tmp, image):
-        return False
-    os.replace(tmp, path)
-    return True
-
-
 def predict_input(args, run, pose, source, boxes_for, box_padding):
     """Predict every image or frame of source; write the drawn images (or one video) and predictions.json to
     args.out. Returns the JSON's results and the number of unreadable images."""
@@ -343,7 +293,7 @@ def predict_input(args, run, pose, source, boxes_for, box_padding):
             drawn = draw_poses(image_bgr, people, pose["skeleton"], pose["flip_pairs"], args.kpt_thr)
             if video:
                 if writer is None:
-                    writer = cv2.VideoWriter(_atomic_path(video_path), cv2.VideoWriter_fourcc(*"mp4v"), source.fps,
+                    writer = cv2.VideoWriter(temporary_path(video_path), cv2.VideoWriter_fourcc(*"mp4v"), source.fps,
                                              (drawn.shape[1], drawn.shape[0]))
                     if not writer.isOpened():
                         raise ValueError(f"--out {args.out}: OpenCV cannot write an mp4 video there")
@@ -366,7 +316,7 @@ def predict_input(args, run, pose, source, boxes_for, box_padding):
     finally:
         if writer is not None:
             writer.release()
-            os.replace(_atomic_path(video_path), video_path)
+            os.replace(temporary_path(video_path), video_path)
     json_path = os.path.join(args.out, PREDICTIONS_FILE)
     write_json_atomically({"model": pose["model"], "input_size": pose["input_size"],
                            "keypoint_names": pose["keypoint_names"], "skeleton": pose["skeleton"],

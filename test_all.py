@@ -885,7 +885,7 @@ def test_data_show_draws_a_grid_of_crops_with_their_target_skeletons(synthetic_r
     assert grid.shape == (2 * 128, 4 * 96, 3)  # 6 crops, 4 per row, the last row padded
     assert grid[136:248, 200:376].max() < 16  # padding tiles are black (away from JPEG ringing at their edge)
     orange = (grid[..., 2] > 200) & (grid[..., 1] > 90) & (grid[..., 1] < 170) & (grid[..., 0] < 60)
-    assert orange.sum() > 20  # left joints and limbs drawn in predict.draw_poses' orange
+    assert orange.sum() > 20  # left joints and limbs drawn in data.draw_poses' orange
 
 
 def test_amp_levels_parse_and_are_ignored_on_cpu_with_a_note(synthetic_root, tmp_path, capsys):
@@ -1364,7 +1364,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
 
 def test_write_json_atomically(tmp_path):
     path = tmp_path / "sub" / "results.json"
-    ev.write_json_atomically([{"a": 1.5}], str(path))
+    data.write_json_atomically([{"a": 1.5}], str(path))
     assert json.loads(path.read_text()) == [{"a": 1.5}]
     assert os.listdir(path.parent) == ["results.json"]
 
@@ -1636,12 +1636,12 @@ def test_draw_poses_colours_sides_and_skips_low_scores():
     image = np.zeros((100, 100, 3), np.uint8)
     keypoints = np.zeros((17, 3))
     keypoints[[0, 5, 6, 11]] = [[50, 20, 0.9], [20, 50, 0.9], [80, 50, 0.9], [20, 90, 0.1]]
-    drawn = pr.draw_poses(image, [{"keypoints": keypoints, "score": 0.9}], COCO_INFO.skeleton, COCO_INFO.flip_pairs)
+    drawn = data.draw_poses(image, [{"keypoints": keypoints, "score": 0.9}], COCO_INFO.skeleton, COCO_INFO.flip_pairs)
     assert not image.any()  # a drawn copy
     assert tuple(drawn[50, 20]) == pr.LEFT and tuple(drawn[50, 80]) == pr.RIGHT and tuple(drawn[20, 50]) == pr.MIDDLE
     assert tuple(drawn[50, 50]) == pr.MIDDLE  # the shoulder line joins the two sides
     assert not drawn[70:100, :10].any() and not drawn[70:100, 12:28].any()  # hip below kpt_thr: no point, no limb
-    boxed = pr.draw_poses(image, [{"keypoints": keypoints, "score": 0.9, "box": [5, 5, 90, 90]}], [], [])
+    boxed = data.draw_poses(image, [{"keypoints": keypoints, "score": 0.9, "box": [5, 5, 90, 90]}], [], [])
     assert boxed[5, 50].any() and not boxed[50, 50].any()
 
 
@@ -1815,7 +1815,7 @@ def test_pact_clip_forward_backward_match_numpy_and_finite_differences():
     upstream = rng.randn(*x.shape).astype("float32")
     xt = paddle.to_tensor(x, stop_gradient=False)
     alpha = paddle.to_tensor([1.3], stop_gradient=False)
-    out = Q.PACTClip.apply(xt, alpha)
+    out = M.PACTClip.apply(xt, alpha)
     np.testing.assert_allclose(out.numpy(), x - np.maximum(x - 1.3, 0) + np.maximum(-1.3 - x, 0), atol=1e-6)
     (out * paddle.to_tensor(upstream)).sum().backward()
     inside = np.abs(x) <= 1.3
@@ -1839,7 +1839,7 @@ def test_fake_quant_levels_and_straight_through_gradient():
     rng = np.random.RandomState(1)
     x = rng.randn(1000).astype("float32") * 2
     xt = paddle.to_tensor(x, stop_gradient=False)
-    q = Q.FakeQuant.apply(xt, paddle.to_tensor([2.5]))
+    q = M.FakeQuant.apply(xt, paddle.to_tensor([2.5]))
     levels = np.round(np.clip(x / 2.5, -1, 1) * 127)
     np.testing.assert_allclose(q.numpy(), levels * 2.5 / 127, atol=1e-6)
     assert len(np.unique(q.numpy())) <= 255 and np.abs(q.numpy()).max() <= 2.5 + 1e-6
@@ -1851,7 +1851,7 @@ def test_quant_conv_weight_gradient_is_the_finite_difference_gradient_at_the_qua
     """The straight-through estimator: dL/dW is the gradient of the loss with respect to the quantized
     weights it actually used, which finite differences of that (linear) convolution give independently."""
     paddle.seed(0)
-    conv = Q.QuantConv2D(paddle.nn.Conv2D(3, 4, 3, padding=1), "c", pact=False)
+    conv = M.QuantConv2D(paddle.nn.Conv2D(3, 4, 3, padding=1), "c", pact=False)
     conv.eval()
     conv.input_scale.set_value(paddle.to_tensor([2.0]))
     rng = np.random.RandomState(2)
@@ -1873,7 +1873,7 @@ def test_quant_conv_weight_gradient_is_the_finite_difference_gradient_at_the_qua
 
 
 def test_activation_scale_is_the_moving_average_of_paddles_quantizer():
-    conv = Q.QuantConv2D(paddle.nn.Conv2D(1, 1, 1), "c", pact=True, pact_init=3.0)
+    conv = M.QuantConv2D(paddle.nn.Conv2D(1, 1, 1), "c", pact=True, pact_init=3.0)
     maxima, accum, state = [1.0, 5.0, 2.0], 1.0, 1.0
     conv.train()
     for m in maxima:
@@ -1891,8 +1891,8 @@ def test_prepare_qat_keeps_float_keys_and_alpha_learns_1000x_faster():
     model = M.build_model("lite_hrnet_18")
     float_keys = set(model.state_dict())
     n_convs = sum(isinstance(layer, paddle.nn.Conv2D) for layer in model.sublayers())
-    Q.prepare_qat(model)
-    quantized = [layer for layer in model.sublayers() if isinstance(layer, Q.QuantConv2D)]
+    M.prepare_qat(model)
+    quantized = [layer for layer in model.sublayers() if isinstance(layer, M.QuantConv2D)]
     assert len(quantized) == n_convs == 301 and not any(type(l) is paddle.nn.Conv2D for l in model.sublayers())
     extra = set(model.state_dict()) - float_keys
     assert float_keys <= set(model.state_dict()) and len(extra) == 4 * n_convs

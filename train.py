@@ -26,10 +26,10 @@ import time
 import paddle
 import paddle.distributed as dist
 
-from data import COCOKeypointDataset, augmentation_defaults, make_synthetic_dataset, parse_input_size, read_image_bgr
+from data import (COCOKeypointDataset, augmentation_defaults, draw_poses, image_grid, make_synthetic_dataset,
+                  parse_input_size, read_image_bgr, write_image_atomically)
 from evaluate import STAT_NAMES, evaluate_model
 from model import MODEL_NAMES, build_model, load_weights, save_checkpoint, set_device
-from predict import draw_poses, image_grid, write_image_atomically
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SYNTHETIC_DIR = os.path.join(HERE, "data", "synthetic")
