@@ -93,10 +93,10 @@ def parse_input_size(text):
     try:
         height, width = (int(v) for v in str(text).lower().split("x"))
     except ValueError:
-        raise ValueError(f"--input-size: expected HEIGHTxWIDTH such as 256x192, got {text!r}") from None
+        raise ValueError(f"--input-size {text}: expected HEIGHTxWIDTH such as 256x192") from None
     if height <= 0 or width <= 0 or height % 32 or width % 32:
-        raise ValueError(f"--input-size: height and width must be positive multiples of 32 "
-                         f"(the networks downsample by 32), got {text!r}")
+        raise ValueError(f"--input-size {text}: height and width must be positive multiples of 32 "
+                         f"(the networks downsample by 32)")
     return width, height
 
 
@@ -124,6 +124,21 @@ class KeypointInfo:
     @property
     def num_joints(self):
         return len(self.names)
+
+    def to_record(self):
+        """Plain JSON-able fields, as checkpoints and pose.json store them."""
+        return {"keypoint_names": list(self.names), "flip_pairs": [[int(a), int(b)] for a, b in self.flip_pairs],
+                "skeleton": [[int(a), int(b)] for a, b in self.skeleton],
+                "sigmas": [round(float(s), 6) for s in self.sigmas],
+                "upper_body_ids": [int(i) for i in self.upper_body_ids]}
+
+
+def keypoint_info_from_record(record):
+    """The inverse of KeypointInfo.to_record (a checkpoint's or pose.json's keypoint fields)."""
+    names = list(record["keypoint_names"])
+    upper = record.get("upper_body_ids", range(len(names)))  # pose.json has no half-body ids: inference needs none
+    return KeypointInfo(names, [list(p) for p in record["flip_pairs"]], [list(p) for p in record["skeleton"]],
+                        np.array(record["sigmas"], np.float32), list(upper))
 
 
 def keypoint_info_from_category(category, sigmas_file=None):

@@ -36,8 +36,8 @@ import train
 from data import parse_input_size
 from evaluate import evaluate_model
 from export import create_predictor, staged_files, write_pose_json
-from model import (QMAX, QuantConv2D, build_model, channel_abs_max, load_state, load_weights, prepare_qat,
-                   quantized_inputs, read_checkpoint, replace_layers, set_device)
+from model import (QMAX, QuantConv2D, build_model, channel_abs_max, load_checkpoint, load_weights, prepare_qat,
+                   quantized_inputs, replace_layers, set_device)
 
 # ----------------------------------------------------------------------------------------------------
 # int8 export. Paddle Inference's oneDNN int8 passes (Config.enable_mkldnn_int8) work on legacy programs
@@ -271,22 +271,17 @@ def build_parser():
     return p
 
 
-def load_qat_model(name, path, num_joints=17):
-    """A QAT checkpoint of this script (best/last.pdparams) -> the quantization-aware model holding it,
-    with PACT if the checkpoint has alphas. One-line errors for files of another kind."""
-    state = read_checkpoint(path)
-    if not any(k.endswith(".input_scale") for k in state):
+def load_qat_model(path, model_name=None, info=None):
+    """A QAT checkpoint of this script (best/last.pdparams) -> the quantization-aware model it holds."""
+    model, record = load_checkpoint(path, model_name, info=info, flag="--qat-weights")
+    if not record["qat"]:
         raise ValueError(f"{path}: no quantizer scales in it, not a QAT checkpoint (float weights go to --weights)")
-    model = prepare_qat(build_model(name, num_joints), pact=any(k.endswith(".pact_alpha") for k in state))
-    try:
-        return load_state(model, state, source=path)
-    except ValueError as err:
-        raise ValueError(f"{path} does not fit a quantization-aware {name} with {num_joints} joints ({err}); "
-                         f"trained with another --model?") from None
+    return model
 
 
 def main(argv=None):
-    args = train.apply_recipe(build_parser().parse_args(argv), QAT_RECIPES)
+    args = build_parser().parse_args(argv)
+    args = train.apply_recipe(args, QAT_RECIPES, weights=args.qat_weights or args.weights)
     if args.out == os.path.join("runs", args.model):
         args.out = os.path.join("runs", f"{args.model}_qat")
     export_dir = args.export or os.path.join(args.out, "int8")
@@ -300,7 +295,7 @@ def main(argv=None):
         num_joints = val_set.info.num_joints
         float_ap, qat_ap = None, -1.0
         if args.qat_weights:
-            model = load_qat_model(args.model, args.qat_weights, num_joints)
+            model = load_qat_model(args.qat_weights, args.model, val_set.info)
         else:
             model = build_model(args.model, num_joints)
             if args.weights and not args.resume:
@@ -310,7 +305,7 @@ def main(argv=None):
                 print(f"float model {args.weights}: AP {float_ap:.3f}")
             prepare_qat(model, args.pact, args.pact_init, args.pact_lr, args.moving_rate)
             _, _, qat_ap = train.train(args, model=model, datasets=datasets)
-            model = load_qat_model(args.model, os.path.join(args.out, "best.pdparams"), num_joints)
+            model = load_qat_model(os.path.join(args.out, "best.pdparams"))
         if qat_ap < 0:  # not trained here, or trained without an evaluation
             _, stats = evaluate_model(model, val_set, args.batch_size, args.flip, num_workers=args.workers)
             qat_ap = stats["AP"]
@@ -326,7 +321,7 @@ def main(argv=None):
             int8 = PredictorModel(create_predictor(export_dir, "cpu", int8=True))  # oneDNN int8 is a CPU engine
             _, stats = evaluate_model(int8, val_set, args.batch_size, args.flip, num_workers=args.workers)
             int8_ap = stats["AP"]
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         raise SystemExit("error: " + " ".join(str(err).split()))
     line = "" if float_ap is None else f"float {float_ap:.3f}  "
     print(f"AP {line}QAT (fake-quant) {qat_ap:.3f}" + ("" if int8_ap is None else f"  int8 {int8_ap:.3f}"))

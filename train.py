@@ -27,9 +27,10 @@ import paddle
 import paddle.distributed as dist
 
 from data import (COCOKeypointDataset, augmentation_defaults, draw_poses, image_grid, make_synthetic_dataset,
-                  parse_input_size, read_image_bgr, write_image_atomically)
+                  parse_input_size, read_image_bgr, resolve_path_or_url, write_image_atomically)
 from evaluate import STAT_NAMES, evaluate_model
-from model import MODEL_NAMES, build_model, load_weights, save_checkpoint, set_device
+from model import (MODEL_NAMES, build_from_checkpoint, build_model, is_qat_model, load_weights, model_record,
+                   read_checkpoint, save_checkpoint, set_device)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SYNTHETIC_DIR = os.path.join(HERE, "data", "synthetic")
@@ -154,7 +155,6 @@ def _train(args, model, loss_fn, datasets):
         log(f"--amp {args.amp}: ignored on CPU (Paddle's CPU AMP computes in float32 anyway)")
         args.amp = None
     paddle.seed(args.seed)
-    os.makedirs(args.out, exist_ok=True)
 
     train_set, val_set = datasets or build_datasets(args)
     loss_fn = loss_fn or heatmap_loss(args)
@@ -168,11 +168,9 @@ def _train(args, model, loss_fn, datasets):
                                       weight_decay=args.weight_decay or None)
     start_epoch, step, best_ap = 0, 0, -1.0
     if args.resume:
-        state = paddle.load(args.resume)
-        model.set_state_dict(state["model"])
-        optimizer.set_state_dict(state["optimizer"])
-        start_epoch, step, best_ap = state["epoch"], state["step"], state["best_ap"]
-        log(f"resumed {args.resume}: epoch {start_epoch}, step {step}, best AP {best_ap:.3f}")
+        start_epoch, step, best_ap = resume(args.resume, model, optimizer, args.model, train_set.info, log)
+    # what every checkpoint of this run says it is: a script given one of them needs no flag to rebuild the model
+    model_info = model_record(args.model, train_set.input_size, train_set.info, args.udp, is_qat_model(model))
     if args.amp == "O2":  # float16 weights with float32 master copies; checkpoints stay float32
         model, optimizer = paddle.amp.decorate(models=model, optimizers=optimizer, level="O2", save_dtype="float32")
     net = paddle.DataParallel(model) if world > 1 else model  # broadcasts rank 0's weights
@@ -187,7 +185,6 @@ def _train(args, model, loss_fn, datasets):
                          f"{len(train_set)} training samples")
     log(f"{args.model} {args.input_size}, {len(train_set)} train / {len(val_set)} val samples, "
         f"{world} process(es) x batch {args.batch_size}, {steps_per_epoch} steps per epoch, {args.epochs} epochs")
-    metrics = open(os.path.join(args.out, "metrics.jsonl"), "a") if rank == 0 else None
     total_steps = args.epochs * steps_per_epoch
     run_start, run_start_step = time.time(), step
 
@@ -216,24 +213,54 @@ def _train(args, model, loss_fn, datasets):
                 window_start, window_samples = time.time(), 0
         if skipped:
             log(f"epoch {epoch + 1}: skipped {skipped} unreadable images")
-        record = dict(epoch=epoch + 1, step=step, loss=epoch_loss / steps_per_epoch, lr=lr, skipped=skipped)
+        metrics = dict(epoch=epoch + 1, step=step, loss=epoch_loss / steps_per_epoch, lr=lr, skipped=skipped)
         if rank == 0 and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
             results, stats = evaluate_model(model, val_set, batch_size=args.batch_size, flip=args.flip,
                                             num_workers=args.workers, log=log)
-            record.update(stats)
+            metrics.update(stats)
             log("  ".join(f"{k} {stats[k]:.3f}" for k in STAT_NAMES))
             if stats["AP"] > best_ap:
                 best_ap = stats["AP"]
-                save_checkpoint(model.state_dict(), os.path.join(args.out, "best.pdparams"))
+                save_checkpoint(dict(model=model.state_dict(), record=model_info), os.path.join(args.out, "best.pdparams"))
             save_prediction_picture(results, val_set, os.path.join(args.out, "predictions.jpg"))
         if rank == 0:
-            save_checkpoint(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1,
-                                 step=step, best_ap=best_ap, args=vars(args)),
+            save_checkpoint(dict(model=model.state_dict(), record=model_info, optimizer=optimizer.state_dict(),
+                                 epoch=epoch + 1, step=step, best_ap=best_ap, args=vars(args)),
                             os.path.join(args.out, "last.pdparams"))
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
+            with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(metrics) + "\n")
     print(f"rank {rank}: parameter checksum {parameter_checksum(model)}", flush=True)
     return model, val_set, best_ap
+
+
+def load_training_checkpoint(path):
+    """A last.pdparams as a dict; a one-line ValueError for anything else."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--resume {path}: no such file")
+    try:
+        checkpoint = paddle.load(path)
+    except Exception as err:
+        raise ValueError(f"--resume {path}: not a readable checkpoint ({type(err).__name__})") from None
+    if not isinstance(checkpoint, dict) or not all(k in checkpoint for k in ("model", "optimizer", "epoch", "step")):
+        raise ValueError(f"--resume {path}: a weights file without optimizer state and position (best.pdparams?); "
+                         f"resume from a run's last.pdparams, or start a new run from these weights with --weights")
+    return checkpoint
+
+
+def resume(path, model, optimizer, model_name, info, log):
+    """Load a last.pdparams into model and optimizer, all or nothing; returns (epoch, step, best AP).
+    Anything else (a weights file, another model's checkpoint) is a one-line error before any work."""
+    checkpoint = load_training_checkpoint(path)
+    state, record = read_checkpoint(path)
+    name = model_name if record is None else record["model"]
+    try:  # the same all-or-nothing check as --weights: network, keypoints, every key and shape
+        build_from_checkpoint(state, record, f"--resume {path}", model_name, info=info, log=log)
+        optimizer.set_state_dict(checkpoint["optimizer"])
+    except (ValueError, KeyError, AssertionError) as err:
+        raise ValueError(f"--resume {path} ({name}) does not fit this run's model: {err}") from None
+    model.set_state_dict(checkpoint["model"])
+    log(f"resumed {path}: epoch {checkpoint['epoch']}, step {checkpoint['step']}, best AP {checkpoint['best_ap']:.3f}")
+    return checkpoint["epoch"], checkpoint["step"], checkpoint["best_ap"]
 
 
 def save_prediction_picture(results, val_set, path, num_images=8):
@@ -334,8 +361,29 @@ def build_parser(description=__doc__.split("\n\n")[0].strip()):
     return p
 
 
-def apply_recipe(args, recipes=RECIPES):
-    """Fill every flag left unset from the recipe of the data (synthetic) or of the model family."""
+def settings_from_checkpoint(args, weights):
+    """--resume: every flag left unset takes the interrupted run's value, so the run continues as it was
+    started. weights written by this project: the network and input size they were trained at, unless given."""
+    if args.resume:
+        for key, value in (load_training_checkpoint(args.resume).get("args") or {}).items():
+            if getattr(args, key, False) is None:
+                setattr(args, key, value)
+    elif weights:
+        _, record = read_checkpoint(resolve_path_or_url(weights, what="--weights"))
+        if record is not None:
+            args.model = args.model or record["model"]
+            args.input_size = args.input_size or "x".join(map(str, record["input_size"]))
+            args.udp = args.udp or record["udp"]
+
+
+def apply_recipe(args, recipes=RECIPES, weights=None):
+    """Fill every flag left unset from the checkpoint being continued or started from (--resume, or weights:
+    default --weights; see settings_from_checkpoint), then from the recipe of the data (synthetic) or of the
+    model family."""
+    try:
+        settings_from_checkpoint(args, weights or args.weights)
+    except (ValueError, OSError) as err:
+        raise SystemExit("error: " + " ".join(str(err).split()))
     if args.data is None:
         recipe = recipes["synthetic"]
         args.data = SYNTHETIC_DIR
@@ -368,7 +416,7 @@ def main(argv=None):
         if args.benchmark:
             return benchmark(args)
         model, val_set, best_ap = train(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         raise SystemExit(f"error: {err}")
     if dist.get_rank() == 0:
         print(f"checkpoints: {os.path.join(args.out, 'last.pdparams')}, {os.path.join(args.out, 'best.pdparams')}; "
