@@ -19,6 +19,7 @@ import http.client
 import json
 import math
 import os
+import signal
 import sys
 import time
 import urllib.error
@@ -808,8 +809,8 @@ def download_file(url, dest, expected_size=None, md5=None, retries=5, timeout=60
             print(f"\n{url}: {error}; resuming (attempt {attempt + 2} of {retries + 1})", file=sys.stderr)
             time.sleep(min(2 ** attempt, 30))
     else:
-        raise ConnectionError(f"{url}: download failed after {retries + 1} attempts ({error}); "
-                              f"run again to resume from {part}")
+        resumable = f"; run again to resume from {part}" if os.path.exists(part) else ""
+        raise ConnectionError(f"{url}: download failed after {retries + 1} attempts ({error}){resumable}")
     size = os.path.getsize(part)
     if update:
         update(size, final=True)
@@ -875,7 +876,21 @@ def resolve_path_or_url(path_or_url, cache_dir=None, what="file"):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Files written whole or not at all, and skeleton drawings (data.py show, train.py, predict.py)
+# Stopping, files written whole or not at all, and skeleton drawings (data.py show, train.py, predict.py)
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run_script(main):
+    """Every script's entry point: Ctrl-C and SIGTERM (kill, a job scheduler) end it with one line, instead of
+    a Python traceback or Paddle's C++ stack dump. A main() with more to say catches KeyboardInterrupt itself."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("stopped")
+
 
 def temporary_path(path):
     """A scratch name beside path with the same extension (OpenCV picks the image format from it)."""
@@ -1056,4 +1071,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -7,15 +7,14 @@ frozen, stronger network's heatmaps (the seed's LiteHRNet-30 69.4 -> 69.9 AP rec
 
 Every training flag of train.py works here too; the loop is train.py's, with this file's loss.
 """
-import os
 import warnings
 
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # Paddle pins 1 thread if this is unset
 warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import paddle
 
 import train
+from data import run_script
 from model import MODEL_NAMES, load_checkpoint, set_device
 
 
@@ -47,7 +46,7 @@ def distill_loss_fn(args, teacher):
 
 
 def main(argv=None):
-    p = train.build_parser(__doc__.split("\n\n")[1].strip())
+    p = train.build_parser(__doc__.split("\n\n")[1].strip(), run_name="{model}_distilled")
     p.add_argument("--teacher-model", choices=MODEL_NAMES,
                    help="teacher network; only for --teacher files that do not say (official / PaddleDetection ones)")
     p.add_argument("--teacher", required=True, help="teacher weights (path or URL), any layout model.py reads")
@@ -56,8 +55,6 @@ def main(argv=None):
     p.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distillation term")
     p.add_argument("--distill-scale", type=float, default=0.5, help="the distillation MSE's factor (seed: 0.5)")
     args = train.apply_recipe(p.parse_args(argv))
-    if args.out == os.path.join("runs", args.model):
-        args.out = os.path.join("runs", f"{args.model}_distilled")
     try:
         set_device(args.device)
         datasets = train.build_datasets(args)
@@ -71,4 +68,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

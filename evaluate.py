@@ -16,8 +16,6 @@ Examples:
 import os
 import warnings
 
-# Paddle runs CPU ops on one thread unless OMP_NUM_THREADS is set before paddle is imported.
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import argparse
@@ -33,7 +31,8 @@ import paddle
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from data import COCOKeypointDataset, parse_input_size, resolve_path_or_url, transform_preds, write_json_atomically
+from data import (COCOKeypointDataset, parse_input_size, resolve_path_or_url, run_script, transform_preds,
+                  write_json_atomically)
 from model import MODEL_NAMES, build_from_checkpoint, read_checkpoint, set_device
 
 STAT_NAMES = ("AP", "AP .5", "AP .75", "AP (M)", "AP (L)", "AR", "AR .5", "AR .75", "AR (M)", "AR (L)")
@@ -528,4 +527,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

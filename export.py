@@ -14,7 +14,6 @@ random batch; a disagreement is an error.
 import os
 import warnings
 
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # Paddle pins 1 thread if this is unset
 warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import argparse
@@ -29,8 +28,8 @@ import paddle
 from paddle import inference
 from paddle.static import InputSpec
 
-from data import (HEATMAP_STRIDE, IMAGENET_MEAN, IMAGENET_STD, keypoint_info_from_record, parse_input_size, size_wh,
-                  write_json_atomically)
+from data import (HEATMAP_STRIDE, IMAGENET_MEAN, IMAGENET_STD, keypoint_info_from_record, parse_input_size, run_script,
+                  size_wh, write_json_atomically)
 from model import MODEL_NAMES, load_checkpoint, set_device
 
 POSE_FILE = "pose.json"
@@ -314,4 +313,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

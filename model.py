@@ -14,7 +14,6 @@ PaddleDetection checkpoints load through the key rules at the bottom of this fil
 """
 import os
 
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # Paddle pins 1 thread if this is unset
 
 import argparse
 import re
@@ -27,7 +26,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from data import COCO_PERSON_CATEGORY, atomic_output, keypoint_info_from_category, parse_input_size, resolve_path_or_url
+from data import (COCO_PERSON_CATEGORY, atomic_output, keypoint_info_from_category, parse_input_size,
+                  resolve_path_or_url, run_script)
 
 MODEL_NAMES = ("hrnet_w32", "hrnet_w48", "lite_hrnet_18", "lite_hrnet_30")
 
@@ -471,12 +471,15 @@ def build_model(name, num_joints=17):
 
 
 def set_device(name=None):
-    """--device: 'gpu' when Paddle was built with CUDA, else 'cpu', unless asked otherwise."""
+    """--device: 'gpu' when Paddle was built with CUDA, else 'cpu', unless asked otherwise. On CPU, Paddle's
+    kernels get one thread per core (Paddle pins them to one unless told at import, with a warning)."""
     if name is None:
         name = "gpu" if paddle.is_compiled_with_cuda() else "cpu"
     if name.startswith("gpu") and not paddle.is_compiled_with_cuda():
         raise SystemExit(f"error: --device {name}: this Paddle build has no CUDA; "
                          f"install paddlepaddle-gpu or use --device cpu")
+    if name == "cpu":
+        paddle.base.core.set_num_threads(os.cpu_count() or 1)
     return paddle.set_device(name)
 
 
@@ -868,4 +871,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

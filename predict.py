@@ -13,7 +13,6 @@ The network is either an export (--model-dir, run by paddle.inference) or a chec
 import os
 import warnings
 
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # Paddle pins 1 thread if this is unset
 warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import argparse
@@ -25,9 +24,9 @@ import cv2
 import numpy as np
 import paddle
 
-from data import (COCO_PERSON_CATEGORY, IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD, box_to_center_scale,
-                  crop_and_normalize, draw_poses, keypoint_info_from_record, load_json, parse_input_size,
-                  read_image_bgr, temporary_path, write_image_atomically, write_json_atomically)
+from data import (COCO_PERSON_CATEGORY, IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD, box_to_center_scale, crop_and_normalize,
+                  draw_poses, keypoint_info_from_record, load_json, parse_input_size, read_image_bgr, run_script,
+                  temporary_path, write_image_atomically, write_json_atomically)
 from evaluate import heatmaps_to_keypoints, oks_nms, person_score, predict_batch
 from export import create_predictor, pose_metadata, read_pose_json
 from model import MODEL_NAMES, load_checkpoint, set_device
@@ -455,4 +454,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

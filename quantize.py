@@ -15,7 +15,6 @@ running as int8 in Paddle Inference.
 import os
 import warnings
 
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # Paddle pins 1 thread if this is unset
 warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import argparse
@@ -33,7 +32,7 @@ from paddle.jit.dy2static import convert_call_func
 
 import model as model_py
 import train
-from data import parse_input_size
+from data import parse_input_size, run_script
 from evaluate import evaluate_model
 from export import create_predictor, staged_files, write_pose_json
 from model import (QMAX, QuantConv2D, build_model, channel_abs_max, load_checkpoint, load_weights, prepare_qat,
@@ -256,7 +255,7 @@ QAT_RECIPES["synthetic"] = dict(train.RECIPES["synthetic"], epochs=1, milestones
 
 
 def build_parser():
-    p = train.build_parser(__doc__.split("\n\n")[1].strip())
+    p = train.build_parser(__doc__.split("\n\n")[1].strip(), QAT_RECIPES, run_name="{model}_qat")
     p.add_argument("--qat-weights", default=None,
                    help="a QAT checkpoint of this script (e.g. runs/<model>_qat/best.pdparams): no training, "
                         "only evaluate and export it")
@@ -282,8 +281,6 @@ def load_qat_model(path, model_name=None, info=None):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     args = train.apply_recipe(args, QAT_RECIPES, weights=args.qat_weights or args.weights)
-    if args.out == os.path.join("runs", args.model):
-        args.out = os.path.join("runs", f"{args.model}_qat")
     export_dir = args.export or os.path.join(args.out, "int8")
     if not (args.weights or args.qat_weights or args.resume):
         raise SystemExit("error: --weights FLOAT_CHECKPOINT is needed (the trained float model to fine-tune, e.g. "
@@ -329,4 +326,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-import model as M  # sets OMP_NUM_THREADS before paddle is imported
+import model as M
 import paddle
 import paddle.nn.functional as F
 

@@ -11,7 +11,6 @@ Recipes (REFERENCE: HRNet's yaml, Lite-HRNet's mmpose config) fill every hyperpa
 import os
 import warnings
 
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # Paddle pins 1 thread if this is unset
 warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 warnings.filterwarnings("ignore", message=".*always track global mean and variance.*")  # Paddle 3 BN note
 
@@ -27,7 +26,7 @@ import paddle
 import paddle.distributed as dist
 
 from data import (COCOKeypointDataset, augmentation_defaults, draw_poses, image_grid, make_synthetic_dataset,
-                  parse_input_size, read_image_bgr, resolve_path_or_url, write_image_atomically)
+                  parse_input_size, read_image_bgr, resolve_path_or_url, run_script, write_image_atomically)
 from evaluate import STAT_NAMES, evaluate_model
 from model import (MODEL_NAMES, build_from_checkpoint, build_model, is_qat_model, load_weights, model_record,
                    read_checkpoint, save_checkpoint, set_device)
@@ -90,7 +89,7 @@ def build_datasets(args):
         if getattr(args, key) is not None:
             aug[key] = getattr(args, key)
     size = parse_input_size(args.input_size)
-    common = dict(input_size=size, sigma=args.sigma, udp=args.udp, sigmas_file=args.sigmas, seed=args.seed)
+    common = dict(input_size=size, sigma=args.target_sigma, udp=args.udp, sigmas_file=args.oks_sigmas, seed=args.seed)
     train_set = COCOKeypointDataset(os.path.join(args.data, "annotations", "person_keypoints_train2017.json"),
                                     os.path.join(args.data, "train2017"), train=True, **aug, **common)
     val_set = COCOKeypointDataset(os.path.join(args.data, "annotations", "person_keypoints_val2017.json"),
@@ -315,30 +314,50 @@ def benchmark(args, warmup=3):
     print(f"data loading ({args.workers} workers): {loading:.1f} samples/s")
 
 
-def build_parser(description=__doc__.split("\n\n")[0].strip()):
-    """Every training flag; distill.py and quantize.py add theirs to it."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each flag's default, except where it is None: those flags say in their help where the
+    default comes from (the recipe, the checkpoint)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def build_parser(description=__doc__.split("\n\n")[0].strip(), recipes=RECIPES, run_name="{model}"):
+    """Every training flag; distill.py and quantize.py add theirs to it, with their recipes and run folder name."""
+    def recipe_default(key):
+        return " (default: " + ", ".join(f"{name} {recipe[key]}" for name, recipe in recipes.items()) + ")"
+
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     p.add_argument("--data", default=None,
                    help="COCO-layout folder (annotations/, train2017/, val2017/); default: the built-in synthetic "
                         "set in data/synthetic (made on first use) with the quick 'synthetic' recipe")
-    p.add_argument("--model", default=None, choices=MODEL_NAMES, help="network (recipe default)")
-    p.add_argument("--input-size", default=None, help="input HxW, multiples of 32 (recipe default)")
-    p.add_argument("--out", default=None, help="run folder for checkpoints and metrics (default runs/<model>)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs")
+    p.add_argument("--model", default=None, choices=MODEL_NAMES, help="network" + recipe_default("model"))
+    p.add_argument("--input-size", default=None, help="input HxW, multiples of 32" + recipe_default("input_size"))
+    p.add_argument("--out", default=None,
+                   help=f"run folder for checkpoints and metrics (default: runs/{run_name.format(model='<model>')})")
+    p.set_defaults(run_name=run_name)
+    p.add_argument("--epochs", type=int, default=None, help="training epochs" + recipe_default("epochs"))
     p.add_argument("--milestones", type=float, nargs="+", default=None,
-                   help="epochs where lr drops 10x (fractions allowed: 0.75)")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (per run, not per GPU)")
-    p.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps from 0.001 x lr")
-    p.add_argument("--batch-size", type=int, default=None, help="images per process (GPU)")
-    p.add_argument("--loss-scale", type=float, default=None, help="JointsMSELoss factor: 0.5 in HRNet, 1 in mmpose")
+                   help="epochs where lr drops 10x (fractions allowed: 0.75)" + recipe_default("milestones"))
+    p.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate (per run, not per GPU)" + recipe_default("lr"))
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="linear warmup steps from 0.001 x lr" + recipe_default("warmup_steps"))
+    p.add_argument("--batch-size", type=int, default=None, help="images per process (GPU)" + recipe_default("batch_size"))
+    p.add_argument("--loss-scale", type=float, default=None,
+                   help="JointsMSELoss factor: 0.5 in HRNet, 1 in mmpose" + recipe_default("loss_scale"))
     p.add_argument("--ohkm", type=int, default=0, help="online hard keypoint mining: top-k joints per sample (0: off)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="L2 on Adam; off in the papers (hurts AP)")
-    p.add_argument("--eval-every", type=int, default=None, help="evaluate on val every N epochs (and at the end)")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="evaluate on val every N epochs (and at the end)" + recipe_default("eval_every"))
     p.add_argument("--val-boxes", default="gt", help="'gt' or a COCO detection-results JSON for evaluation")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="flip test at evaluation")
-    p.add_argument("--sigma", type=float, default=None, help="target Gaussian sigma (default 2 at 256x192, scaled)")
+    p.add_argument("--target-sigma", type=float, default=None,
+                   help="width of the target heatmaps' Gaussians (default: 2 at 256x192, proportional to the height)")
     p.add_argument("--udp", action="store_true", help="unbiased data processing (UDP) targets and warps")
-    p.add_argument("--sigmas", default=None, help="JSON list of OKS sigmas for a non-COCO keypoint set")
+    p.add_argument("--oks-sigmas", default=None,
+                   help="JSON file with the list of OKS sigmas of a non-COCO keypoint set (for evaluation)")
+    hrnet, lite = augmentation_defaults("hrnet"), augmentation_defaults("lite_hrnet")
     for key, kind, help_text in (("scale_factor", float, "random scale +- factor"),
                                  ("rot_factor", float, "random rotation degrees"),
                                  ("rot_prob", float, "probability of rotating"),
@@ -346,7 +365,7 @@ def build_parser(description=__doc__.split("\n\n")[0].strip()):
                                  ("num_joints_half_body", int, "visible joints needed for half-body"),
                                  ("flip_prob", float, "horizontal flip probability")):
         p.add_argument("--" + key.replace("_", "-"), type=kind, default=None,
-                       help=f"{help_text} (default per model family)")
+                       help=f"{help_text} (default: hrnet {hrnet[key]}, lite_hrnet {lite[key]})")
     p.add_argument("--weights", default=None, help="initial weights (path or URL), any layout model.py reads")
     p.add_argument("--pretrained", default=None, help="ImageNet backbone (path or URL); classifier keys skipped")
     p.add_argument("--resume", default=None, help="a last.pdparams to continue exactly where it stopped")
@@ -397,7 +416,7 @@ def apply_recipe(args, recipes=RECIPES, weights=None):
             setattr(args, key, value)
     if args.threads < 1:
         raise SystemExit(f"error: --threads {args.threads}: expected 1 or more")
-    args.out = args.out or os.path.join("runs", args.model)
+    args.out = args.out or os.path.join("runs", args.run_name.format(model=args.model))
     return args
 
 
@@ -417,7 +436,11 @@ def main(argv=None):
             return benchmark(args)
         model, val_set, best_ap = train(args)
     except (ValueError, OSError) as err:
-        raise SystemExit(f"error: {err}")
+        raise SystemExit("error: " + " ".join(str(err).split()))
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see data.run_script)
+        last = os.path.join(args.out, "last.pdparams")
+        raise SystemExit(f"stopped; {last} holds every finished epoch: --resume {last} continues the run"
+                         if os.path.exists(last) else "stopped before the first epoch ended; nothing was saved")
     if dist.get_rank() == 0:
         print(f"checkpoints: {os.path.join(args.out, 'last.pdparams')}, {os.path.join(args.out, 'best.pdparams')}; "
               f"predictions drawn in {os.path.join(args.out, 'predictions.jpg')}")
@@ -425,4 +448,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
