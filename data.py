@@ -65,7 +65,7 @@ COCO_FILES = {
 }
 
 
-def _progress_printer(label, total, unit="", divisor=1, start_done=0):
+def progress_printer(label, total, unit="", divisor=1, start_done=0):
     """Returns update(done, final=False) that prints 'label: done/total unit, rate, ETA' at most twice a second.
     start_done: work already done before (a resumed download), left out of the rate."""
     start, last = time.time(), [0.0]
@@ -89,12 +89,19 @@ def _progress_printer(label, total, unit="", divisor=1, start_done=0):
 # ----------------------------------------------------------------------------------------------------------
 # Sizes and keypoint metadata
 
-def parse_input_size(text):
-    """'256x192' is height x width, as the papers write it; returns (width, height) = (192, 256)."""
+def parse_size(text, flag):
+    """Every size on the command line is HEIGHTxWIDTH, as the papers write 256x192; inside, sizes are
+    (width, height) pairs, as OpenCV takes them. Returns (width, height)."""
     try:
         height, width = (int(v) for v in str(text).lower().split("x"))
     except ValueError:
-        raise ValueError(f"--input-size {text}: expected HEIGHTxWIDTH such as 256x192") from None
+        raise ValueError(f"{flag} {text}: expected HEIGHTxWIDTH such as 256x192") from None
+    return width, height
+
+
+def parse_input_size(text):
+    """The network's input size: '256x192' -> (192, 256), multiples of 32."""
+    width, height = parse_size(text, "--input-size")
     if height <= 0 or width <= 0 or height % 32 or width % 32:
         raise ValueError(f"--input-size {text}: height and width must be positive multiples of 32 "
                          f"(the networks downsample by 32)")
@@ -743,7 +750,7 @@ def make_synthetic_dataset(out_dir, num_train=2000, num_val=200, seed=0, image_s
         image_ids = [first_id + i for i in range(count)]
         tasks = [(os.path.join(image_dir, f"{image_id:012d}.jpg"), (seed, split_index, i), (width, height))
                  for i, image_id in enumerate(image_ids)]
-        update = _progress_printer(f"synth {split}", count, "images")
+        update = progress_printer(f"synth {split}", count, "images")
         results = []
         pool = Pool(workers or min(os.cpu_count() or 1, 8))
         for result in pool.imap(_synth_image, tasks, chunksize=8):
@@ -788,7 +795,7 @@ def download_file(url, dest, expected_size=None, md5=None, retries=5, timeout=60
                     have = 0  # the server ignored the Range header: start over
                 if total is None and response.headers.get("Content-Length") is not None:
                     total = have + int(response.headers["Content-Length"])
-                update = update or _progress_printer(os.path.basename(dest), total, "MB", 1e6, start_done=have)
+                update = update or progress_printer(os.path.basename(dest), total, "MB", 1e6, start_done=have)
                 with open(part, "ab" if have else "wb") as f:
                     while chunk := response.read(1 << 20):
                         f.write(chunk)
@@ -846,7 +853,7 @@ def download_coco(root, what=("train", "val", "annotations"), base_url=COCO_BASE
         try:
             with zipfile.ZipFile(zip_path) as archive:
                 members = archive.infolist()
-                update = _progress_printer(f"unpacking {os.path.basename(zip_path)}", len(members), "files")
+                update = progress_printer(f"unpacking {os.path.basename(zip_path)}", len(members), "files")
                 for i, member in enumerate(members):
                     archive.extract(member, root)
                     update(i + 1)
@@ -980,10 +987,7 @@ def _split_files(data_dir, split):
 
 
 def _cmd_synth(args):
-    try:
-        width, height = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"--size: expected WIDTHxHEIGHT such as 320x240, got {args.size!r}") from None
+    width, height = parse_size(args.size, "--size")
     start = time.time()
     make_synthetic_dataset(args.out, args.train, args.val, args.seed, (width, height), args.workers)
     print(f"wrote {args.train} train + {args.val} val images to {args.out} in {time.time() - start:.1f}s")
@@ -1040,7 +1044,7 @@ def main(argv=None):
     synth.add_argument("--train", type=int, default=2000, help="number of training images")
     synth.add_argument("--val", type=int, default=200, help="number of validation images")
     synth.add_argument("--seed", type=int, default=0, help="same seed, same files")
-    synth.add_argument("--size", default="320x240", help="image WIDTHxHEIGHT")
+    synth.add_argument("--size", default="240x320", help="image HEIGHTxWIDTH")
     synth.add_argument("--workers", type=int, default=None, help="processes (default: one per core, at most 8)")
     synth.set_defaults(func=_cmd_synth)
     download = commands.add_parser("download", help="download and unpack COCO 2017 (resumable)")

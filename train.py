@@ -26,7 +26,8 @@ import paddle
 import paddle.distributed as dist
 
 from data import (COCOKeypointDataset, augmentation_defaults, draw_poses, image_grid, make_synthetic_dataset,
-                  parse_input_size, read_image_bgr, resolve_path_or_url, run_script, write_image_atomically)
+                  parse_input_size, progress_printer, read_image_bgr, resolve_path_or_url, run_script,
+                  write_image_atomically)
 from evaluate import STAT_NAMES, evaluate_model
 from model import (MODEL_NAMES, build_from_checkpoint, build_model, is_qat_model, load_weights, model_record,
                    read_checkpoint, save_checkpoint, set_device)
@@ -296,13 +297,16 @@ def benchmark(args, warmup=3):
     on_cpu = paddle.device.get_device() == "cpu"
     thread_counts = sorted({args.threads, os.cpu_count() or 1}) if on_cpu else [args.threads]
     times = {n: [] for n in thread_counts}
+    update = progress_printer(f"benchmark {args.model}", warmup + args.benchmark, "rounds")
     for i in range(warmup + args.benchmark):
+        update(i)
         for n in thread_counts:
             use_cpu_threads(n)
             start = time.perf_counter()
             training_step(model, optimizer, loss_fn, images, targets, target_weight)
             if i >= warmup:
                 times[n].append(time.perf_counter() - start)
+    update(warmup + args.benchmark, final=True)
     use_cpu_threads(args.threads)
     print(f"benchmark: {args.model} {args.input_size}, batch {args.batch_size}, {paddle.device.get_device()}, "
           f"median of {args.benchmark} steps after {warmup} warm-up")
