@@ -14,8 +14,11 @@ Examples:
     python evaluate.py --data data/coco --results results.json   # only score an existing results file
 """
 import os
+import sys
 import warnings
 
+if "--verbose" not in sys.argv:  # Paddle's C++ log lines (e.g. "PIR not support input out tensor"), read at import
+    os.environ.setdefault("GLOG_minloglevel", "2")
 warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import argparse
@@ -452,6 +455,7 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=2, help="data loader worker processes")
     p.add_argument("--out", help="write the COCO results JSON here")
     p.add_argument("--device", default=None, help="cpu or gpu (default: gpu if Paddle has CUDA)")
+    p.add_argument("--verbose", action="store_true", help="also show Paddle's and oneDNN's own log lines")
     return p.parse_args(argv)
 
 

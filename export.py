@@ -12,8 +12,11 @@ After writing, the export is loaded with paddle.inference (CPU with oneDNN) and 
 random batch; a disagreement is an error.
 """
 import os
+import sys
 import warnings
 
+if "--verbose" not in sys.argv:  # Paddle's C++ log lines (e.g. "PIR not support input out tensor"), read at import
+    os.environ.setdefault("GLOG_minloglevel", "2")
 warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import argparse
@@ -21,7 +24,6 @@ import contextlib
 import json
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import paddle
@@ -282,6 +284,7 @@ def main(argv=None):
     p.add_argument("--onnx", action="store_true", help="also write model.onnx (needs paddle2onnx)")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest accepted |exported - eager| relative to max |eager| in the check")
+    p.add_argument("--verbose", action="store_true", help="also show Paddle's and oneDNN's own log lines")
     args = p.parse_args(argv)
     if args.onnx:
         try:

@@ -11,8 +11,11 @@ The network is either an export (--model-dir, run by paddle.inference) or a chec
     python predict.py --model-dir export/lite_hrnet_30 --input photo.jpg --benchmark
 """
 import os
+import sys
 import warnings
 
+if "--verbose" not in sys.argv:  # Paddle's C++ log lines (e.g. "PIR not support input out tensor"), read at import
+    os.environ.setdefault("GLOG_minloglevel", "2")
 warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import argparse
@@ -418,6 +421,7 @@ def parse_args(argv=None):
                    help="time the network and the pipeline on the first image, batch 1 and 8; write nothing")
     p.add_argument("--benchmark-runs", type=int, default=20, help="timed runs per measurement")
     p.add_argument("--compare", help="with --benchmark: another export (same input size) timed in the same loop")
+    p.add_argument("--verbose", action="store_true", help="also show Paddle's and oneDNN's own log lines")
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.benchmark_runs < 1:
         p.error("--batch-size and --benchmark-runs must be at least 1")

@@ -9,8 +9,11 @@ Train HRNet / Lite-HRNet on a COCO-format keypoint dataset: one process per devi
 Recipes (REFERENCE: HRNet's yaml, Lite-HRNet's mmpose config) fill every hyperparameter flag left unset.
 """
 import os
+import sys
 import warnings
 
+if "--verbose" not in sys.argv:  # Paddle's C++ log lines (e.g. "PIR not support input out tensor"), read at import
+    os.environ.setdefault("GLOG_minloglevel", "2")
 warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 warnings.filterwarnings("ignore", message=".*always track global mean and variance.*")  # Paddle 3 BN note
 
@@ -381,6 +384,7 @@ def build_parser(description=__doc__.split("\n\n")[0].strip(), recipes=RECIPES, 
     p.add_argument("--seed", type=int, default=0, help="seed for weights init and augmentation")
     p.add_argument("--log-every", type=int, default=20, help="progress line every N steps")
     p.add_argument("--device", default=None, help="cpu or gpu (default: gpu if Paddle has CUDA)")
+    p.add_argument("--verbose", action="store_true", help="also show Paddle's and oneDNN's own log lines")
     return p
 
 
