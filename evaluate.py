@@ -34,9 +34,9 @@ import paddle
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from data import (COCOKeypointDataset, parse_input_size, resolve_path_or_url, run_script, transform_preds,
-                  write_json_atomically)
-from model import MODEL_NAMES, build_from_checkpoint, read_checkpoint, set_device
+from data import (COCOKeypointDataset, HelpFormatter, parse_input_size, resolve_path_or_url, run_script,
+                  transform_preds, write_json_atomically)
+from model import add_checkpoint_flags, build_from_checkpoint, read_checkpoint, set_device
 
 STAT_NAMES = ("AP", "AP .5", "AP .75", "AP (M)", "AP (L)", "AR", "AR .5", "AR .75", "AR (M)", "AR (L)")
 DETECTION_FILE = os.path.join("person_detection_results", "COCO_val2017_detections_AP_H_56_person.json")
@@ -429,18 +429,12 @@ def evaluate_model(model, dataset, batch_size=32, flip=True, decode="default", d
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="COCO keypoint evaluation (OKS AP) of HRNet / Lite-HRNet",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--data", help="COCO dir with annotations/person_keypoints_val2017.json and val2017/")
     p.add_argument("--ann", help="annotation file (overrides --data)")
     p.add_argument("--images", help="image directory (overrides --data)")
     p.add_argument("--results", help="only score this COCO results JSON (no model)")
-    p.add_argument("--weights", help="checkpoint path or URL (formats: see model.load_weights)")
-    p.add_argument("--model", choices=MODEL_NAMES,
-                   help="network of --weights; only for files that do not say (official / PaddleDetection ones)")
-    p.add_argument("--input-size", default=None,
-                   help="crop size HxW (default: the size the checkpoint was trained at, else 256x192)")
-    p.add_argument("--udp", action="store_true",
-                   help="the model was trained on UDP crops/targets (data.py --udp); only for files that do not say")
+    add_checkpoint_flags(p, "checkpoint path or URL (formats: see model.load_weights)")
     p.add_argument("--boxes", default="gt", help="'gt' (ground-truth boxes), 'det' (DATA/" + DETECTION_FILE
                    + ", the boxes of the official HRNet tables) or a detection-results JSON")
     p.add_argument("--det-score-thr", type=float, default=0.0, help="drop detector boxes scoring below this")

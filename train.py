@@ -28,9 +28,9 @@ import time
 import paddle
 import paddle.distributed as dist
 
-from data import (COCOKeypointDataset, augmentation_defaults, draw_poses, image_grid, make_synthetic_dataset,
-                  parse_input_size, progress_printer, read_image_bgr, resolve_path_or_url, run_script,
-                  write_image_atomically)
+from data import (COCOKeypointDataset, HelpFormatter, augmentation_defaults, draw_poses, image_grid,
+                  make_synthetic_dataset, parse_input_size, progress_printer, read_image_bgr, resolve_path_or_url,
+                  run_script, write_image_atomically)
 from evaluate import STAT_NAMES, evaluate_model
 from model import (MODEL_NAMES, build_from_checkpoint, build_model, is_qat_model, load_weights, model_record,
                    read_checkpoint, save_checkpoint, set_device)
@@ -319,14 +319,6 @@ def benchmark(args, warmup=3):
         print(f"training step (forward, loss, backward, Adam){threads}: {args.batch_size / step_time:.2f} "
               f"samples/s, {step_time:.3f} s/step")
     print(f"data loading ({args.workers} workers): {loading:.1f} samples/s")
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help shows each flag's default, except where it is None: those flags say in their help where the
-    default comes from (the recipe, the checkpoint)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def build_parser(description=__doc__.split("\n\n")[0].strip(), recipes=RECIPES, run_name="{model}"):
