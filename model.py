@@ -763,7 +763,9 @@ def load_state(model, state, pretrained=False, log=print, source="checkpoint"):
     """Load a state read by read_checkpoint into model, all or nothing (see convert_state_dict)."""
     state, skipped = convert_state_dict(state, model, pretrained)
     own = model.state_dict()
-    model.set_state_dict({k: paddle.to_tensor(v, dtype=own[k].dtype) for k, v in state.items()})
+    with warnings.catch_warnings():  # an ImageNet backbone has no head: counted once below, not per key
+        warnings.filterwarnings("ignore", message="Skip loading")
+        model.set_state_dict({k: paddle.to_tensor(v, dtype=own[k].dtype) for k, v in state.items()})
     if skipped:
         log(f"{source}: loaded {len(state)} backbone entries, skipped {len(skipped)} not in this model "
             f"(classifier etc., e.g. {', '.join(skipped[:3])})")
