@@ -33,7 +33,8 @@ import paddle
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from data import COCOKeypointDataset, transform_preds, write_json_atomically
+from data import (COCOKeypointDataset, complete_annotations, exit_with_parent, keypoint_category,
+                  keypoint_info_from_category, load_json, transform_preds, write_json_atomically)
 from model import MODEL_NAMES, build_model, load_weights, set_device
 
 STAT_NAMES = ("AP", "AP .5", "AP .75", "AP (M)", "AP (L)", "AR", "AR .5", "AR .75", "AR (M)", "AR (L)")
@@ -326,10 +327,23 @@ def _quietly(fn, *args):
         return fn(*args)
 
 
+def load_ground_truth(ann_file):
+    """(pycocotools COCO, keypoint category) of an annotation file, completed as data.py completes it for training
+    (area, iscrowd, num_keypoints filled in where a public set leaves them out: pycocotools needs them)."""
+    coco = load_json(ann_file, "annotation file")
+    category = keypoint_category(coco, ann_file)
+    complete_annotations(coco, ann_file, category)
+    gt = COCO()
+    gt.dataset = coco
+    _quietly(gt.createIndex)
+    return gt, category
+
+
 def coco_keypoint_stats(ann_file_or_coco, results, sigmas=None, image_ids=None):
     """Score COCO keypoint results with pycocotools; returns {name: value} for the 10 STAT_NAMES.
 
-    sigmas: per-joint OKS sigmas, needed when the dataset does not have COCO's 17 keypoints.
+    sigmas: per-joint OKS sigmas; default: those data.py picks for an annotation file's keypoints (COCO's for
+    COCO's 17), needed with a COCO object of another keypoint set.
     image_ids: score only these images (default: every image of the annotation file)."""
     if isinstance(ann_file_or_coco, COCO):
         gt, source = ann_file_or_coco, "the annotation set"
@@ -337,7 +351,9 @@ def coco_keypoint_stats(ann_file_or_coco, results, sigmas=None, image_ids=None):
         source = str(ann_file_or_coco)
         if not os.path.isfile(source):
             raise ValueError(f"annotation file not found: {source}")
-        gt = _quietly(COCO, source)
+        gt, category = load_ground_truth(source)
+        if sigmas is None:
+            sigmas = keypoint_info_from_category(category).sigmas
     if len(results) == 0:
         raise ValueError(f"no keypoint results to score against {source}")
     if not all(isinstance(r, dict) for r in results):
@@ -382,8 +398,9 @@ def evaluate_model(model, dataset, batch_size=32, flip=True, decode="default", d
     Returns (COCO results list, stats dict)."""
     if len(dataset) == 0:
         raise ValueError(f"no person boxes to evaluate for {dataset.ann_file}")
+    flip = flip and dataset.info.flip  # keypoint names without left/right: data.py said so once
     loader = paddle.io.DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
-                                  num_workers=num_workers)
+                                  num_workers=num_workers, worker_init_fn=exit_with_parent())
     people, skipped, seen = [], [], 0
     start = last_report = time.time()
     udp = dataset.udp  # UDP crops need the matching inverse transform and no flip shift
@@ -410,7 +427,7 @@ def evaluate_model(model, dataset, batch_size=32, flip=True, decode="default", d
     if not people:
         raise ValueError(f"none of the {seen} images could be read (image directory of {dataset.ann_file}?)")
     results = rescore_and_nms(people, dataset.info.sigmas, in_vis_thre, oks_thre, soft_nms)
-    gt = _quietly(COCO, dataset.ann_file)
+    gt, _ = load_ground_truth(dataset.ann_file)
     scored_images = set(gt.getImgIds())
     if skipped:
         # score the images we could read: their unread ground truth would otherwise count as missed people
@@ -460,13 +477,22 @@ def _existing(path, what):
 
 
 def _read_results(path):
+    """A COCO keypoint-results file, checked to be a list of {image_id, keypoints, score} with numbers."""
     try:
         with open(path) as f:
             results = json.load(f)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SystemExit(f"error: --results {path} is not valid JSON ({e})")
+    expected = "a JSON list of COCO keypoint results {image_id, category_id, keypoints, score}"
     if not isinstance(results, list):
-        raise SystemExit(f"error: --results {path} must hold a JSON list of COCO keypoint results")
+        raise SystemExit(f"error: --results {path} holds a {type(results).__name__}, expected {expected}")
+    for i, r in enumerate(results):
+        number = (int, float)
+        if not (isinstance(r, dict) and "image_id" in r and isinstance(r.get("score"), number)
+                and isinstance(r.get("keypoints"), list) and all(isinstance(v, number) for v in r["keypoints"])
+                and np.isfinite(r["score"]) and np.isfinite(r["keypoints"]).all()):
+            raise SystemExit(f"error: --results {path}: entry {i} is {json.dumps(r)[:80]}, expected {expected} "
+                             f"(finite numbers)")
     return results
 
 
@@ -511,7 +537,10 @@ def main(argv=None):
     try:
         if args.results:
             results = _read_results(_existing(args.results, "results file (--results)"))
-            stats = coco_keypoint_stats(ann_file, results)
+            try:
+                stats = coco_keypoint_stats(ann_file, results)
+            except ValueError as e:
+                raise ValueError(f"--results {args.results}: {e}") from None
         else:
             stats = _predict(args, ann_file)
     except (ValueError, FileNotFoundError) as e:  # bad input found by data.py or here: one line, no traceback

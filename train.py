@@ -26,8 +26,8 @@ import time
 import paddle
 import paddle.distributed as dist
 
-from data import (COCOKeypointDataset, augmentation_defaults, draw_poses, image_grid, make_synthetic_dataset,
-                  parse_input_size, read_image_bgr, write_image_atomically)
+from data import (COCOKeypointDataset, augmentation_defaults, draw_poses, exit_with_parent, image_grid,
+                  make_synthetic_dataset, parse_input_size, read_image_bgr, write_image_atomically)
 from evaluate import STAT_NAMES, evaluate_model
 from model import MODEL_NAMES, build_model, load_weights, save_checkpoint, set_device
 
@@ -89,7 +89,8 @@ def build_datasets(args):
         if getattr(args, key) is not None:
             aug[key] = getattr(args, key)
     size = parse_input_size(args.input_size)
-    common = dict(input_size=size, sigma=args.sigma, udp=args.udp, sigmas_file=args.sigmas, seed=args.seed)
+    common = dict(input_size=size, sigma=args.sigma, udp=args.udp, sigmas_file=args.sigmas,
+                  flip_pairs=args.flip_pairs, seed=args.seed)
     train_set = COCOKeypointDataset(os.path.join(args.data, "annotations", "person_keypoints_train2017.json"),
                                     os.path.join(args.data, "train2017"), train=True, **aug, **common)
     val_set = COCOKeypointDataset(os.path.join(args.data, "annotations", "person_keypoints_val2017.json"),
@@ -114,9 +115,24 @@ def use_cpu_threads(threads):
         paddle.base.core.set_num_threads(threads)
 
 
+def finite_sum(tensors):
+    """True if the sum of all elements is finite: any NaN or inf makes it NaN or inf, and so does a finite total
+    beyond float32's 3e38, which only a diverging run reaches. One sum per tensor, one sync: about 0.5% of a
+    lite_hrnet_18 training step at batch 32, 128x96, on one CPU thread (an exact isfinite over all elements costs
+    1.5x as much)."""
+    return math.isfinite(float(paddle.add_n([t.sum() for t in tensors])))
+
+
+def non_finite_weights(model):
+    """Names of the state-dict tensors (weights and BatchNorm statistics) holding a NaN or inf."""
+    return [name for name, value in model.state_dict().items() if not paddle.isfinite(value).all()]
+
+
 def training_step(net, optimizer, loss_fn, images, targets, target_weight, scaler=None, amp_level="O1"):
     """One update: forward, loss, backward, optimizer step. Returns the loss as a float; a NaN or infinite loss
-    returns before the weights are touched, so the caller can stop on the last good weights."""
+    returns before the weights are touched, so the caller can stop on the last good weights, and a NaN or infinite
+    gradient raises FloatingPointError before it reaches them (a diverging run can keep a finite loss while its
+    gradients overflow). With AMP the loss scaler skips such steps itself, as it should in float16."""
     with paddle.amp.auto_cast(enable=scaler is not None, level=amp_level):
         heatmaps = net(images)
     loss = loss_fn(heatmaps.astype("float32"), images, targets, target_weight)
@@ -129,6 +145,9 @@ def training_step(net, optimizer, loss_fn, images, targets, target_weight, scale
         scaler.update()
     else:
         loss.backward()
+        if not finite_sum([p.grad for p in net.parameters() if p.grad is not None]):
+            optimizer.clear_grad()
+            raise FloatingPointError("gradients became non-finite")
         optimizer.step()
     optimizer.clear_grad()
     return loss_value
@@ -180,16 +199,23 @@ def _train(args, model, loss_fn, datasets):
 
     # one shuffling per epoch shared by all ranks; each rank takes its own slice
     sampler = paddle.io.DistributedBatchSampler(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True)
-    loader = paddle.io.DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers)
+    loader = paddle.io.DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers,
+                                  worker_init_fn=exit_with_parent())
     steps_per_epoch = len(sampler)
     if steps_per_epoch == 0:
         raise SystemExit(f"error: --batch-size {args.batch_size} x {world} processes is larger than the "
                          f"{len(train_set)} training samples")
     log(f"{args.model} {args.input_size}, {len(train_set)} train / {len(val_set)} val samples, "
         f"{world} process(es) x batch {args.batch_size}, {steps_per_epoch} steps per epoch, {args.epochs} epochs")
+    if args.ohkm > train_set.info.num_joints:
+        raise ValueError(f"--ohkm {args.ohkm}: more than the dataset's {train_set.info.num_joints} keypoints")
     metrics = open(os.path.join(args.out, "metrics.jsonl"), "a") if rank == 0 else None
     total_steps = args.epochs * steps_per_epoch
     run_start, run_start_step = time.time(), step
+
+    def stop(what, at_step, epoch, batch):
+        raise SystemExit(f"error: {what} at step {at_step} (epoch {epoch + 1}, batch {batch}); stopping. "
+                         f"The last good checkpoint is {os.path.join(args.out, 'last.pdparams')}")
 
     for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
@@ -199,10 +225,13 @@ def _train(args, model, loss_fn, datasets):
         for i, (images, targets, target_weight, indices) in enumerate(loader):
             lr = learning_rate(args, epoch + i / steps_per_epoch, step)
             optimizer.set_lr(lr)
-            loss_value = training_step(net, optimizer, loss_fn, images, targets, target_weight, scaler, args.amp or "O1")
+            try:
+                loss_value = training_step(net, optimizer, loss_fn, images, targets, target_weight, scaler,
+                                           args.amp or "O1")
+            except FloatingPointError as err:
+                stop(err, step, epoch, i)
             if not math.isfinite(loss_value):
-                raise SystemExit(f"error: loss became {loss_value} at step {step} (epoch {epoch + 1}, batch {i}); "
-                                 f"stopping. The last good checkpoint is {os.path.join(args.out, 'last.pdparams')}")
+                stop(f"loss became {loss_value}", step, epoch, i)
             step += 1
             epoch_loss += loss_value
             skipped += int((indices.numpy() < 0).sum())
@@ -216,7 +245,11 @@ def _train(args, model, loss_fn, datasets):
                 window_start, window_samples = time.time(), 0
         if skipped:
             log(f"epoch {epoch + 1}: skipped {skipped} unreadable images")
+        bad = non_finite_weights(model)  # e.g. BatchNorm statistics, which no gradient passes: never saved
+        if bad:
+            stop(f"{len(bad)} weight tensors became non-finite (e.g. {bad[0]})", step - 1, epoch, steps_per_epoch - 1)
         record = dict(epoch=epoch + 1, step=step, loss=epoch_loss / steps_per_epoch, lr=lr, skipped=skipped)
+        results = None
         if rank == 0 and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
             results, stats = evaluate_model(model, val_set, batch_size=args.batch_size, flip=args.flip,
                                             num_workers=args.workers, log=log)
@@ -225,27 +258,38 @@ def _train(args, model, loss_fn, datasets):
             if stats["AP"] > best_ap:
                 best_ap = stats["AP"]
                 save_checkpoint(model.state_dict(), os.path.join(args.out, "best.pdparams"))
-            save_prediction_picture(results, val_set, os.path.join(args.out, "predictions.jpg"))
-        if rank == 0:
+        if rank == 0:  # the epoch is kept before anything optional runs
             save_checkpoint(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1,
                                  step=step, best_ap=best_ap, args=vars(args)),
                             os.path.join(args.out, "last.pdparams"))
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
+        if results is not None:
+            unreadable = save_prediction_picture(results, val_set, os.path.join(args.out, "predictions.jpg"))
+            if unreadable:
+                log(f"predictions.jpg: skipped {unreadable} unreadable val images")
     print(f"rank {rank}: parameter checksum {parameter_checksum(model)}", flush=True)
     return model, val_set, best_ap
 
 
 def save_prediction_picture(results, val_set, path, num_images=8):
-    """The latest evaluation's skeletons on the first val images: the quickest look at what the model learned."""
+    """The latest evaluation's skeletons on the first val images: the quickest look at what the model learned.
+    Optional, so it never stops a run: unreadable images are left out, and their number returned."""
     image_files = {}
     for record in val_set.records:
         image_files.setdefault(record["image_id"], record["image_file"])
-    drawings = []
+    drawings, unreadable = [], 0
     for image_id, image_file in list(image_files.items())[:num_images]:
+        try:
+            image = read_image_bgr(image_file)
+        except (ValueError, FileNotFoundError):
+            unreadable += 1
+            continue
         people = [r for r in results if r["image_id"] == image_id]
-        drawings.append(draw_poses(read_image_bgr(image_file), people, val_set.info.skeleton, val_set.info.flip_pairs))
-    write_image_atomically(path, image_grid(drawings))
+        drawings.append(draw_poses(image, people, val_set.info.skeleton, val_set.info.flip_pairs))
+    if drawings:
+        write_image_atomically(path, image_grid(drawings))
+    return unreadable
 
 
 def benchmark(args, warmup=3):
@@ -255,7 +299,7 @@ def benchmark(args, warmup=3):
     set_device(args.device)
     train_set, _ = build_datasets(args)
     loader = paddle.io.DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                  num_workers=args.workers)
+                                  num_workers=args.workers, worker_init_fn=exit_with_parent())
     batches = iter(loader)
     images, targets, target_weight, _ = next(batches)  # the first batch also waits for the workers to start
     start, loaded = time.perf_counter(), 0
@@ -288,8 +332,27 @@ def benchmark(args, warmup=3):
     print(f"data loading ({args.workers} workers): {loading:.1f} samples/s")
 
 
+def in_range(kind, low, high=math.inf, low_open=False):
+    """An argparse type: a number of `kind` in [low, high] ((low, high] with low_open), else an argparse error
+    ('argument --epochs: expected an integer >= 1, got 0'), before any work is done."""
+    noun = "an integer" if kind is int else "a number"
+    bounds = f"{'>' if low_open else '>='} {low:g}" + ("" if high == math.inf else f" and <= {high:g}")
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if not (math.isfinite(value) and (value > low if low_open else value >= low) and value <= high):
+            raise argparse.ArgumentTypeError(f"expected {noun} {bounds}, got {text}")
+        return value
+    return parse
+
+
 def build_parser(description=__doc__.split("\n\n")[0].strip()):
     """Every training flag; distill.py and quantize.py add theirs to it."""
+    positive_int, count = in_range(int, 1), in_range(int, 0)
+    positive, non_negative, probability = in_range(float, 0, low_open=True), in_range(float, 0), in_range(float, 0, 1)
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default=None,
                    help="COCO-layout folder (annotations/, train2017/, val2017/); default: the built-in synthetic "
@@ -297,27 +360,30 @@ def build_parser(description=__doc__.split("\n\n")[0].strip()):
     p.add_argument("--model", default=None, choices=MODEL_NAMES, help="network (recipe default)")
     p.add_argument("--input-size", default=None, help="input HxW, multiples of 32 (recipe default)")
     p.add_argument("--out", default=None, help="run folder for checkpoints and metrics (default runs/<model>)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs")
-    p.add_argument("--milestones", type=float, nargs="+", default=None,
+    p.add_argument("--epochs", type=positive_int, default=None, help="training epochs")
+    p.add_argument("--milestones", type=non_negative, nargs="+", default=None,
                    help="epochs where lr drops 10x (fractions allowed: 0.75)")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (per run, not per GPU)")
-    p.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps from 0.001 x lr")
-    p.add_argument("--batch-size", type=int, default=None, help="images per process (GPU)")
+    p.add_argument("--lr", type=positive, default=None, help="Adam learning rate (per run, not per GPU)")
+    p.add_argument("--warmup-steps", type=count, default=None, help="linear warmup steps from 0.001 x lr")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="images per process (GPU)")
     p.add_argument("--loss-scale", type=float, default=None, help="JointsMSELoss factor: 0.5 in HRNet, 1 in mmpose")
-    p.add_argument("--ohkm", type=int, default=0, help="online hard keypoint mining: top-k joints per sample (0: off)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 on Adam; off in the papers (hurts AP)")
-    p.add_argument("--eval-every", type=int, default=None, help="evaluate on val every N epochs (and at the end)")
+    p.add_argument("--ohkm", type=count, default=0, help="online hard keypoint mining: top-k joints per sample (0: off)")
+    p.add_argument("--weight-decay", type=non_negative, default=0.0, help="L2 on Adam; off in the papers (hurts AP)")
+    p.add_argument("--eval-every", type=positive_int, default=None, help="evaluate on val every N epochs (and at the end)")
     p.add_argument("--val-boxes", default="gt", help="'gt' or a COCO detection-results JSON for evaluation")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="flip test at evaluation")
-    p.add_argument("--sigma", type=float, default=None, help="target Gaussian sigma (default 2 at 256x192, scaled)")
+    p.add_argument("--sigma", type=positive, default=None, help="target Gaussian sigma (default 2 at 256x192, scaled)")
     p.add_argument("--udp", action="store_true", help="unbiased data processing (UDP) targets and warps")
     p.add_argument("--sigmas", default=None, help="JSON list of OKS sigmas for a non-COCO keypoint set")
-    for key, kind, help_text in (("scale_factor", float, "random scale +- factor"),
-                                 ("rot_factor", float, "random rotation degrees"),
-                                 ("rot_prob", float, "probability of rotating"),
-                                 ("half_body_prob", float, "half-body probability"),
-                                 ("num_joints_half_body", int, "visible joints needed for half-body"),
-                                 ("flip_prob", float, "horizontal flip probability")):
+    p.add_argument("--flip-pairs", nargs="+", default=None, metavar="LEFT,RIGHT",
+                   help="joints swapped by a horizontal flip, as 0-based indices or names (e.g. 0,1 2,3), for "
+                        "keypoint names without left/right (default: from the names; none found: no flip)")
+    for key, kind, help_text in (("scale_factor", in_range(float, 0, 0.99), "random scale +- factor"),
+                                 ("rot_factor", non_negative, "random rotation degrees"),
+                                 ("rot_prob", probability, "probability of rotating"),
+                                 ("half_body_prob", probability, "half-body probability"),
+                                 ("num_joints_half_body", count, "visible joints needed for half-body"),
+                                 ("flip_prob", probability, "horizontal flip probability")):
         p.add_argument("--" + key.replace("_", "-"), type=kind, default=None,
                        help=f"{help_text} (default per model family)")
     p.add_argument("--weights", default=None, help="initial weights (path or URL), any layout model.py reads")
@@ -325,11 +391,11 @@ def build_parser(description=__doc__.split("\n\n")[0].strip()):
     p.add_argument("--resume", default=None, help="a last.pdparams to continue exactly where it stopped")
     p.add_argument("--amp", nargs="?", const="O1", choices=("O1", "O2"), default=None,
                    help="mixed precision on GPUs: O1 (float16 where safe) or O2 (float16 weights, float32 master)")
-    p.add_argument("--workers", type=int, default=2, help="data loading processes per training process")
+    p.add_argument("--workers", type=count, default=2, help="data loading processes per training process")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads per training process for Paddle's kernels (1: fastest on shared cores; README, Speed)")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights init and augmentation")
-    p.add_argument("--log-every", type=int, default=20, help="progress line every N steps")
+    p.add_argument("--seed", type=count, default=0, help="seed for weights init and augmentation")
+    p.add_argument("--log-every", type=positive_int, default=20, help="progress line every N steps")
     p.add_argument("--device", default=None, help="cpu or gpu (default: gpu if Paddle has CUDA)")
     return p
 
