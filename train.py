@@ -214,8 +214,9 @@ def _train(args, model, loss_fn, datasets):
     run_start, run_start_step = time.time(), step
 
     def stop(what, at_step, epoch, batch):
-        raise SystemExit(f"error: {what} at step {at_step} (epoch {epoch + 1}, batch {batch}); stopping. "
-                         f"The last good checkpoint is {os.path.join(args.out, 'last.pdparams')}")
+        last = os.path.join(args.out, "last.pdparams")
+        kept = f"The last good checkpoint is {last}" if os.path.exists(last) else "No checkpoint was written yet"
+        raise SystemExit(f"error: {what} at step {at_step} (epoch {epoch + 1}, batch {batch}); stopping. {kept}")
 
     for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
@@ -247,7 +248,7 @@ def _train(args, model, loss_fn, datasets):
             log(f"epoch {epoch + 1}: skipped {skipped} unreadable images")
         bad = non_finite_weights(model)  # e.g. BatchNorm statistics, which no gradient passes: never saved
         if bad:
-            stop(f"{len(bad)} weight tensors became non-finite (e.g. {bad[0]})", step - 1, epoch, steps_per_epoch - 1)
+            stop(f"weights became non-finite ({len(bad)} tensors, e.g. {bad[0]})", step - 1, epoch, steps_per_epoch - 1)
         record = dict(epoch=epoch + 1, step=step, loss=epoch_loss / steps_per_epoch, lr=lr, skipped=skipped)
         results = None
         if rank == 0 and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
