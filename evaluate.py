@@ -457,6 +457,8 @@ def parse_args(argv=None):
                    + ", the boxes of the official HRNet tables) or a detection-results JSON")
     p.add_argument("--det-score-thr", type=float, default=0.0, help="drop detector boxes scoring below this")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="flip test")
+    p.add_argument("--flip-pairs", nargs="+", default=None, metavar="LEFT,RIGHT",
+                   help="joints swapped by the flip test, as in train.py (default: from the keypoint names)")
     p.add_argument("--decode", choices=("default", "dark"), default="default",
                    help="default = argmax + quarter offset (HRNet), dark = DARK (PaddleDetection)")
     p.add_argument("--dark-kernel", type=int, default=3, help="DARK blur kernel (PaddleDetection 3, mmpose 11)")
@@ -512,7 +514,7 @@ def _predict(args, ann_file):
     set_device(args.device)
 
     dataset = COCOKeypointDataset(ann_file, image_dir, args.input_size, train=False, boxes=boxes,
-                                  det_score_thr=args.det_score_thr, udp=args.udp)
+                                  det_score_thr=args.det_score_thr, udp=args.udp, flip_pairs=args.flip_pairs)
     model = build_model(args.model, num_joints=dataset.info.num_joints)
     try:
         load_weights(model, args.weights)

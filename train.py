@@ -115,12 +115,10 @@ def use_cpu_threads(threads):
         paddle.base.core.set_num_threads(threads)
 
 
-def finite_sum(tensors):
-    """True if the sum of all elements is finite: any NaN or inf makes it NaN or inf, and so does a finite total
-    beyond float32's 3e38, which only a diverging run reaches. One sum per tensor, one sync: about 0.5% of a
-    lite_hrnet_18 training step at batch 32, 128x96, on one CPU thread (an exact isfinite over all elements costs
-    1.5x as much)."""
-    return math.isfinite(float(paddle.add_n([t.sum() for t in tensors])))
+def all_finite(tensors):
+    """True if no element of the tensors is NaN or inf: one concatenation, one check, one sync (0.5-0.7% of a
+    lite_hrnet_18 training step at batch 32, 128x96, on one CPU thread)."""
+    return bool(paddle.isfinite(paddle.concat([t.flatten() for t in tensors])).all())
 
 
 def non_finite_weights(model):
@@ -145,7 +143,7 @@ def training_step(net, optimizer, loss_fn, images, targets, target_weight, scale
         scaler.update()
     else:
         loss.backward()
-        if not finite_sum([p.grad for p in net.parameters() if p.grad is not None]):
+        if not all_finite([p.grad for p in net.parameters() if p.grad is not None]):
             optimizer.clear_grad()
             raise FloatingPointError("gradients became non-finite")
         optimizer.step()
