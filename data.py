@@ -486,6 +486,8 @@ def load_json(path, what):
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{what} {path} is not valid JSON ({err})") from None
+    except OSError as err:  # e.g. no permission to read it
+        raise ValueError(f"{what} {path} cannot be read ({err.strerror or err})") from None
 
 
 def keypoint_category(coco, ann_file):
@@ -526,7 +528,7 @@ def complete_annotations(coco, ann_file, category):
         box = _numbers(ann.get("bbox"), 4)
         if box is None:
             raise ValueError(f"{where} has 'bbox' {ann.get('bbox')!r:.80}, expected 4 finite numbers [x, y, w, h]")
-        if ann.get("keypoints") is None:
+        if not ann.get("keypoints"):  # null or []
             ann["keypoints"], ann["num_keypoints"] = [0] * (3 * num_joints), 0
             filled["keypoints"] += 1
         keypoints = _numbers(ann["keypoints"])

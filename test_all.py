@@ -2080,7 +2080,7 @@ def test_public_keypoint_sets_load_and_score_as_they_come(style, tmp_path):
         val_set = data.COCOKeypointDataset(ann_file, os.path.join(folder, "val2017"), "64x64", train=False)
     said = [str(w.message) for w in caught]
     for key in missing:  # each file's filling-in is said once, naming the file
-        assert sum(f"person_keypoints_val2017.json: filled in" in m and f"missing '{key}'" in m for m in said) == 1
+        assert sum("person_keypoints_val2017.json: filled in" in m and f"missing '{key}'" in m for m in said) == 1
     info = val_set.info
     # the flip pairs are exactly the joints that come from COCO's [left, right] pairs, found from the names alone
     expected_pairs = sorted([i, j] for i, a in enumerate(sources) for j, b in enumerate(sources) if [a, b] in
@@ -2216,7 +2216,8 @@ def test_diverging_training_stops_before_any_non_finite_weight_is_saved(syntheti
     good = (tmp_path / "last.pdparams").read_bytes()
     # whichever shows first, the loss or the gradients, names the step
     with pytest.raises(SystemExit, match=r"^error: (gradients became non-finite|loss became (nan|inf)) at step \d+ "
-                                         r"\(epoch 2, batch \d+\); stopping. The last good checkpoint is .*last.pdparams"):
+                                         r"\(epoch 2, batch \d+\); stopping. The last good checkpoint is "
+                                         r".*last.pdparams"):
         T.train(tiny_run_args(synthetic_root, tmp_path, "--epochs", "3", "--lr", "1e10",
                               "--resume", str(tmp_path / "last.pdparams")))
     assert (tmp_path / "last.pdparams").read_bytes() == good

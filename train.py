@@ -366,9 +366,11 @@ def build_parser(description=__doc__.split("\n\n")[0].strip()):
     p.add_argument("--warmup-steps", type=count, default=None, help="linear warmup steps from 0.001 x lr")
     p.add_argument("--batch-size", type=positive_int, default=None, help="images per process (GPU)")
     p.add_argument("--loss-scale", type=float, default=None, help="JointsMSELoss factor: 0.5 in HRNet, 1 in mmpose")
-    p.add_argument("--ohkm", type=count, default=0, help="online hard keypoint mining: top-k joints per sample (0: off)")
+    p.add_argument("--ohkm", type=count, default=0,
+                   help="online hard keypoint mining: top-k joints per sample (0: off)")
     p.add_argument("--weight-decay", type=non_negative, default=0.0, help="L2 on Adam; off in the papers (hurts AP)")
-    p.add_argument("--eval-every", type=positive_int, default=None, help="evaluate on val every N epochs (and at the end)")
+    p.add_argument("--eval-every", type=positive_int, default=None,
+                   help="evaluate on val every N epochs (and at the end)")
     p.add_argument("--val-boxes", default="gt", help="'gt' or a COCO detection-results JSON for evaluation")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="flip test at evaluation")
     p.add_argument("--sigma", type=positive, default=None, help="target Gaussian sigma (default 2 at 256x192, scaled)")
