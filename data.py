@@ -67,7 +67,7 @@ COCO_FILES = {
 }
 
 
-def _progress_printer(label, total, unit="", divisor=1, start_done=0):
+def progress_printer(label, total, unit="", divisor=1, start_done=0):
     """Returns update(done, final=False) that prints 'label: done/total unit, rate, ETA' at most twice a second.
     start_done: work already done before (a resumed download), left out of the rate."""
     start, last = time.time(), [0.0]
@@ -91,15 +91,22 @@ def _progress_printer(label, total, unit="", divisor=1, start_done=0):
 # ----------------------------------------------------------------------------------------------------------
 # Sizes and keypoint metadata
 
-def parse_input_size(text):
-    """'256x192' is height x width, as the papers write it; returns (width, height) = (192, 256)."""
+def parse_size(text, flag):
+    """Every size on the command line is HEIGHTxWIDTH, as the papers write 256x192; inside, sizes are
+    (width, height) pairs, as OpenCV takes them. Returns (width, height)."""
     try:
         height, width = (int(v) for v in str(text).lower().split("x"))
     except ValueError:
-        raise ValueError(f"--input-size: expected HEIGHTxWIDTH such as 256x192, got {text!r}") from None
+        raise ValueError(f"{flag} {text}: expected HEIGHTxWIDTH such as 256x192") from None
+    return width, height
+
+
+def parse_input_size(text):
+    """The network's input size: '256x192' -> (192, 256), multiples of 32."""
+    width, height = parse_size(text, "--input-size")
     if height <= 0 or width <= 0 or height % 32 or width % 32:
-        raise ValueError(f"--input-size: height and width must be positive multiples of 32 "
-                         f"(the networks downsample by 32), got {text!r}")
+        raise ValueError(f"--input-size {text}: height and width must be positive multiples of 32 "
+                         f"(the networks downsample by 32)")
     return width, height
 
 
@@ -123,11 +130,31 @@ class KeypointInfo:
     skeleton: list        # 0-based index pairs, for drawing
     sigmas: np.ndarray    # OKS sigmas, float32 (K,)
     upper_body_ids: list  # used by the half-body augmentation
-    flip: bool = True     # False when the names do not say which joints swap: no flip augmentation, no flip test
 
     @property
     def num_joints(self):
         return len(self.names)
+
+    @property
+    def flip(self):
+        """False when no joints swap (names without left/right, see keypoint_info_from_category): no flip
+        augmentation, no flip test."""
+        return bool(self.flip_pairs)
+
+    def to_record(self):
+        """Plain JSON-able fields, as checkpoints and pose.json store them."""
+        return {"keypoint_names": list(self.names), "flip_pairs": [[int(a), int(b)] for a, b in self.flip_pairs],
+                "skeleton": [[int(a), int(b)] for a, b in self.skeleton],
+                "sigmas": [round(float(s), 6) for s in self.sigmas],
+                "upper_body_ids": [int(i) for i in self.upper_body_ids]}
+
+
+def keypoint_info_from_record(record):
+    """The inverse of KeypointInfo.to_record (a checkpoint's or pose.json's keypoint fields)."""
+    names = list(record["keypoint_names"])
+    upper = record.get("upper_body_ids", range(len(names)))  # pose.json has no half-body ids: inference needs none
+    return KeypointInfo(names, [list(p) for p in record["flip_pairs"]], [list(p) for p in record["skeleton"]],
+                        np.array(record["sigmas"], np.float32), list(upper))
 
 
 _WARNED = set()
@@ -260,7 +287,6 @@ def keypoint_info_from_category(category, sigmas_file=None, flip_pairs=None):
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise ValueError(f"category {category.get('name')!r} has no 'keypoints' list of names")
     tokens = [_name_tokens(name) for name in names]
-    flip = True
     if flip_pairs:
         pairs = parse_flip_pairs(flip_pairs, names)
     else:
@@ -269,7 +295,7 @@ def keypoint_info_from_category(category, sigmas_file=None, flip_pairs=None):
             why = f"no counterpart for {', '.join(unpaired)}" if unpaired else "no left/right pairs"
             warn_once(f"keypoints {names}: {why} in their names, so flipping would mislabel joints: training without "
                       f"flip augmentation and evaluating without flip test (--flip-pairs LEFT,RIGHT ... to set them)")
-            pairs, flip = [], False
+            pairs = []
     paired = {i for pair in pairs for i in pair}
     canonical = [_canonical_name(t, _side_of(t) or (_side_of(t, glued_letter=True) if i in paired else None))
                  for i, t in enumerate(tokens)]
@@ -293,7 +319,7 @@ def keypoint_info_from_category(category, sigmas_file=None, flip_pairs=None):
         sigmas = np.array([coco.get(name, 0.025) for name in canonical], np.float32)
         warn_once(f"no --sigmas file for the {len(names)} keypoints {names}: using COCO sigmas for names COCO "
                   f"has and 0.025 for the others; OKS/AP are only comparable with the dataset's own sigmas")
-    return KeypointInfo(names, pairs, skeleton, sigmas, upper_body_ids, flip)
+    return KeypointInfo(names, pairs, skeleton, sigmas, upper_body_ids)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -947,7 +973,7 @@ def make_synthetic_dataset(out_dir, num_train=2000, num_val=200, seed=0, image_s
         image_ids = [first_id + i for i in range(count)]
         tasks = [(os.path.join(image_dir, f"{image_id:012d}.jpg"), (seed, split_index, i), (width, height))
                  for i, image_id in enumerate(image_ids)]
-        update = _progress_printer(f"synth {split}", count, "images")
+        update = progress_printer(f"synth {split}", count, "images")
         results = []
         pool = Pool(workers or min(os.cpu_count() or 1, 8))
         for result in pool.imap(_synth_image, tasks, chunksize=8):
@@ -992,7 +1018,7 @@ def download_file(url, dest, expected_size=None, md5=None, retries=5, timeout=60
                     have = 0  # the server ignored the Range header: start over
                 if total is None and response.headers.get("Content-Length") is not None:
                     total = have + int(response.headers["Content-Length"])
-                update = update or _progress_printer(os.path.basename(dest), total, "MB", 1e6, start_done=have)
+                update = update or progress_printer(os.path.basename(dest), total, "MB", 1e6, start_done=have)
                 with open(part, "ab" if have else "wb") as f:
                     while chunk := response.read(1 << 20):
                         f.write(chunk)
@@ -1013,8 +1039,8 @@ def download_file(url, dest, expected_size=None, md5=None, retries=5, timeout=60
             print(f"\n{url}: {error}; resuming (attempt {attempt + 2} of {retries + 1})", file=sys.stderr)
             time.sleep(min(2 ** attempt, 30))
     else:
-        raise ConnectionError(f"{url}: download failed after {retries + 1} attempts ({error}); "
-                              f"run again to resume from {part}")
+        resumable = f"; run again to resume from {part}" if os.path.exists(part) else ""
+        raise ConnectionError(f"{url}: download failed after {retries + 1} attempts ({error}){resumable}")
     size = os.path.getsize(part)
     if update:
         update(size, final=True)
@@ -1050,7 +1076,7 @@ def download_coco(root, what=("train", "val", "annotations"), base_url=COCO_BASE
         try:
             with zipfile.ZipFile(zip_path) as archive:
                 members = archive.infolist()
-                update = _progress_printer(f"unpacking {os.path.basename(zip_path)}", len(members), "files")
+                update = progress_printer(f"unpacking {os.path.basename(zip_path)}", len(members), "files")
                 for i, member in enumerate(members):
                     archive.extract(member, root)
                     update(i + 1)
@@ -1080,7 +1106,21 @@ def resolve_path_or_url(path_or_url, cache_dir=None, what="file"):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Files written whole or not at all, and skeleton drawings (data.py show, train.py, predict.py)
+# Stopping, files written whole or not at all, and skeleton drawings (data.py show, train.py, predict.py)
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run_script(main):
+    """Every script's entry point: Ctrl-C and SIGTERM (kill, a job scheduler) end it with one line, instead of
+    a Python traceback or Paddle's C++ stack dump. A main() with more to say catches KeyboardInterrupt itself."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("stopped")
+
 
 def temporary_path(path):
     """A scratch name beside path with the same extension (OpenCV picks the image format from it)."""
@@ -1170,10 +1210,7 @@ def _split_files(data_dir, split):
 
 
 def _cmd_synth(args):
-    try:
-        width, height = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"--size: expected WIDTHxHEIGHT such as 320x240, got {args.size!r}") from None
+    width, height = parse_size(args.size, "--size")
     start = time.time()
     make_synthetic_dataset(args.out, args.train, args.val, args.seed, (width, height), args.workers)
     print(f"wrote {args.train} train + {args.val} val images to {args.out} in {time.time() - start:.1f}s")
@@ -1230,7 +1267,7 @@ def main(argv=None):
     synth.add_argument("--train", type=int, default=2000, help="number of training images")
     synth.add_argument("--val", type=int, default=200, help="number of validation images")
     synth.add_argument("--seed", type=int, default=0, help="same seed, same files")
-    synth.add_argument("--size", default="320x240", help="image WIDTHxHEIGHT")
+    synth.add_argument("--size", default="240x320", help="image HEIGHTxWIDTH")
     synth.add_argument("--workers", type=int, default=None, help="processes (default: one per core, at most 8)")
     synth.set_defaults(func=_cmd_synth)
     download = commands.add_parser("download", help="download and unpack COCO 2017 (resumable)")
@@ -1261,4 +1298,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

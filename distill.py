@@ -7,16 +7,15 @@ frozen, stronger network's heatmaps (the seed's LiteHRNet-30 69.4 -> 69.9 AP rec
 
 Every training flag of train.py works here too; the loop is train.py's, with this file's loss.
 """
-import os
 import warnings
 
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # Paddle pins 1 thread if this is unset
 warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import paddle
 
 import train
-from model import MODEL_NAMES, build_model, load_weights, set_device
+from data import run_script
+from model import MODEL_NAMES, load_checkpoint, set_device
 
 
 def distillation_loss(student_heatmaps, teacher_heatmaps, target_weight, scale=0.5):
@@ -25,11 +24,11 @@ def distillation_loss(student_heatmaps, teacher_heatmaps, target_weight, scale=0
     return train.joints_mse_loss(student_heatmaps, teacher_heatmaps, target_weight, scale)
 
 
-def build_teacher(name, weights, num_joints, bn_mode):
-    """A frozen teacher. bn_mode 'train' keeps the seed's choice: the teacher's BN uses batch statistics
-    (and keeps updating its running ones); 'eval' uses the statistics it was trained with."""
-    teacher = build_model(name, num_joints)
-    load_weights(teacher, weights)
+def build_teacher(weights, name, info, bn_mode):
+    """A frozen teacher for data with keypoints info (name: only for checkpoints that do not say). bn_mode
+    'train' keeps the seed's choice: the teacher's BN uses batch statistics (and keeps updating its running
+    ones); 'eval' uses the statistics it was trained with."""
+    teacher, _ = load_checkpoint(weights, name, info=info, flag="--teacher")
     for p in teacher.parameters():
         p.stop_gradient = True
     teacher.train() if bn_mode == "train" else teacher.eval()
@@ -47,27 +46,26 @@ def distill_loss_fn(args, teacher):
 
 
 def main(argv=None):
-    p = train.build_parser(__doc__.split("\n\n")[1].strip())
-    p.add_argument("--teacher-model", default="hrnet_w32", choices=MODEL_NAMES, help="teacher network")
+    p = train.build_parser(__doc__.split("\n\n")[1].strip(), run_name="{model}_distilled")
+    p.add_argument("--teacher-model", choices=MODEL_NAMES,
+                   help="teacher network; only for --teacher files that do not say (official / PaddleDetection ones)")
     p.add_argument("--teacher", required=True, help="teacher weights (path or URL), any layout model.py reads")
     p.add_argument("--teacher-bn", choices=("eval", "train"), default="eval",
                    help="teacher BatchNorm mode: eval (running statistics, the usual choice) or train (the seed's)")
     p.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distillation term")
     p.add_argument("--distill-scale", type=float, default=0.5, help="the distillation MSE's factor (seed: 0.5)")
     args = train.apply_recipe(p.parse_args(argv))
-    if args.out == os.path.join("runs", args.model):
-        args.out = os.path.join("runs", f"{args.model}_distilled")
     try:
         set_device(args.device)
         datasets = train.build_datasets(args)
-        teacher = build_teacher(args.teacher_model, args.teacher, datasets[0].info.num_joints, args.teacher_bn)
-        print(f"teacher {args.teacher_model} from {args.teacher} ({args.teacher_bn}-mode BN), "
+        teacher = build_teacher(args.teacher, args.teacher_model, datasets[0].info, args.teacher_bn)
+        print(f"teacher {type(teacher).__name__} from {args.teacher} ({args.teacher_bn}-mode BN), "
               f"distillation weight {args.distill_weight}")
         _, _, best_ap = train.train(args, loss_fn=distill_loss_fn(args, teacher), datasets=datasets)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         raise SystemExit(f"error: {err}")
     print(f"AP: {best_ap:.3f}")
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -16,8 +16,6 @@ Examples:
 import os
 import warnings
 
-# Paddle runs CPU ops on one thread unless OMP_NUM_THREADS is set before paddle is imported.
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import argparse
@@ -34,8 +32,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from data import (COCOKeypointDataset, complete_annotations, exit_with_parent, keypoint_category,
-                  keypoint_info_from_category, load_json, transform_preds, write_json_atomically)
-from model import MODEL_NAMES, build_model, load_weights, set_device
+                  keypoint_info_from_category, load_json, parse_input_size, resolve_path_or_url, run_script,
+                  transform_preds, write_json_atomically)
+from model import MODEL_NAMES, build_from_checkpoint, read_checkpoint, set_device
 
 STAT_NAMES = ("AP", "AP .5", "AP .75", "AP (M)", "AP (L)", "AR", "AR .5", "AR .75", "AR (M)", "AR (L)")
 DETECTION_FILE = os.path.join("person_detection_results", "COCO_val2017_detections_AP_H_56_person.json")
@@ -449,10 +448,13 @@ def parse_args(argv=None):
     p.add_argument("--ann", help="annotation file (overrides --data)")
     p.add_argument("--images", help="image directory (overrides --data)")
     p.add_argument("--results", help="only score this COCO results JSON (no model)")
-    p.add_argument("--model", choices=MODEL_NAMES)
     p.add_argument("--weights", help="checkpoint path or URL (formats: see model.load_weights)")
-    p.add_argument("--input-size", default="256x192", help="crop size HxW")
-    p.add_argument("--udp", action="store_true", help="the model was trained on UDP crops/targets (data.py --udp)")
+    p.add_argument("--model", choices=MODEL_NAMES,
+                   help="network of --weights; only for files that do not say (official / PaddleDetection ones)")
+    p.add_argument("--input-size", default=None,
+                   help="crop size HxW (default: the size the checkpoint was trained at, else 256x192)")
+    p.add_argument("--udp", action="store_true",
+                   help="the model was trained on UDP crops/targets (data.py --udp); only for files that do not say")
     p.add_argument("--boxes", default="gt", help="'gt' (ground-truth boxes), 'det' (DATA/" + DETECTION_FILE
                    + ", the boxes of the official HRNet tables) or a detection-results JSON")
     p.add_argument("--det-score-thr", type=float, default=0.0, help="drop detector boxes scoring below this")
@@ -499,8 +501,8 @@ def _read_results(path):
 
 
 def _predict(args, ann_file):
-    if not (args.model and args.weights):
-        raise SystemExit("error: --model and --weights are needed (or --results to score an existing file)")
+    if not args.weights:
+        raise SystemExit("error: --weights is needed (or --results to score an existing file)")
     if not (args.images or args.data):
         raise SystemExit("error: give --data DIR or --images DIR")
     image_dir = _existing(args.images or os.path.join(args.data, "val2017"), "image directory (--images/--data)")
@@ -512,16 +514,20 @@ def _predict(args, ann_file):
     if boxes != "gt" and not boxes.startswith(("http://", "https://")):
         _existing(boxes, "box file (--boxes)")
     set_device(args.device)
-
-    dataset = COCOKeypointDataset(ann_file, image_dir, args.input_size, train=False, boxes=boxes,
-                                  det_score_thr=args.det_score_thr, udp=args.udp, flip_pairs=args.flip_pairs)
-    model = build_model(args.model, num_joints=dataset.info.num_joints)
-    try:
-        load_weights(model, args.weights)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: --weights {args.weights}: " + " ".join(str(e).split()))
-    print(f"{args.model} on {len(dataset)} boxes ({'GT' if boxes == 'gt' else boxes}), "
-          f"input {args.input_size}, decode {args.decode}, flip {'on' if args.flip else 'off'}")
+    input_size = parse_input_size(args.input_size) if args.input_size else None
+    weights = resolve_path_or_url(args.weights, what="--weights")
+    state, record = read_checkpoint(weights)
+    if record is not None:  # crops as the model was trained on them, unless --input-size overrides
+        input_size = input_size or tuple(record["input_size"][::-1])
+    dataset = COCOKeypointDataset(ann_file, image_dir, input_size or (192, 256), train=False, boxes=boxes,
+                                  det_score_thr=args.det_score_thr, udp=args.udp or bool(record and record["udp"]),
+                                  flip_pairs=args.flip_pairs)
+    model, record = build_from_checkpoint(state, record, f"--weights {weights}", args.model, input_size, dataset.info,
+                                          args.udp or None)
+    height, width = record["input_size"]
+    print(f"{record['model']}{' (QAT)' if record['qat'] else ''} on {len(dataset)} boxes "
+          f"({'GT' if boxes == 'gt' else boxes}), input {height}x{width}, decode {args.decode}, "
+          f"flip {'on' if args.flip else 'off'}")
     results, stats = evaluate_model(model, dataset, args.batch_size, args.flip, args.decode, args.dark_kernel,
                                     args.in_vis_thre, args.oks_thre, args.soft_nms, args.workers)
     if args.out:
@@ -545,7 +551,7 @@ def main(argv=None):
                 raise ValueError(f"--results {args.results}: {e}") from None
         else:
             stats = _predict(args, ann_file)
-    except (ValueError, FileNotFoundError) as e:  # bad input found by data.py or here: one line, no traceback
+    except (ValueError, OSError) as e:  # bad input found by data.py or here: one line, no traceback
         raise SystemExit("error: " + " ".join(str(e).split()))
     for name, value in stats.items():
         print(f"{name:<7}: {value:.4f}")
@@ -553,4 +559,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -14,7 +14,6 @@ random batch; a disagreement is an error.
 import os
 import warnings
 
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # Paddle pins 1 thread if this is unset
 warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import argparse
@@ -29,9 +28,9 @@ import paddle
 from paddle import inference
 from paddle.static import InputSpec
 
-from data import (COCO_PERSON_CATEGORY, HEATMAP_STRIDE, IMAGENET_MEAN, IMAGENET_STD, keypoint_info_from_category,
+from data import (HEATMAP_STRIDE, IMAGENET_MEAN, IMAGENET_STD, keypoint_info_from_record, parse_input_size, run_script,
                   size_wh, write_json_atomically)
-from model import MODEL_NAMES, build_model, load_weights, set_device
+from model import MODEL_NAMES, load_checkpoint, set_device
 
 POSE_FILE = "pose.json"
 POSE_KEYS = ("model", "input_size", "heatmap_size", "mean", "std", "color", "keypoint_names", "flip_pairs",
@@ -310,10 +309,13 @@ def export_onnx(model_dir):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1].strip().replace("\n", " "),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, choices=MODEL_NAMES, help="network of the checkpoint")
     p.add_argument("--weights", required=True, help="checkpoint (path or URL; any layout model.py reads)")
-    p.add_argument("--input-size", default="256x192", help="crop HEIGHTxWIDTH the export takes")
-    p.add_argument("--udp", action="store_true", help="the model was trained with UDP (data.py --udp)")
+    p.add_argument("--model", choices=MODEL_NAMES,
+                   help="network of --weights; only for files that do not say (official / PaddleDetection ones)")
+    p.add_argument("--input-size", default=None,
+                   help="crop HEIGHTxWIDTH the export takes (default: the checkpoint's training size, else 256x192)")
+    p.add_argument("--udp", action="store_true",
+                   help="the model was trained with UDP (data.py --udp); only for files that do not say")
     p.add_argument("--out", required=True, help="folder for model.json, model.pdiparams and pose.json")
     p.add_argument("--onnx", action="store_true", help="also write model.onnx (needs paddle2onnx)")
     p.add_argument("--tolerance", type=float, default=1e-4,
@@ -325,12 +327,14 @@ def main(argv=None):
         except ImportError:
             raise SystemExit("error: --onnx needs paddle2onnx: pip install paddle2onnx onnxruntime")
     try:
-        input_size = size_wh(args.input_size)
-        info = keypoint_info_from_category(COCO_PERSON_CATEGORY)
+        input_size = parse_input_size(args.input_size) if args.input_size else None
         set_device("cpu")  # the check below runs on CPU whatever this Paddle build is
-        model = build_model(args.model, info.num_joints)
-        load_weights(model, args.weights)
-        files = export_model(model, args.out, args.model, input_size, info, args.udp)
+        model, record = load_checkpoint(args.weights, args.model, input_size, udp=args.udp or None)
+        if record["qat"]:
+            raise ValueError(f"--weights {args.weights} is a quantization-aware checkpoint: its int8 export is "
+                             f"quantize.py's (--qat-weights)")
+        files = export_model(model, args.out, record["model"], tuple(record["input_size"][::-1]),
+                             keypoint_info_from_record(record), record["udp"])
         diff, relative = check_export(model, args.out, device="cpu")
         print(f"paddle.inference (CPU, oneDNN) vs eager on a random batch: max diff {diff:.3g} "
               f"({relative:.3g} of the largest output)")
@@ -339,7 +343,7 @@ def main(argv=None):
                              f"{relative:.3g} of the largest output (> --tolerance {args.tolerance:g})")
         if args.onnx:
             files.append(export_onnx(args.out))
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         raise SystemExit("error: " + " ".join(str(err).split()))
     for path in files:
         size = os.path.getsize(path)
@@ -347,4 +351,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

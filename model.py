@@ -14,7 +14,6 @@ PaddleDetection checkpoints load through the key rules at the bottom of this fil
 """
 import os
 
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # Paddle pins 1 thread if this is unset
 
 import argparse
 import re
@@ -27,7 +26,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from data import atomic_output, resolve_path_or_url
+from data import (COCO_PERSON_CATEGORY, atomic_output, keypoint_info_from_category, parse_input_size,
+                  resolve_path_or_url, run_script)
 
 MODEL_NAMES = ("hrnet_w32", "hrnet_w48", "lite_hrnet_18", "lite_hrnet_30")
 
@@ -471,12 +471,15 @@ def build_model(name, num_joints=17):
 
 
 def set_device(name=None):
-    """--device: 'gpu' when Paddle was built with CUDA, else 'cpu', unless asked otherwise."""
+    """--device: 'gpu' when Paddle was built with CUDA, else 'cpu', unless asked otherwise. On CPU, Paddle's
+    kernels get one thread per core (Paddle pins them to one unless told at import, with a warning)."""
     if name is None:
         name = "gpu" if paddle.is_compiled_with_cuda() else "cpu"
     if name.startswith("gpu") and not paddle.is_compiled_with_cuda():
         raise SystemExit(f"error: --device {name}: this Paddle build has no CUDA; "
                          f"install paddlepaddle-gpu or use --device cpu")
+    if name == "cpu":
+        paddle.base.core.set_num_threads(os.cpu_count() or 1)
     return paddle.set_device(name)
 
 
@@ -692,7 +695,8 @@ def paddledetection_key(key):
 
 
 def read_checkpoint(path):
-    """Any supported file -> flat {name: numpy array}, unwrapping training checkpoints and mmpose's dicts."""
+    """Any supported file -> (flat {name: numpy array}, its record or None), unwrapping training checkpoints
+    and mmpose's dicts. The record (see model_record) is what this project's checkpoints say they are."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.endswith((".pth", ".pt")):
@@ -706,12 +710,14 @@ def read_checkpoint(path):
             obj = paddle.load(path, return_numpy=True)
         except Exception as e:
             raise ValueError(f"{path}: not a readable Paddle checkpoint ({type(e).__name__}: {e})") from None
-    for wrapper in ("state_dict", "model"):  # mmpose checkpoints / this project's training checkpoints
+    record = obj.get("record") if isinstance(obj, dict) and isinstance(obj.get("record"), dict) else None
+    for wrapper in ("state_dict", "model"):  # mmpose checkpoints / this project's checkpoints
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
     if not isinstance(obj, dict) or not obj:
         raise ValueError(f"{path}: expected a state dict of named arrays, got {type(obj).__name__}")
-    return {k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in obj.items()}
+    state = {k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in obj.items()}
+    return state, record
 
 
 def convert_state_dict(state, model, pretrained=False):
@@ -749,9 +755,8 @@ def convert_state_dict(state, model, pretrained=False):
 
 def load_weights(model, path, pretrained=False, log=print):
     """Load a checkpoint (path or http(s) URL) into model, all or nothing."""
-    if path.startswith(("http://", "https://")):
-        path = resolve_path_or_url(path)
-    return load_state(model, read_checkpoint(path), pretrained, log, path)
+    path = resolve_path_or_url(path, what="weights file")
+    return load_state(model, read_checkpoint(path)[0], pretrained, log, path)
 
 
 def load_state(model, state, pretrained=False, log=print, source="checkpoint"):
@@ -763,6 +768,66 @@ def load_state(model, state, pretrained=False, log=print, source="checkpoint"):
         log(f"{source}: loaded {len(state)} backbone entries, skipped {len(skipped)} not in this model "
             f"(classifier etc., e.g. {', '.join(skipped[:3])})")
     return model
+
+
+# ----------------------------------------------------------------------------------------------------
+# What a checkpoint says it is. Every checkpoint this project writes stores a record beside the weights
+# (as nanoGPT stores model_args), so a script given --weights builds the right model with no flag repeated.
+
+def model_record(model_name, input_size, info, udp=False, qat=False):
+    """input_size: (width, height) the model was trained at; info: data.KeypointInfo of its keypoints."""
+    width, height = input_size
+    return {"model": model_name, "num_joints": info.num_joints, "input_size": [int(height), int(width)],
+            "udp": bool(udp), "qat": bool(qat), **info.to_record()}
+
+
+def is_qat_model(model):
+    return any(isinstance(layer, QuantConv2D) for layer in model.sublayers())
+
+
+def build_from_checkpoint(state, record, source, model_name=None, input_size=None, info=None, udp=None, log=print):
+    """The model a checkpoint (read_checkpoint's state and record) holds, loaded all or nothing; returns
+    (model, record). With a record, flags that contradict it are errors, and an input size other than the
+    trained one is used with a note (fully convolutional: any multiple of 32 runs). Without one (official .pth,
+    PaddleDetection .pdparams, older files) model_name is needed, and the keypoints are `info` (default:
+    COCO's 17), the input size `input_size` (default 256x192). input_size: (width, height); udp: None = unset."""
+    if record is None:
+        if model_name is None:
+            raise ValueError(f"{source} does not say which network it holds (not written by this project): "
+                             f"give --model")
+        info = info or keypoint_info_from_category(COCO_PERSON_CATEGORY)
+        qat = any(k.endswith(".input_scale") for k in state)  # quantize.py's checkpoints from before records
+        record = model_record(model_name, input_size or (192, 256), info, bool(udp), qat)
+    else:
+        if model_name is not None and model_name != record["model"]:
+            raise ValueError(f"--model {model_name}: {source} holds a {record['model']}; leave --model out")
+        if info is not None and list(info.names) != list(record["keypoint_names"]):
+            raise ValueError(f"{source}: its model predicts {record['num_joints']} keypoints "
+                             f"({', '.join(record['keypoint_names'][:3])}, ...), the data has {info.num_joints} "
+                             f"({', '.join(info.names[:3])}, ...)")
+        if udp and not record["udp"]:
+            raise ValueError(f"--udp: {source} was trained without UDP; leave --udp out")
+        trained = tuple(record["input_size"][::-1])
+        if input_size is not None and tuple(input_size) != trained:
+            log(f"note: {source} was trained at {trained[1]}x{trained[0]}; running it at "
+                f"{input_size[1]}x{input_size[0]} as --input-size asks")
+            record = dict(record, input_size=[int(input_size[1]), int(input_size[0])])
+    model = build_model(record["model"], record["num_joints"])
+    if record["qat"]:
+        prepare_qat(model, pact=any(k.endswith(".pact_alpha") for k in state))
+    try:
+        load_state(model, state, log=log, source=source)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+    return model, record
+
+
+def load_checkpoint(path, model_name=None, input_size=None, info=None, udp=None, log=print, flag="--weights"):
+    """read_checkpoint + build_from_checkpoint for a path or http(s) URL: (model, record). flag: the option
+    that named the file, for error messages."""
+    path = resolve_path_or_url(path, what=flag)
+    state, record = read_checkpoint(path)
+    return build_from_checkpoint(state, record, f"{flag} {path}", model_name, input_size, info, udp, log)
 
 
 def save_checkpoint(obj, path):
@@ -783,23 +848,27 @@ def main(argv=None):
     args = p.parse_args(argv)
     set_device(args.device)
     try:
-        h, w = (int(v) for v in args.input_size.lower().split("x"))
-        assert h % 32 == 0 and w % 32 == 0 and h > 0 and w > 0
-    except (ValueError, AssertionError):
-        raise SystemExit(f"error: --input-size {args.input_size}: expected HxW with multiples of 32, e.g. 256x192")
+        w, h = parse_input_size(args.input_size)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}")
     model = build_model(args.model, args.num_joints)
     if args.convert:
         src, dst = args.convert
         try:
             load_weights(model, src, pretrained=args.pretrained)
-        except (ValueError, FileNotFoundError) as e:
-            raise SystemExit(f"error: {e}")
-        save_checkpoint(model.state_dict(), dst)
-        print(f"wrote {dst} ({args.model}, {len(model.state_dict())} entries)")
+        except (ValueError, OSError) as e:
+            raise SystemExit("error: " + " ".join(str(e).split()))
+        checkpoint = {"model": model.state_dict()}
+        if args.num_joints == len(COCO_PERSON_CATEGORY["keypoints"]) and not args.pretrained:
+            # the published checkpoints are COCO's: record that, so no script needs --model for this file
+            checkpoint["record"] = model_record(args.model, (w, h), keypoint_info_from_category(COCO_PERSON_CATEGORY))
+        save_checkpoint(checkpoint, dst)
+        print(f"wrote {dst} ({args.model}, {len(checkpoint['model'])} entries"
+              f"{', COCO keypoints, ' + args.input_size if 'record' in checkpoint else ''})")
         return
     print(f"{args.model}, input {h}x{w}, output {args.num_joints}x{h // 4}x{w // 4} heatmaps")
     print(summarize(model, (w, h)))
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

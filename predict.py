@@ -13,7 +13,6 @@ The network is either an export (--model-dir, run by paddle.inference) or a chec
 import os
 import warnings
 
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # Paddle pins 1 thread if this is unset
 warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import argparse
@@ -25,12 +24,12 @@ import cv2
 import numpy as np
 import paddle
 
-from data import (COCO_PERSON_CATEGORY, IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD, box_to_center_scale,
-                  crop_and_normalize, draw_poses, keypoint_info_from_category, load_json, parse_input_size,
-                  read_image_bgr, temporary_path, write_image_atomically, write_json_atomically)
+from data import (COCO_PERSON_CATEGORY, IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD, box_to_center_scale, crop_and_normalize,
+                  draw_poses, keypoint_info_from_record, load_json, parse_input_size, read_image_bgr, run_script,
+                  temporary_path, write_image_atomically, write_json_atomically)
 from evaluate import heatmaps_to_keypoints, oks_nms, person_score, predict_batch
 from export import create_predictor, pose_metadata, read_pose_json
-from model import MODEL_NAMES, build_model, load_weights, set_device
+from model import MODEL_NAMES, load_checkpoint, set_device
 
 PREDICTIONS_FILE = "predictions.json"
 HOG_MAX_SIDE = 800
@@ -60,7 +59,7 @@ def load_model(args):
     pose.json (an export's own, or the same description made for a checkpoint)."""
     if args.model_dir:
         if args.model or args.weights:
-            raise ValueError("--model-dir and --model/--weights are alternatives: give one of them")
+            raise ValueError("--model-dir and --weights are alternatives: give one of them")
         pose = read_pose_json(args.model_dir)
         height, width = pose["input_size"]
         if args.input_size and parse_input_size(args.input_size) != (width, height):
@@ -73,23 +72,19 @@ def load_model(args):
         run = create_predictor(args.model_dir, args.device, args.threads, args.onednn,
                                int8=pose["quantized"] and args.onednn)
         return run, pose
-    if not (args.model and args.weights):
-        raise ValueError("give --model-dir DIR (from export.py) or --model NAME with --weights CKPT")
-    info = keypoint_info_from_category(COCO_PERSON_CATEGORY)
-    input_size = parse_input_size(args.input_size or "256x192")
+    if not args.weights:
+        raise ValueError("give --model-dir DIR (from export.py) or --weights CKPT")
     set_device(args.device)
-    model = build_model(args.model, info.num_joints)
-    try:
-        load_weights(model, args.weights)
-    except (ValueError, FileNotFoundError) as err:
-        raise ValueError(f"--weights {args.weights}: {err}") from None
+    input_size = parse_input_size(args.input_size) if args.input_size else None
+    model, record = load_checkpoint(args.weights, args.model, input_size, udp=args.udp or None)
     model.eval()
 
     def run(batch):
         with paddle.no_grad():
             return model(paddle.to_tensor(batch)).numpy()
 
-    return run, pose_metadata(args.model, input_size, info, args.udp)
+    return run, pose_metadata(record["model"], tuple(record["input_size"][::-1]), keypoint_info_from_record(record),
+                              record["udp"])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -405,10 +400,13 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model-dir", help="exported model folder (export.py), run with paddle.inference")
-    p.add_argument("--model", choices=MODEL_NAMES, help="network of --weights (eager mode instead of --model-dir)")
-    p.add_argument("--weights", help="checkpoint for --model (path or URL)")
-    p.add_argument("--input-size", default=None, help="crop HEIGHTxWIDTH (default 256x192; an export's own)")
-    p.add_argument("--udp", action="store_true", help="with --model: it was trained with UDP (data.py --udp)")
+    p.add_argument("--weights", help="a checkpoint (path or URL), run eagerly, instead of --model-dir")
+    p.add_argument("--model", choices=MODEL_NAMES,
+                   help="network of --weights; only for files that do not say (official / PaddleDetection ones)")
+    p.add_argument("--input-size", default=None,
+                   help="crop HEIGHTxWIDTH for --weights (default: its training size, else 256x192)")
+    p.add_argument("--udp", action="store_true",
+                   help="--weights was trained with UDP (data.py --udp); only for files that do not say")
     p.add_argument("--input", required=True, help="an image, a folder of images, a video file or a webcam index")
     p.add_argument("--out", default="output/predict", help="folder for the drawn images/video and predictions.json")
     p.add_argument("--boxes", help="COCO detection-results JSON of person boxes (images named by COCO id)")
@@ -461,9 +459,9 @@ def main(argv=None):
         _, unreadable = predict_input(args, run, pose, source, boxes_for, box_padding)
         if unreadable:
             print(f"skipped {unreadable} unreadable images")
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         raise SystemExit("error: " + " ".join(str(err).split()))
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

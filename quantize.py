@@ -15,7 +15,6 @@ running as int8 in Paddle Inference.
 import os
 import warnings
 
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # Paddle pins 1 thread if this is unset
 warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import argparse
@@ -33,11 +32,11 @@ from paddle.jit.dy2static import convert_call_func
 
 import model as model_py
 import train
-from data import parse_input_size
+from data import parse_input_size, run_script
 from evaluate import evaluate_model
 from export import create_predictor, staged_files, write_pose_json
-from model import (QMAX, QuantConv2D, build_model, channel_abs_max, load_state, load_weights, prepare_qat,
-                   quantized_inputs, read_checkpoint, replace_layers, set_device)
+from model import (QMAX, QuantConv2D, build_model, channel_abs_max, load_checkpoint, load_weights, prepare_qat,
+                   quantized_inputs, replace_layers, set_device)
 
 # ----------------------------------------------------------------------------------------------------
 # int8 export. Paddle Inference's oneDNN int8 passes (Config.enable_mkldnn_int8) work on legacy programs
@@ -256,7 +255,7 @@ QAT_RECIPES["synthetic"] = dict(train.RECIPES["synthetic"], epochs=1, milestones
 
 
 def build_parser():
-    p = train.build_parser(__doc__.split("\n\n")[1].strip())
+    p = train.build_parser(__doc__.split("\n\n")[1].strip(), QAT_RECIPES, run_name="{model}_qat")
     p.add_argument("--qat-weights", default=None,
                    help="a QAT checkpoint of this script (e.g. runs/<model>_qat/best.pdparams): no training, "
                         "only evaluate and export it")
@@ -271,24 +270,17 @@ def build_parser():
     return p
 
 
-def load_qat_model(name, path, num_joints=17):
-    """A QAT checkpoint of this script (best/last.pdparams) -> the quantization-aware model holding it,
-    with PACT if the checkpoint has alphas. One-line errors for files of another kind."""
-    state = read_checkpoint(path)
-    if not any(k.endswith(".input_scale") for k in state):
+def load_qat_model(path, model_name=None, info=None):
+    """A QAT checkpoint of this script (best/last.pdparams) -> the quantization-aware model it holds."""
+    model, record = load_checkpoint(path, model_name, info=info, flag="--qat-weights")
+    if not record["qat"]:
         raise ValueError(f"{path}: no quantizer scales in it, not a QAT checkpoint (float weights go to --weights)")
-    model = prepare_qat(build_model(name, num_joints), pact=any(k.endswith(".pact_alpha") for k in state))
-    try:
-        return load_state(model, state, source=path)
-    except ValueError as err:
-        raise ValueError(f"{path} does not fit a quantization-aware {name} with {num_joints} joints ({err}); "
-                         f"trained with another --model?") from None
+    return model
 
 
 def main(argv=None):
-    args = train.apply_recipe(build_parser().parse_args(argv), QAT_RECIPES)
-    if args.out == os.path.join("runs", args.model):
-        args.out = os.path.join("runs", f"{args.model}_qat")
+    args = build_parser().parse_args(argv)
+    args = train.apply_recipe(args, QAT_RECIPES, weights=args.qat_weights or args.weights)
     export_dir = args.export or os.path.join(args.out, "int8")
     if not (args.weights or args.qat_weights or args.resume):
         raise SystemExit("error: --weights FLOAT_CHECKPOINT is needed (the trained float model to fine-tune, e.g. "
@@ -300,7 +292,7 @@ def main(argv=None):
         num_joints = val_set.info.num_joints
         float_ap, qat_ap = None, -1.0
         if args.qat_weights:
-            model = load_qat_model(args.model, args.qat_weights, num_joints)
+            model = load_qat_model(args.qat_weights, args.model, val_set.info)
         else:
             model = build_model(args.model, num_joints)
             if args.weights and not args.resume:
@@ -310,7 +302,7 @@ def main(argv=None):
                 print(f"float model {args.weights}: AP {float_ap:.3f}")
             prepare_qat(model, args.pact, args.pact_init, args.pact_lr, args.moving_rate)
             _, _, qat_ap = train.train(args, model=model, datasets=datasets)
-            model = load_qat_model(args.model, os.path.join(args.out, "best.pdparams"), num_joints)
+            model = load_qat_model(os.path.join(args.out, "best.pdparams"))
         if qat_ap < 0:  # not trained here, or trained without an evaluation
             _, stats = evaluate_model(model, val_set, args.batch_size, args.flip, num_workers=args.workers)
             qat_ap = stats["AP"]
@@ -326,7 +318,7 @@ def main(argv=None):
             int8 = PredictorModel(create_predictor(export_dir, "cpu", int8=True))  # oneDNN int8 is a CPU engine
             _, stats = evaluate_model(int8, val_set, args.batch_size, args.flip, num_workers=args.workers)
             int8_ap = stats["AP"]
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         raise SystemExit("error: " + " ".join(str(err).split()))
     line = "" if float_ap is None else f"float {float_ap:.3f}  "
     print(f"AP {line}QAT (fake-quant) {qat_ap:.3f}" + ("" if int8_ap is None else f"  int8 {int8_ap:.3f}"))
@@ -334,4 +326,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

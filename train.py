@@ -11,7 +11,6 @@ Recipes (REFERENCE: HRNet's yaml, Lite-HRNet's mmpose config) fill every hyperpa
 import os
 import warnings
 
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # Paddle pins 1 thread if this is unset
 warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 warnings.filterwarnings("ignore", message=".*always track global mean and variance.*")  # Paddle 3 BN note
 
@@ -27,9 +26,11 @@ import paddle
 import paddle.distributed as dist
 
 from data import (COCOKeypointDataset, augmentation_defaults, draw_poses, exit_with_parent, image_grid,
-                  make_synthetic_dataset, parse_input_size, read_image_bgr, write_image_atomically)
+                  make_synthetic_dataset, parse_input_size, progress_printer, read_image_bgr, resolve_path_or_url,
+                  run_script, write_image_atomically)
 from evaluate import STAT_NAMES, evaluate_model
-from model import MODEL_NAMES, build_model, load_weights, save_checkpoint, set_device
+from model import (MODEL_NAMES, build_from_checkpoint, build_model, is_qat_model, load_weights, model_record,
+                   read_checkpoint, save_checkpoint, set_device)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SYNTHETIC_DIR = os.path.join(HERE, "data", "synthetic")
@@ -89,7 +90,7 @@ def build_datasets(args):
         if getattr(args, key) is not None:
             aug[key] = getattr(args, key)
     size = parse_input_size(args.input_size)
-    common = dict(input_size=size, sigma=args.sigma, udp=args.udp, sigmas_file=args.sigmas,
+    common = dict(input_size=size, sigma=args.target_sigma, udp=args.udp, sigmas_file=args.oks_sigmas,
                   flip_pairs=args.flip_pairs, seed=args.seed)
     train_set = COCOKeypointDataset(os.path.join(args.data, "annotations", "person_keypoints_train2017.json"),
                                     os.path.join(args.data, "train2017"), train=True, **aug, **common)
@@ -171,7 +172,6 @@ def _train(args, model, loss_fn, datasets):
         log(f"--amp {args.amp}: ignored on CPU (Paddle's CPU AMP computes in float32 anyway)")
         args.amp = None
     paddle.seed(args.seed)
-    os.makedirs(args.out, exist_ok=True)
 
     train_set, val_set = datasets or build_datasets(args)
     loss_fn = loss_fn or heatmap_loss(args)
@@ -185,11 +185,9 @@ def _train(args, model, loss_fn, datasets):
                                       weight_decay=args.weight_decay or None)
     start_epoch, step, best_ap = 0, 0, -1.0
     if args.resume:
-        state = paddle.load(args.resume)
-        model.set_state_dict(state["model"])
-        optimizer.set_state_dict(state["optimizer"])
-        start_epoch, step, best_ap = state["epoch"], state["step"], state["best_ap"]
-        log(f"resumed {args.resume}: epoch {start_epoch}, step {step}, best AP {best_ap:.3f}")
+        start_epoch, step, best_ap = resume(args.resume, model, optimizer, args.model, train_set.info, log)
+    # what every checkpoint of this run says it is: a script given one of them needs no flag to rebuild the model
+    model_info = model_record(args.model, train_set.input_size, train_set.info, args.udp, is_qat_model(model))
     if args.amp == "O2":  # float16 weights with float32 master copies; checkpoints stay float32
         model, optimizer = paddle.amp.decorate(models=model, optimizers=optimizer, level="O2", save_dtype="float32")
     net = paddle.DataParallel(model) if world > 1 else model  # broadcasts rank 0's weights
@@ -207,7 +205,6 @@ def _train(args, model, loss_fn, datasets):
         f"{world} process(es) x batch {args.batch_size}, {steps_per_epoch} steps per epoch, {args.epochs} epochs")
     if args.ohkm > train_set.info.num_joints:
         raise ValueError(f"--ohkm {args.ohkm}: more than the dataset's {train_set.info.num_joints} keypoints")
-    metrics = open(os.path.join(args.out, "metrics.jsonl"), "a") if rank == 0 else None
     total_steps = args.epochs * steps_per_epoch
     run_start, run_start_step = time.time(), step
 
@@ -246,29 +243,60 @@ def _train(args, model, loss_fn, datasets):
             log(f"epoch {epoch + 1}: skipped {skipped} unreadable images")
         bad = non_finite_weights(model)  # e.g. BatchNorm statistics, which no gradient passes: never saved
         if bad:
-            stop(f"weights became non-finite ({len(bad)} tensors, e.g. {bad[0]})", step - 1, epoch, steps_per_epoch - 1)
-        record = dict(epoch=epoch + 1, step=step, loss=epoch_loss / steps_per_epoch, lr=lr, skipped=skipped)
+            stop(f"weights became non-finite ({len(bad)} tensors, e.g. {bad[0]})", step - 1, epoch,
+                 steps_per_epoch - 1)
+        metrics = dict(epoch=epoch + 1, step=step, loss=epoch_loss / steps_per_epoch, lr=lr, skipped=skipped)
         results = None
         if rank == 0 and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
             results, stats = evaluate_model(model, val_set, batch_size=args.batch_size, flip=args.flip,
                                             num_workers=args.workers, log=log)
-            record.update(stats)
+            metrics.update(stats)
             log("  ".join(f"{k} {stats[k]:.3f}" for k in STAT_NAMES))
             if stats["AP"] > best_ap:
                 best_ap = stats["AP"]
-                save_checkpoint(model.state_dict(), os.path.join(args.out, "best.pdparams"))
+                save_checkpoint(dict(model=model.state_dict(), record=model_info), os.path.join(args.out, "best.pdparams"))
         if rank == 0:  # the epoch is kept before anything optional runs
-            save_checkpoint(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1,
-                                 step=step, best_ap=best_ap, args=vars(args)),
+            save_checkpoint(dict(model=model.state_dict(), record=model_info, optimizer=optimizer.state_dict(),
+                                 epoch=epoch + 1, step=step, best_ap=best_ap, args=vars(args)),
                             os.path.join(args.out, "last.pdparams"))
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
+            with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(metrics) + "\n")
         if results is not None:
             unreadable = save_prediction_picture(results, val_set, os.path.join(args.out, "predictions.jpg"))
             if unreadable:
                 log(f"predictions.jpg: skipped {unreadable} unreadable val images")
     print(f"rank {rank}: parameter checksum {parameter_checksum(model)}", flush=True)
     return model, val_set, best_ap
+
+
+def load_training_checkpoint(path):
+    """A last.pdparams as a dict; a one-line ValueError for anything else."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--resume {path}: no such file")
+    try:
+        checkpoint = paddle.load(path)
+    except Exception as err:
+        raise ValueError(f"--resume {path}: not a readable checkpoint ({type(err).__name__})") from None
+    if not isinstance(checkpoint, dict) or not all(k in checkpoint for k in ("model", "optimizer", "epoch", "step")):
+        raise ValueError(f"--resume {path}: a weights file without optimizer state and position (best.pdparams?); "
+                         f"resume from a run's last.pdparams, or start a new run from these weights with --weights")
+    return checkpoint
+
+
+def resume(path, model, optimizer, model_name, info, log):
+    """Load a last.pdparams into model and optimizer, all or nothing; returns (epoch, step, best AP).
+    Anything else (a weights file, another model's checkpoint) is a one-line error before any work."""
+    checkpoint = load_training_checkpoint(path)
+    state, record = read_checkpoint(path)
+    name = model_name if record is None else record["model"]
+    try:  # the same all-or-nothing check as --weights: network, keypoints, every key and shape
+        build_from_checkpoint(state, record, f"--resume {path}", model_name, info=info, log=log)
+        optimizer.set_state_dict(checkpoint["optimizer"])
+    except (ValueError, KeyError, AssertionError) as err:
+        raise ValueError(f"--resume {path} ({name}) does not fit this run's model: {err}") from None
+    model.set_state_dict(checkpoint["model"])
+    log(f"resumed {path}: epoch {checkpoint['epoch']}, step {checkpoint['step']}, best AP {checkpoint['best_ap']:.3f}")
+    return checkpoint["epoch"], checkpoint["step"], checkpoint["best_ap"]
 
 
 def save_prediction_picture(results, val_set, path, num_images=8):
@@ -313,13 +341,16 @@ def benchmark(args, warmup=3):
     on_cpu = paddle.device.get_device() == "cpu"
     thread_counts = sorted({args.threads, os.cpu_count() or 1}) if on_cpu else [args.threads]
     times = {n: [] for n in thread_counts}
+    update = progress_printer(f"benchmark {args.model}", warmup + args.benchmark, "rounds")
     for i in range(warmup + args.benchmark):
+        update(i)
         for n in thread_counts:
             use_cpu_threads(n)
             start = time.perf_counter()
             training_step(model, optimizer, loss_fn, images, targets, target_weight)
             if i >= warmup:
                 times[n].append(time.perf_counter() - start)
+    update(warmup + args.benchmark, final=True)
     use_cpu_threads(args.threads)
     print(f"benchmark: {args.model} {args.input_size}, batch {args.batch_size}, {paddle.device.get_device()}, "
           f"median of {args.benchmark} steps after {warmup} warm-up")
@@ -348,37 +379,56 @@ def in_range(kind, low, high=math.inf, low_open=False):
     return parse
 
 
-def build_parser(description=__doc__.split("\n\n")[0].strip()):
-    """Every training flag; distill.py and quantize.py add theirs to it."""
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each flag's default, except where it is None: those flags say in their help where the
+    default comes from (the recipe, the checkpoint)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def build_parser(description=__doc__.split("\n\n")[0].strip(), recipes=RECIPES, run_name="{model}"):
+    """Every training flag; distill.py and quantize.py add theirs to it, with their recipes and run folder name."""
+    def recipe_default(key):
+        return " (default: " + ", ".join(f"{name} {recipe[key]}" for name, recipe in recipes.items()) + ")"
+
     positive_int, count = in_range(int, 1), in_range(int, 0)
     positive, non_negative, probability = in_range(float, 0, low_open=True), in_range(float, 0), in_range(float, 0, 1)
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     p.add_argument("--data", default=None,
                    help="COCO-layout folder (annotations/, train2017/, val2017/); default: the built-in synthetic "
                         "set in data/synthetic (made on first use) with the quick 'synthetic' recipe")
-    p.add_argument("--model", default=None, choices=MODEL_NAMES, help="network (recipe default)")
-    p.add_argument("--input-size", default=None, help="input HxW, multiples of 32 (recipe default)")
-    p.add_argument("--out", default=None, help="run folder for checkpoints and metrics (default runs/<model>)")
-    p.add_argument("--epochs", type=positive_int, default=None, help="training epochs")
+    p.add_argument("--model", default=None, choices=MODEL_NAMES, help="network" + recipe_default("model"))
+    p.add_argument("--input-size", default=None, help="input HxW, multiples of 32" + recipe_default("input_size"))
+    p.add_argument("--out", default=None,
+                   help=f"run folder for checkpoints and metrics (default: runs/{run_name.format(model='<model>')})")
+    p.set_defaults(run_name=run_name)
+    p.add_argument("--epochs", type=positive_int, default=None, help="training epochs" + recipe_default("epochs"))
     p.add_argument("--milestones", type=non_negative, nargs="+", default=None,
-                   help="epochs where lr drops 10x (fractions allowed: 0.75)")
-    p.add_argument("--lr", type=positive, default=None, help="Adam learning rate (per run, not per GPU)")
-    p.add_argument("--warmup-steps", type=count, default=None, help="linear warmup steps from 0.001 x lr")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="images per process (GPU)")
-    p.add_argument("--loss-scale", type=float, default=None, help="JointsMSELoss factor: 0.5 in HRNet, 1 in mmpose")
+                   help="epochs where lr drops 10x (fractions allowed: 0.75)" + recipe_default("milestones"))
+    p.add_argument("--lr", type=positive, default=None,
+                   help="Adam learning rate (per run, not per GPU)" + recipe_default("lr"))
+    p.add_argument("--warmup-steps", type=count, default=None,
+                   help="linear warmup steps from 0.001 x lr" + recipe_default("warmup_steps"))
+    p.add_argument("--batch-size", type=positive_int, default=None, help="images per process (GPU)" + recipe_default("batch_size"))
+    p.add_argument("--loss-scale", type=float, default=None,
+                   help="JointsMSELoss factor: 0.5 in HRNet, 1 in mmpose" + recipe_default("loss_scale"))
     p.add_argument("--ohkm", type=count, default=0,
                    help="online hard keypoint mining: top-k joints per sample (0: off)")
     p.add_argument("--weight-decay", type=non_negative, default=0.0, help="L2 on Adam; off in the papers (hurts AP)")
     p.add_argument("--eval-every", type=positive_int, default=None,
-                   help="evaluate on val every N epochs (and at the end)")
+                   help="evaluate on val every N epochs (and at the end)" + recipe_default("eval_every"))
     p.add_argument("--val-boxes", default="gt", help="'gt' or a COCO detection-results JSON for evaluation")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="flip test at evaluation")
-    p.add_argument("--sigma", type=positive, default=None, help="target Gaussian sigma (default 2 at 256x192, scaled)")
+    p.add_argument("--target-sigma", type=positive, default=None,
+                   help="width of the target heatmaps' Gaussians (default: 2 at 256x192, proportional to the height)")
     p.add_argument("--udp", action="store_true", help="unbiased data processing (UDP) targets and warps")
-    p.add_argument("--sigmas", default=None, help="JSON list of OKS sigmas for a non-COCO keypoint set")
+    p.add_argument("--oks-sigmas", default=None,
+                   help="JSON file with the list of OKS sigmas of a non-COCO keypoint set (for evaluation)")
     p.add_argument("--flip-pairs", nargs="+", default=None, metavar="LEFT,RIGHT",
                    help="joints swapped by a horizontal flip, as 0-based indices or names (e.g. 0,1 2,3), for "
                         "keypoint names without left/right (default: from the names; none found: no flip)")
+    hrnet, lite = augmentation_defaults("hrnet"), augmentation_defaults("lite_hrnet")
     for key, kind, help_text in (("scale_factor", in_range(float, 0, 0.99), "random scale +- factor"),
                                  ("rot_factor", non_negative, "random rotation degrees"),
                                  ("rot_prob", probability, "probability of rotating"),
@@ -386,7 +436,7 @@ def build_parser(description=__doc__.split("\n\n")[0].strip()):
                                  ("num_joints_half_body", count, "visible joints needed for half-body"),
                                  ("flip_prob", probability, "horizontal flip probability")):
         p.add_argument("--" + key.replace("_", "-"), type=kind, default=None,
-                       help=f"{help_text} (default per model family)")
+                       help=f"{help_text} (default: hrnet {hrnet[key]}, lite_hrnet {lite[key]})")
     p.add_argument("--weights", default=None, help="initial weights (path or URL), any layout model.py reads")
     p.add_argument("--pretrained", default=None, help="ImageNet backbone (path or URL); classifier keys skipped")
     p.add_argument("--resume", default=None, help="a last.pdparams to continue exactly where it stopped")
@@ -401,8 +451,29 @@ def build_parser(description=__doc__.split("\n\n")[0].strip()):
     return p
 
 
-def apply_recipe(args, recipes=RECIPES):
-    """Fill every flag left unset from the recipe of the data (synthetic) or of the model family."""
+def settings_from_checkpoint(args, weights):
+    """--resume: every flag left unset takes the interrupted run's value, so the run continues as it was
+    started. weights written by this project: the network and input size they were trained at, unless given."""
+    if args.resume:
+        for key, value in (load_training_checkpoint(args.resume).get("args") or {}).items():
+            if getattr(args, key, False) is None:
+                setattr(args, key, value)
+    elif weights:
+        _, record = read_checkpoint(resolve_path_or_url(weights, what="--weights"))
+        if record is not None:
+            args.model = args.model or record["model"]
+            args.input_size = args.input_size or "x".join(map(str, record["input_size"]))
+            args.udp = args.udp or record["udp"]
+
+
+def apply_recipe(args, recipes=RECIPES, weights=None):
+    """Fill every flag left unset from the checkpoint being continued or started from (--resume, or weights:
+    default --weights; see settings_from_checkpoint), then from the recipe of the data (synthetic) or of the
+    model family."""
+    try:
+        settings_from_checkpoint(args, weights or args.weights)
+    except (ValueError, OSError) as err:
+        raise SystemExit("error: " + " ".join(str(err).split()))
     if args.data is None:
         recipe = recipes["synthetic"]
         args.data = SYNTHETIC_DIR
@@ -416,7 +487,7 @@ def apply_recipe(args, recipes=RECIPES):
             setattr(args, key, value)
     if args.threads < 1:
         raise SystemExit(f"error: --threads {args.threads}: expected 1 or more")
-    args.out = args.out or os.path.join("runs", args.model)
+    args.out = args.out or os.path.join("runs", args.run_name.format(model=args.model))
     return args
 
 
@@ -435,8 +506,12 @@ def main(argv=None):
         if args.benchmark:
             return benchmark(args)
         model, val_set, best_ap = train(args)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}")
+    except (ValueError, OSError) as err:
+        raise SystemExit("error: " + " ".join(str(err).split()))
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see data.run_script)
+        last = os.path.join(args.out, "last.pdparams")
+        raise SystemExit(f"stopped; {last} holds every finished epoch: --resume {last} continues the run"
+                         if os.path.exists(last) else "stopped before the first epoch ended; nothing was saved")
     if dist.get_rank() == 0:
         print(f"checkpoints: {os.path.join(args.out, 'last.pdparams')}, {os.path.join(args.out, 'best.pdparams')}; "
               f"predictions drawn in {os.path.join(args.out, 'predictions.jpg')}")
@@ -444,4 +519,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
