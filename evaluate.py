@@ -527,7 +527,7 @@ def _predict(args, ann_file):
     height, width = record["input_size"]
     print(f"{record['model']}{' (QAT)' if record['qat'] else ''} on {len(dataset)} boxes "
           f"({'GT' if boxes == 'gt' else boxes}), input {height}x{width}, decode {args.decode}, "
-          f"flip {'on' if args.flip else 'off'}")
+          f"flip {'on' if args.flip and dataset.info.flip else 'off'}")
     results, stats = evaluate_model(model, dataset, args.batch_size, args.flip, args.decode, args.dark_kernel,
                                     args.in_vis_thre, args.oks_thre, args.soft_nms, args.workers)
     if args.out:

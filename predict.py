@@ -173,6 +173,7 @@ def predict_image(run, image_rgb, boxes, pose, box_padding=1.25, flip=False, dec
     pixels, score (box score x mean confident joint score, as in evaluation), center, scale and area."""
     height, width = pose["input_size"]
     udp = pose["udp"]
+    flip = flip and bool(pose["flip_pairs"])  # keypoints without left/right were trained without flip (data.py)
     people = []
     for start in range(0, len(boxes), batch_size):
         chunk = boxes[start:start + batch_size]
