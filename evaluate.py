@@ -31,7 +31,7 @@ import paddle
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from data import (COCOKeypointDataset, complete_annotations, exit_with_parent, keypoint_category,
+from data import (COCOKeypointDataset, complete_annotations, exit_with_parent, finite_numbers, keypoint_category,
                   keypoint_info_from_category, load_json, parse_input_size, resolve_path_or_url, run_script,
                   transform_preds, write_json_atomically)
 from model import MODEL_NAMES, build_from_checkpoint, read_checkpoint, set_device
@@ -491,10 +491,8 @@ def _read_results(path):
     if not isinstance(results, list):
         raise SystemExit(f"error: --results {path} holds a {type(results).__name__}, expected {expected}")
     for i, r in enumerate(results):
-        number = (int, float)
-        if not (isinstance(r, dict) and "image_id" in r and isinstance(r.get("score"), number)
-                and isinstance(r.get("keypoints"), list) and all(isinstance(v, number) for v in r["keypoints"])
-                and np.isfinite(r["score"]) and np.isfinite(r["keypoints"]).all()):
+        if not (isinstance(r, dict) and "image_id" in r and finite_numbers([r.get("score")])
+                and finite_numbers(r.get("keypoints"))):
             raise SystemExit(f"error: --results {path}: entry {i} is {json.dumps(r)[:80]}, expected {expected} "
                              f"(finite numbers)")
     return results
