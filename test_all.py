@@ -2111,6 +2111,7 @@ def test_scripts_import_each_other_without_a_cycle_or_private_names():
                     assert not any(alias.name.startswith("_") for alias in node.names), (name, module)
 # ---- issue 12: real keypoint datasets as they come, and bad inputs that never cost a run
 
+import glob  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 
@@ -2427,6 +2428,9 @@ def test_data_loader_workers_exit_when_training_is_killed(synthetic_root, tmp_pa
     alive = [pid for pid in workers if running(pid)]
     for pid in alive:
         os.kill(pid, 9)
+    for pid in workers:  # the batches in shared memory that the killed parent never released
+        for name in glob.glob(f"/dev/shm/paddle_{pid}_*"):
+            os.remove(name)
     assert not alive, f"workers {alive} outlived their killed parent by 10 s"
 
 
