@@ -1197,6 +1197,15 @@ def image_grid(images, columns=4, height=None):
 # ----------------------------------------------------------------------------------------------------------
 # Command line
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each flag's default, except where it is None: those flags say in their help where the
+    default comes from (the recipe, the checkpoint)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+
 def _split_files(data_dir, split):
     """(annotation file, image folder) of a COCO-layout folder; split=None picks train2017 if present."""
     if split is None:

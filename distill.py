@@ -7,8 +7,12 @@ frozen, stronger network's heatmaps (the seed's LiteHRNet-30 69.4 -> 69.9 AP rec
 
 Every training flag of train.py works here too; the loop is train.py's, with this file's loss.
 """
+import os
+import sys
 import warnings
 
+if "--verbose" not in sys.argv:  # Paddle's C++ log lines (e.g. "PIR not support input out tensor"), read at import
+    os.environ.setdefault("GLOG_minloglevel", "2")
 warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import paddle

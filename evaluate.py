@@ -14,8 +14,11 @@ Examples:
     python evaluate.py --data data/coco --results results.json   # only score an existing results file
 """
 import os
+import sys
 import warnings
 
+if "--verbose" not in sys.argv:  # Paddle's C++ log lines (e.g. "PIR not support input out tensor"), read at import
+    os.environ.setdefault("GLOG_minloglevel", "2")
 warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import argparse
@@ -31,10 +34,10 @@ import paddle
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from data import (COCOKeypointDataset, complete_annotations, exit_with_parent, finite_numbers, keypoint_category,
-                  keypoint_info_from_category, load_json, parse_input_size, resolve_path_or_url, run_script,
-                  transform_preds, write_json_atomically)
-from model import MODEL_NAMES, build_from_checkpoint, read_checkpoint, set_device
+from data import (COCOKeypointDataset, HelpFormatter, complete_annotations, exit_with_parent, finite_numbers,
+                  keypoint_category, keypoint_info_from_category, load_json, parse_input_size, resolve_path_or_url,
+                  run_script, transform_preds, write_json_atomically)
+from model import add_checkpoint_flags, build_from_checkpoint, read_checkpoint, set_device
 
 STAT_NAMES = ("AP", "AP .5", "AP .75", "AP (M)", "AP (L)", "AR", "AR .5", "AR .75", "AR (M)", "AR (L)")
 DETECTION_FILE = os.path.join("person_detection_results", "COCO_val2017_detections_AP_H_56_person.json")
@@ -443,18 +446,12 @@ def evaluate_model(model, dataset, batch_size=32, flip=True, decode="default", d
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="COCO keypoint evaluation (OKS AP) of HRNet / Lite-HRNet",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--data", help="COCO dir with annotations/person_keypoints_val2017.json and val2017/")
     p.add_argument("--ann", help="annotation file (overrides --data)")
     p.add_argument("--images", help="image directory (overrides --data)")
     p.add_argument("--results", help="only score this COCO results JSON (no model)")
-    p.add_argument("--weights", help="checkpoint path or URL (formats: see model.load_weights)")
-    p.add_argument("--model", choices=MODEL_NAMES,
-                   help="network of --weights; only for files that do not say (official / PaddleDetection ones)")
-    p.add_argument("--input-size", default=None,
-                   help="crop size HxW (default: the size the checkpoint was trained at, else 256x192)")
-    p.add_argument("--udp", action="store_true",
-                   help="the model was trained on UDP crops/targets (data.py --udp); only for files that do not say")
+    add_checkpoint_flags(p, "checkpoint path or URL (formats: see model.load_weights)")
     p.add_argument("--boxes", default="gt", help="'gt' (ground-truth boxes), 'det' (DATA/" + DETECTION_FILE
                    + ", the boxes of the official HRNet tables) or a detection-results JSON")
     p.add_argument("--det-score-thr", type=float, default=0.0, help="drop detector boxes scoring below this")
@@ -471,6 +468,7 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=2, help="data loader worker processes")
     p.add_argument("--out", help="write the COCO results JSON here")
     p.add_argument("--device", default=None, help="cpu or gpu (default: gpu if Paddle has CUDA)")
+    p.add_argument("--verbose", action="store_true", help="also show Paddle's and oneDNN's own log lines")
     return p.parse_args(argv)
 
 

@@ -12,8 +12,11 @@ After writing, the export is loaded with paddle.inference (CPU with oneDNN) and 
 random batch; a disagreement is an error.
 """
 import os
+import sys
 import warnings
 
+if "--verbose" not in sys.argv:  # Paddle's C++ log lines (e.g. "PIR not support input out tensor"), read at import
+    os.environ.setdefault("GLOG_minloglevel", "2")
 warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import argparse
@@ -21,16 +24,15 @@ import contextlib
 import json
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import paddle
 from paddle import inference
 from paddle.static import InputSpec
 
-from data import (HEATMAP_STRIDE, IMAGENET_MEAN, IMAGENET_STD, keypoint_info_from_record, parse_input_size, run_script,
-                  size_wh, write_json_atomically)
-from model import MODEL_NAMES, load_checkpoint, set_device
+from data import (HEATMAP_STRIDE, HelpFormatter, IMAGENET_MEAN, IMAGENET_STD, keypoint_info_from_record,
+                  parse_input_size, run_script, size_wh, write_json_atomically)
+from model import add_checkpoint_flags, load_checkpoint, set_device
 
 POSE_FILE = "pose.json"
 POSE_KEYS = ("model", "input_size", "heatmap_size", "mean", "std", "color", "keypoint_names", "flip_pairs",
@@ -308,18 +310,13 @@ def export_onnx(model_dir):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1].strip().replace("\n", " "),
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--weights", required=True, help="checkpoint (path or URL; any layout model.py reads)")
-    p.add_argument("--model", choices=MODEL_NAMES,
-                   help="network of --weights; only for files that do not say (official / PaddleDetection ones)")
-    p.add_argument("--input-size", default=None,
-                   help="crop HEIGHTxWIDTH the export takes (default: the checkpoint's training size, else 256x192)")
-    p.add_argument("--udp", action="store_true",
-                   help="the model was trained with UDP (data.py --udp); only for files that do not say")
+                                formatter_class=HelpFormatter)
+    add_checkpoint_flags(p, "checkpoint (path or URL; any layout model.py reads)", required=True)
     p.add_argument("--out", required=True, help="folder for model.json, model.pdiparams and pose.json")
     p.add_argument("--onnx", action="store_true", help="also write model.onnx (needs paddle2onnx)")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest accepted |exported - eager| relative to max |eager| in the check")
+    p.add_argument("--verbose", action="store_true", help="also show Paddle's and oneDNN's own log lines")
     args = p.parse_args(argv)
     if args.onnx:
         try:

@@ -822,6 +822,17 @@ def build_from_checkpoint(state, record, source, model_name=None, input_size=Non
     return model, record
 
 
+def add_checkpoint_flags(parser, weights_help, required=False):
+    """--weights, and the flags only a file without a record needs (official and PaddleDetection weights)."""
+    parser.add_argument("--weights", required=required, help=weights_help)
+    parser.add_argument("--model", choices=MODEL_NAMES,
+                        help="network of --weights; only for files that do not say (official, PaddleDetection)")
+    parser.add_argument("--input-size", default=None,
+                        help="crop HEIGHTxWIDTH (default: the size --weights was trained at, else 256x192)")
+    parser.add_argument("--udp", action="store_true",
+                        help="--weights was trained with UDP (data.py --udp); only for files that do not say")
+
+
 def load_checkpoint(path, model_name=None, input_size=None, info=None, udp=None, log=print, flag="--weights"):
     """read_checkpoint + build_from_checkpoint for a path or http(s) URL: (model, record). flag: the option
     that named the file, for error messages."""

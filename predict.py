@@ -11,8 +11,11 @@ The network is either an export (--model-dir, run by paddle.inference) or a chec
     python predict.py --model-dir export/lite_hrnet_30 --input photo.jpg --benchmark
 """
 import os
+import sys
 import warnings
 
+if "--verbose" not in sys.argv:  # Paddle's C++ log lines (e.g. "PIR not support input out tensor"), read at import
+    os.environ.setdefault("GLOG_minloglevel", "2")
 warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import argparse
@@ -24,12 +27,12 @@ import cv2
 import numpy as np
 import paddle
 
-from data import (COCO_PERSON_CATEGORY, IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD, box_to_center_scale, crop_and_normalize,
-                  draw_poses, keypoint_info_from_record, load_json, parse_input_size, read_image_bgr, run_script,
-                  temporary_path, write_image_atomically, write_json_atomically)
+from data import (COCO_PERSON_CATEGORY, HelpFormatter, IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD,
+                  box_to_center_scale, crop_and_normalize, draw_poses, keypoint_info_from_record, load_json, parse_input_size,
+                  read_image_bgr, run_script, temporary_path, write_image_atomically, write_json_atomically)
 from evaluate import heatmaps_to_keypoints, oks_nms, person_score, predict_batch
 from export import create_predictor, pose_metadata, read_pose_json
-from model import MODEL_NAMES, load_checkpoint, set_device
+from model import add_checkpoint_flags, load_checkpoint, set_device
 
 PREDICTIONS_FILE = "predictions.json"
 HOG_MAX_SIDE = 800
@@ -399,15 +402,9 @@ def benchmark(args, run, pose, image_bgr, description, warmup=3, compare_run=Non
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--model-dir", help="exported model folder (export.py), run with paddle.inference")
-    p.add_argument("--weights", help="a checkpoint (path or URL), run eagerly, instead of --model-dir")
-    p.add_argument("--model", choices=MODEL_NAMES,
-                   help="network of --weights; only for files that do not say (official / PaddleDetection ones)")
-    p.add_argument("--input-size", default=None,
-                   help="crop HEIGHTxWIDTH for --weights (default: its training size, else 256x192)")
-    p.add_argument("--udp", action="store_true",
-                   help="--weights was trained with UDP (data.py --udp); only for files that do not say")
+    add_checkpoint_flags(p, "a checkpoint (path or URL), run eagerly, instead of --model-dir")
     p.add_argument("--input", required=True, help="an image, a folder of images, a video file or a webcam index")
     p.add_argument("--out", default="output/predict", help="folder for the drawn images/video and predictions.json")
     p.add_argument("--boxes", help="COCO detection-results JSON of person boxes (images named by COCO id)")
@@ -429,6 +426,7 @@ def parse_args(argv=None):
                    help="time the network and the pipeline on the first image, batch 1 and 8; write nothing")
     p.add_argument("--benchmark-runs", type=int, default=20, help="timed runs per measurement")
     p.add_argument("--compare", help="with --benchmark: another export (same input size) timed in the same loop")
+    p.add_argument("--verbose", action="store_true", help="also show Paddle's and oneDNN's own log lines")
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.benchmark_runs < 1:
         p.error("--batch-size and --benchmark-runs must be at least 1")

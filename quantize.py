@@ -13,14 +13,16 @@ At the end the QAT weights are exported as an int8 inference model (--export) an
 running as int8 in Paddle Inference.
 """
 import os
+import sys
 import warnings
 
+if "--verbose" not in sys.argv:  # Paddle's C++ log lines (e.g. "PIR not support input out tensor"), read at import
+    os.environ.setdefault("GLOG_minloglevel", "2")
 warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import argparse
 import contextlib
 import copy
-import sys
 
 import numpy as np
 import paddle

@@ -9,8 +9,11 @@ Train HRNet / Lite-HRNet on a COCO-format keypoint dataset: one process per devi
 Recipes (REFERENCE: HRNet's yaml, Lite-HRNet's mmpose config) fill every hyperparameter flag left unset.
 """
 import os
+import sys
 import warnings
 
+if "--verbose" not in sys.argv:  # Paddle's C++ log lines (e.g. "PIR not support input out tensor"), read at import
+    os.environ.setdefault("GLOG_minloglevel", "2")
 warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 warnings.filterwarnings("ignore", message=".*always track global mean and variance.*")  # Paddle 3 BN note
 
@@ -25,9 +28,9 @@ import time
 import paddle
 import paddle.distributed as dist
 
-from data import (COCOKeypointDataset, augmentation_defaults, draw_poses, exit_with_parent, image_grid,
-                  make_synthetic_dataset, parse_input_size, progress_printer, read_image_bgr, resolve_path_or_url,
-                  run_script, write_image_atomically)
+from data import (COCOKeypointDataset, HelpFormatter, augmentation_defaults, draw_poses, exit_with_parent,
+                  image_grid, make_synthetic_dataset, parse_input_size, progress_printer, read_image_bgr,
+                  resolve_path_or_url, run_script, write_image_atomically)
 from evaluate import STAT_NAMES, evaluate_model
 from model import (MODEL_NAMES, build_from_checkpoint, build_model, is_qat_model, load_weights, model_record,
                    read_checkpoint, save_checkpoint, set_device)
@@ -379,14 +382,6 @@ def in_range(kind, low, high=math.inf, low_open=False):
     return parse
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help shows each flag's default, except where it is None: those flags say in their help where the
-    default comes from (the recipe, the checkpoint)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
-
-
 def build_parser(description=__doc__.split("\n\n")[0].strip(), recipes=RECIPES, run_name="{model}"):
     """Every training flag; distill.py and quantize.py add theirs to it, with their recipes and run folder name."""
     def recipe_default(key):
@@ -448,6 +443,7 @@ def build_parser(description=__doc__.split("\n\n")[0].strip(), recipes=RECIPES, 
     p.add_argument("--seed", type=count, default=0, help="seed for weights init and augmentation")
     p.add_argument("--log-every", type=positive_int, default=20, help="progress line every N steps")
     p.add_argument("--device", default=None, help="cpu or gpu (default: gpu if Paddle has CUDA)")
+    p.add_argument("--verbose", action="store_true", help="also show Paddle's and oneDNN's own log lines")
     return p
 
 
