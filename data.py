@@ -14,11 +14,14 @@ otherwise; UDP is Huang et al. 2020 ("The Devil is in the Details").
 import argparse
 import colorsys
 import contextlib
+import ctypes
+import functools
 import hashlib
 import http.client
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -28,7 +31,6 @@ import urllib.request
 import warnings
 import zipfile
 from dataclasses import dataclass
-from functools import lru_cache
 from multiprocessing import Pool
 
 import cv2
@@ -133,6 +135,12 @@ class KeypointInfo:
     def num_joints(self):
         return len(self.names)
 
+    @property
+    def flip(self):
+        """False when no joints swap (names without left/right, see keypoint_info_from_category): no flip
+        augmentation, no flip test."""
+        return bool(self.flip_pairs)
+
     def to_record(self):
         """Plain JSON-able fields, as checkpoints and pose.json store them."""
         return {"keypoint_names": list(self.names), "flip_pairs": [[int(a), int(b)] for a, b in self.flip_pairs],
@@ -149,34 +157,168 @@ def keypoint_info_from_record(record):
                         np.array(record["sigmas"], np.float32), list(upper))
 
 
-def keypoint_info_from_category(category, sigmas_file=None):
+_WARNED = set()
+
+
+def warn_once(message):
+    """warnings.warn, but each message only once per process (a dataset is read for training, then again by every
+    evaluation; Python's own once-per-location rule is reset whenever a library touches the warning filters)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, stacklevel=2)
+
+
+# Public keypoint sets whose own evaluation uses other OKS sigmas than COCO's, by their canonical names (see
+# _canonical_name). CrowdPose: crowdposetools' cocoeval.py (COCO's values, 0.079 for head and neck), as in mmpose's
+# configs/_base_/datasets/crowdpose.py. AI Challenger: its keypoint_eval.py deltas halved, as in mmpose's
+# configs/_base_/datasets/aic.py.
+KNOWN_SIGMAS = {
+    "CrowdPose": (["left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+                   "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle", "head_top", "neck"],
+                  [.079, .079, .072, .072, .062, .062, .107, .107, .087, .087, .089, .089, .079, .079]),
+    "AI Challenger": (["right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow", "left_wrist",
+                       "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle", "head_top",
+                       "neck"],
+                      [0.01388152, 0.01515228, 0.01057665, 0.01417709, 0.01497891, 0.01402144, 0.03909642,
+                       0.03686941, 0.01981803, 0.03843971, 0.03412318, 0.02415081, 0.01291456, 0.01236173]),
+}
+_SIDE_WORDS = {"left": "left", "l": "left", "right": "right", "r": "right"}
+_HEAD_TOP = {"head", "head_top", "top_head", "top_of_head", "headtop", "tophead"}
+_LOWER_BODY_PARTS = ("hip", "knee", "ankle", "foot", "heel", "toe", "pelvis", "leg", "thigh", "shin", "calf")
+
+
+def _name_tokens(name):
+    """'Left Shoulder', 'left_shoulder', 'Right-ankle', 'leftShoulder', 'LShoulder' -> lowercase words."""
+    text = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", str(name))  # camelCase
+    text = re.sub(r"([A-Z])([A-Z][a-z])", r"\1 \2", text)     # LShoulder
+    return [t for t in re.split(r"[\s_\-.]+", text.lower()) if t]
+
+
+def _side_of(tokens, glued_letter=False):
+    """(side, the name with its side word blanked) for a name with a side word ('left', 'L', 'leftshoulder'), else
+    None. glued_letter: also read a leading l/r glued to a word ('lshoulder'), only trusted when both sides exist."""
+    for i, token in enumerate(tokens):
+        parts = None
+        if token in _SIDE_WORDS:
+            parts = [_SIDE_WORDS[token], "*"]
+        for word in ("left", "right"):
+            if token.startswith(word) and len(token) > len(word):
+                parts = [word, "*", token[len(word):]]
+        if not parts and glued_letter and token[0] in "lr" and len(token) > 2:
+            parts = [_SIDE_WORDS[token[0]], "*", token[1:]]
+        if parts:
+            return parts[0], tuple(tokens[:i] + parts[1:] + tokens[i + 1:])
+    return None
+
+
+def _pair_by_side(keyed):
+    """keyed: {index: (side, key)} -> [left, right] pairs of indices whose keys match, each index in one pair."""
+    by_key = {}
+    for i, (side, key) in keyed.items():
+        by_key.setdefault(key, {}).setdefault(side, []).append(i)
+    return [[sides["left"][0], sides["right"][0]] for sides in by_key.values()
+            if len(sides.get("left", ())) == 1 and len(sides.get("right", ())) == 1]
+
+
+def flip_pairs_from_names(names):
+    """[left, right] index pairs from joint names in any common style: left_x/right_x (COCO, CrowdPose), 'Left X'
+    (AI Challenger), Left-x (MHP), l_x/r_x, x_l/x_r, leftX, LX, and lx/rx when both exist. Returns (pairs, the
+    names that have a side word but no counterpart); pairs are sorted by the left joint."""
+    tokens = [_name_tokens(name) for name in names]
+    strong = {i: side for i, t in enumerate(tokens) if (side := _side_of(t))}
+    pairs = _pair_by_side(strong)
+    paired = {i for pair in pairs for i in pair}
+    glued = {i: side for i, t in enumerate(tokens) if i not in strong and (side := _side_of(t, glued_letter=True))}
+    pairs += _pair_by_side(glued)
+    unpaired = [names[i] for i in strong if i not in paired]
+    return sorted(pairs), unpaired
+
+
+def _canonical_name(tokens, side=None):
+    """One spelling per joint: lowercase words joined by '_', side words as left/right, head-top aliases unified."""
+    name = "_".join(tokens)
+    if side:
+        side_name, key = side
+        name = "_".join(side_name if t == "*" else t for t in key)
+    return "head_top" if name in _HEAD_TOP else name
+
+
+def parse_flip_pairs(texts, names):
+    """--flip-pairs 'A,B' ... (0-based indices or keypoint names, the left joint first) -> [[left, right], ...]."""
+    pairs, used = [], set()
+    for text in texts:
+        items = str(text).split(",")
+        pair = []
+        for item in (s.strip() for s in items):
+            if item.isdigit() and int(item) < len(names):
+                pair.append(int(item))
+            elif item in names:
+                pair.append(names.index(item))
+        if len(items) != 2 or len(pair) != 2 or pair[0] == pair[1] or used & set(pair):
+            raise ValueError(f"--flip-pairs {text}: expected LEFT,RIGHT as two different 0-based indices below "
+                             f"{len(names)} or keypoint names ({', '.join(names)}), each joint in one pair at most")
+        used.update(pair)
+        pairs.append(pair)
+    return pairs
+
+
+def _valid_skeleton(category, num_joints):
+    """0-based limb pairs for drawing. A skeleton is only for drawing: one with pairs outside 1..K (e.g. COCO's
+    17-joint skeleton copied into a 14-keypoint CrowdPose file) was made for another keypoint set and is dropped."""
+    skeleton = category.get("skeleton") or []
+    try:
+        pairs = [[int(a) - 1, int(b) - 1] for a, b in skeleton]
+    except (TypeError, ValueError):
+        pairs = None
+    if pairs is None or any(not 0 <= i < num_joints for pair in pairs for i in pair):
+        warn_once(f"category {category.get('name')!r}: its skeleton refers to keypoints outside 1..{num_joints} "
+                  f"(made for another keypoint set?); drawing keypoints without limbs")
+        return []
+    return pairs
+
+
+def keypoint_info_from_category(category, sigmas_file=None, flip_pairs=None):
     """Keypoint metadata from a COCO category dict, so any K-keypoint COCO-format file works unchanged.
-    Flip pairs come from names containing 'left'/'right'. OKS sigmas: COCO's for COCO's 17 keypoints, else a
-    --sigmas JSON list, else COCO's value for names COCO knows and 0.025 (COCO's strictest) for the rest."""
-    names = list(category.get("keypoints") or [])
-    if not names:
-        raise ValueError(f"category {category.get('name')!r} has no 'keypoints' list")
+    Flip pairs come from the names (flip_pairs_from_names), or from flip_pairs ('A,B' texts, see parse_flip_pairs);
+    names that give no pairs, or a side without its counterpart, turn flipping off (said once), never guessed.
+    OKS sigmas: COCO's for COCO's 17 keypoints, else a --sigmas JSON list, else those of a known public set
+    (KNOWN_SIGMAS), else COCO's value for names COCO knows and 0.025 (COCO's strictest) for the rest (said once)."""
+    names = category.get("keypoints")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"category {category.get('name')!r} has no 'keypoints' list of names")
+    tokens = [_name_tokens(name) for name in names]
+    if flip_pairs:
+        pairs = parse_flip_pairs(flip_pairs, names)
+    else:
+        pairs, unpaired = flip_pairs_from_names(names)
+        if not pairs or unpaired:
+            why = f"no counterpart for {', '.join(unpaired)}" if unpaired else "no left/right pairs"
+            warn_once(f"keypoints {names}: {why} in their names, so flipping would mislabel joints: training without "
+                      f"flip augmentation and evaluating without flip test (--flip-pairs LEFT,RIGHT ... to set them)")
+            pairs = []
+    paired = {i for pair in pairs for i in pair}
+    canonical = [_canonical_name(t, _side_of(t) or (_side_of(t, glued_letter=True) if i in paired else None))
+                 for i, t in enumerate(tokens)]
+    skeleton = _valid_skeleton(category, len(names))
     lower = [name.lower() for name in names]
-    flip_pairs = [[i, lower.index(name.replace("left", "right"))] for i, name in enumerate(lower)
-                  if "left" in name and name.replace("left", "right") in lower]
-    skeleton = [[a - 1, b - 1] for a, b in category.get("skeleton") or []]
-    if any(not (0 <= i < len(names)) for pair in skeleton for i in pair):
-        raise ValueError(f"category {category.get('name')!r}: skeleton refers to keypoints outside 1..{len(names)}")
-    upper_body_ids = [i for i, name in enumerate(lower)
-                      if not any(part in name for part in ("hip", "knee", "ankle", "foot", "heel", "toe"))]
-    if names == COCO_KEYPOINT_NAMES:
+    upper_body_ids = [i for i, name in enumerate(lower) if not any(part in name for part in _LOWER_BODY_PARTS)]
+    known = next((name for name, (known_names, _) in KNOWN_SIGMAS.items() if canonical == known_names), None)
+    if canonical == COCO_KEYPOINT_NAMES:
         sigmas = COCO_SIGMAS.copy()
     elif sigmas_file:
         values = load_json(sigmas_file, "--sigmas file")
-        if not isinstance(values, list) or len(values) != len(names):
-            raise ValueError(f"--sigmas file {sigmas_file}: expected a JSON list of {len(names)} numbers")
+        if not finite_numbers(values, len(names)) or min(values) <= 0:
+            raise ValueError(f"--sigmas file {sigmas_file}: expected a JSON list of {len(names)} positive numbers")
         sigmas = np.array(values, np.float32)
+    elif known:
+        sigmas = np.array(KNOWN_SIGMAS[known][1], np.float32)
+        warn_once(f"keypoints {names}: using {known}'s OKS sigmas (its evaluation's), not COCO's")
     else:
-        known = dict(zip(COCO_KEYPOINT_NAMES, COCO_SIGMAS))
-        sigmas = np.array([known.get(name, 0.025) for name in lower], np.float32)
-        warnings.warn(f"no --sigmas file for the {len(names)} keypoints {names}: using COCO sigmas for names COCO "
-                      f"has and 0.025 for the others; OKS/AP are only comparable with the dataset's own sigmas")
-    return KeypointInfo(names, flip_pairs, skeleton, sigmas, upper_body_ids)
+        coco = dict(zip(COCO_KEYPOINT_NAMES, COCO_SIGMAS))
+        sigmas = np.array([coco.get(name, 0.025) for name in canonical], np.float32)
+        warn_once(f"no --sigmas file for the {len(names)} keypoints {names}: using COCO sigmas for names COCO "
+                  f"has and 0.025 for the others; OKS/AP are only comparable with the dataset's own sigmas")
+    return KeypointInfo(names, pairs, skeleton, sigmas, upper_body_ids)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -296,7 +438,7 @@ def crop_and_normalize(image_rgb, center, scale, rot_deg, input_size, udp=False)
 # ----------------------------------------------------------------------------------------------------------
 # Heatmap targets
 
-@lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=16)
 def _gaussian_patch(sigma):
     """The official (2*3sigma+1)^2 unnormalised Gaussian (peak 1), same float32 ops; built once per sigma."""
     size = 2 * sigma * 3 + 1
@@ -369,16 +511,66 @@ def load_json(path, what):
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{what} {path} is not valid JSON ({err})") from None
+    except OSError as err:  # e.g. no permission to read it
+        raise ValueError(f"{what} {path} cannot be read ({err.strerror or err})") from None
 
 
-def _keypoint_category(coco, ann_file):
-    if not isinstance(coco, dict) or not all(key in coco for key in ("images", "annotations", "categories")):
+def keypoint_category(coco, ann_file):
+    """The keypoint category of a COCO dict (id 1 if several have keypoints)."""
+    if not isinstance(coco, dict) or not all(isinstance(coco.get(key), list)
+                                             for key in ("images", "annotations", "categories")):
         raise ValueError(f"annotation file {ann_file}: expected a COCO dict with images, annotations, categories")
-    categories = [c for c in coco["categories"] if c.get("keypoints")]
+    categories = [c for c in coco["categories"] if isinstance(c, dict) and c.get("keypoints")]
     if not categories:
         raise ValueError(f"annotation file {ann_file}: no category has a 'keypoints' list "
                          f"(expected a person_keypoints_*.json file)")
     return next((c for c in categories if c.get("id") == 1), categories[0])
+
+
+def finite_numbers(values, count=None):
+    """True if values is a list of `count` (any number if None) finite numbers, as JSON gives them. Plain Python:
+    ~10x faster than through numpy on the short lists of an annotation file, read at every start."""
+    return (isinstance(values, list) and (count is None or len(values) == count)
+            and all(type(v) in (int, float) for v in values) and math.isfinite(sum(values)))  # NaN/inf spread
+
+
+def complete_annotations(coco, ann_file, category):
+    """Checks the keypoint category's annotations and fills in, in place, what public COCO-format sets leave out, as
+    training and pycocotools need it: 'area' from the box (COCO's is the segmentation's), 'iscrowd' 0,
+    'num_keypoints' counted, and all-zero 'keypoints' for a person without any (COCO's unlabelled person).
+    A box or keypoints that are not numbers are a one-line error naming the file and the annotation id."""
+    num_joints = len(category["keypoints"])
+    filled = {"area": 0, "iscrowd": 0, "num_keypoints": 0, "keypoints": 0}
+    for ann in coco["annotations"]:
+        if not isinstance(ann, dict):
+            raise ValueError(f"annotation file {ann_file}: an entry of 'annotations' is not a dict: {ann!r:.60}")
+        if ann.get("category_id") != category["id"]:
+            continue
+        where = f"annotation file {ann_file}: annotation {ann.get('id')}"
+        box = ann.get("bbox")
+        if not finite_numbers(box, 4):
+            raise ValueError(f"{where} has 'bbox' {box!r:.80}, expected 4 finite numbers [x, y, w, h]")
+        if not ann.get("keypoints"):  # null or []
+            ann["keypoints"], ann["num_keypoints"] = [0] * (3 * num_joints), 0
+            filled["keypoints"] += 1
+        keypoints = ann["keypoints"]
+        if not finite_numbers(keypoints):
+            raise ValueError(f"{where} has keypoints that are not all finite numbers: {keypoints!r:.80}")
+        if len(keypoints) != 3 * num_joints:
+            raise ValueError(f"{where} has {len(keypoints)} keypoint values, expected 3*{num_joints}")
+        for key in ("area", "iscrowd", "num_keypoints"):
+            if key not in ann:
+                ann[key] = {"area": float(box[2] * box[3]), "iscrowd": 0,
+                            "num_keypoints": sum(v > 0 for v in keypoints[2::3])}[key]
+                filled[key] += 1
+        if not finite_numbers([ann["area"]]):
+            raise ValueError(f"{where} has 'area' {ann['area']!r:.40}, expected a number")
+    if any(filled.values()):
+        defaults = dict(area="the box's width x height", iscrowd="0", num_keypoints="the labelled joints",
+                        keypoints="none labelled")
+        warn_once(f"annotation file {ann_file}: filled in " + ", ".join(
+            f"{count} missing '{key}' ({defaults[key]})" for key, count in filled.items() if count))
+    return coco
 
 
 def _gt_records(coco, ann_file, image_dir, num_joints, category_id, aspect_ratio):
@@ -387,25 +579,23 @@ def _gt_records(coco, ann_file, image_dir, num_joints, category_id, aspect_ratio
     for ann in coco["annotations"]:
         if ann.get("category_id") != category_id:
             continue
-        if len(ann.get("keypoints", [])) != 3 * num_joints:
-            raise ValueError(f"annotation file {ann_file}: annotation {ann.get('id')} has "
-                             f"{len(ann.get('keypoints', []))} keypoint values, expected 3*{num_joints}")
         if ann.get("image_id") not in by_image:
             raise ValueError(f"annotation file {ann_file}: annotation {ann.get('id')} refers to "
                              f"image {ann.get('image_id')}, which is not in 'images'")
         by_image[ann["image_id"]].append(ann)
     records, skipped = [], {"crowd": 0, "bad_box": 0, "no_keypoints": 0}
     for image_id, anns in by_image.items():  # file order, as the official loader
-        width, height = images[image_id]["width"], images[image_id]["height"]
+        # no size in the file: nothing to clip to
+        width, height = images[image_id].get("width", math.inf), images[image_id].get("height", math.inf)
         for ann in anns:
-            if ann.get("iscrowd", 0):
+            if ann["iscrowd"]:
                 skipped["crowd"] += 1
                 continue
-            x, y, w, h = ann["bbox"]
+            x, y, w, h = (float(v) for v in ann["bbox"])
             # Official cleaning: clip to the image; in-image boxes lose 1 px of width and height (kept as is).
             x1, y1 = max(0, x), max(0, y)
             x2, y2 = min(width - 1, x1 + max(0, w - 1)), min(height - 1, y1 + max(0, h - 1))
-            if not (ann.get("area", w * h) > 0 and x2 >= x1 and y2 >= y1):
+            if not (ann["area"] > 0 and x2 >= x1 and y2 >= y1):
                 skipped["bad_box"] += 1
                 continue
             if max(ann["keypoints"]) == 0:
@@ -415,8 +605,7 @@ def _gt_records(coco, ann_file, image_dir, num_joints, category_id, aspect_ratio
             joints[:, 2] = np.minimum(joints[:, 2], 1)  # 1 = labelled (visible or occluded), 0 = not labelled
             center, scale = box_to_center_scale([x1, y1, x2 - x1, y2 - y1], aspect_ratio)
             records.append(dict(image_id=image_id, image_file=os.path.join(image_dir, images[image_id]["file_name"]),
-                                center=center, scale=scale, score=1.0, joints=joints,
-                                area=float(ann.get("area", w * h))))
+                                center=center, scale=scale, score=1.0, joints=joints, area=float(ann["area"])))
     return records, sum(skipped.values())
 
 
@@ -430,18 +619,27 @@ def _detection_records(det_file, coco, image_dir, num_joints, category_id, aspec
     if unknown:
         raise ValueError(f"detection file {det_file}: {len(unknown)} image ids (e.g. {sorted(map(str, unknown))[0]}) "
                          f"are not in the annotation file; do the two files belong to the same split?")
-    records, skipped = [], 0
+    records, skipped, empty = [], 0, 0
     for det in detections:
         if det.get("category_id") != category_id or det["score"] < score_thr:
             skipped += 1
             continue
-        center, scale = box_to_center_scale(det["bbox"], aspect_ratio)
+        box = det.get("bbox")
+        if not finite_numbers(box, 4):
+            raise ValueError(f"detection file {det_file}: a box of image {det['image_id']} is {det.get('bbox')!r:.60}, "
+                             f"expected 4 finite numbers [x, y, w, h]")
+        if box[2] < 1 or box[3] < 1:  # no person in it; predict.py drops them too
+            empty += 1
+            continue
+        center, scale = box_to_center_scale(box, aspect_ratio)
         records.append(dict(image_id=det["image_id"], image_file=os.path.join(image_dir, images[det["image_id"]]["file_name"]),
                             center=center, scale=scale, score=float(det["score"]),
-                            joints=np.zeros((num_joints, 3), np.float32), area=float(det["bbox"][2] * det["bbox"][3])))
+                            joints=np.zeros((num_joints, 3), np.float32), area=float(box[2] * box[3])))
+    if empty:
+        warn_once(f"detection file {det_file}: skipped {empty} boxes less than 1 px wide or high")
     if not records:
         raise ValueError(f"detection file {det_file}: no person boxes with score >= {score_thr}")
-    return records, skipped
+    return records, skipped + empty
 
 
 def _half_body_box(rng, joints, visible, is_upper, aspect_ratio):
@@ -463,6 +661,24 @@ def _half_body_box(rng, joints, visible, is_upper, aspect_ratio):
     return selected.mean(axis=0), np.array([w / PIXEL_STD, h / PIXEL_STD], np.float32) * 1.5
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def exit_with_parent():
+    """A worker_init_fn for paddle.io.DataLoader: its worker processes end as soon as the process that started them
+    dies. On their own they outlive a killed parent: they notice it only when their queue of batches runs dry, and
+    then wait forever to flush their last batch into a pipe nobody reads, each holding its memory. Linux's
+    parent-death signal ends them at once (elsewhere the workers keep Paddle's own check)."""
+    return functools.partial(_end_with_parent, os.getpid())
+
+
+def _end_with_parent(parent_pid, worker_id):
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+
 class COCOKeypointDataset(paddle.io.Dataset):
     """Top-down samples from a COCO-format keypoint file: one sample per GT person box or detection box.
     __getitem__ returns (image (3,H,W), target (K,h,w), target_weight (K,1), index); an unreadable image gives
@@ -470,7 +686,7 @@ class COCOKeypointDataset(paddle.io.Dataset):
 
     def __init__(self, ann_file, image_dir, input_size, train, boxes="gt", det_score_thr=0.0, sigma=None, udp=False,
                  scale_factor=0.35, rot_factor=45, rot_prob=0.6, half_body_prob=0.3, num_joints_half_body=8,
-                 flip_prob=0.5, sigmas_file=None, seed=0):
+                 flip_prob=0.5, sigmas_file=None, flip_pairs=None, seed=0):
         super().__init__()
         self.ann_file, self.image_dir = ann_file, image_dir
         self.input_size = size_wh(input_size)
@@ -483,11 +699,14 @@ class COCOKeypointDataset(paddle.io.Dataset):
         coco = load_json(ann_file, "annotation file")
         if not os.path.isdir(image_dir):
             raise FileNotFoundError(f"image folder {image_dir} not found (the images of {ann_file})")
-        category = _keypoint_category(coco, ann_file)
-        self.info = keypoint_info_from_category(category, sigmas_file)
+        category = keypoint_category(coco, ann_file)
+        self.info = keypoint_info_from_category(category, sigmas_file, flip_pairs)
+        if not self.info.flip:
+            self.flip_prob = 0.0
         aspect_ratio = self.input_size[0] / self.input_size[1]
         source = ann_file if boxes == "gt" else resolve_path_or_url(boxes, what="detection file")
         try:
+            complete_annotations(coco, ann_file, category)
             if boxes == "gt":
                 self.records, self.num_skipped = _gt_records(coco, ann_file, image_dir, self.info.num_joints,
                                                              category["id"], aspect_ratio)

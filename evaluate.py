@@ -34,8 +34,9 @@ import paddle
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from data import (COCOKeypointDataset, HelpFormatter, parse_input_size, resolve_path_or_url, run_script,
-                  transform_preds, write_json_atomically)
+from data import (COCOKeypointDataset, HelpFormatter, complete_annotations, exit_with_parent, finite_numbers,
+                  keypoint_category, keypoint_info_from_category, load_json, parse_input_size, resolve_path_or_url,
+                  run_script, transform_preds, write_json_atomically)
 from model import add_checkpoint_flags, build_from_checkpoint, read_checkpoint, set_device
 
 STAT_NAMES = ("AP", "AP .5", "AP .75", "AP (M)", "AP (L)", "AR", "AR .5", "AR .75", "AR (M)", "AR (L)")
@@ -328,10 +329,23 @@ def _quietly(fn, *args):
         return fn(*args)
 
 
+def load_ground_truth(ann_file):
+    """(pycocotools COCO, keypoint category) of an annotation file, completed as data.py completes it for training
+    (area, iscrowd, num_keypoints filled in where a public set leaves them out: pycocotools needs them)."""
+    coco = load_json(ann_file, "annotation file")
+    category = keypoint_category(coco, ann_file)
+    complete_annotations(coco, ann_file, category)
+    gt = COCO()
+    gt.dataset = coco
+    _quietly(gt.createIndex)
+    return gt, category
+
+
 def coco_keypoint_stats(ann_file_or_coco, results, sigmas=None, image_ids=None):
     """Score COCO keypoint results with pycocotools; returns {name: value} for the 10 STAT_NAMES.
 
-    sigmas: per-joint OKS sigmas, needed when the dataset does not have COCO's 17 keypoints.
+    sigmas: per-joint OKS sigmas; default: those data.py picks for an annotation file's keypoints (COCO's for
+    COCO's 17), needed with a COCO object of another keypoint set.
     image_ids: score only these images (default: every image of the annotation file)."""
     if isinstance(ann_file_or_coco, COCO):
         gt, source = ann_file_or_coco, "the annotation set"
@@ -339,7 +353,9 @@ def coco_keypoint_stats(ann_file_or_coco, results, sigmas=None, image_ids=None):
         source = str(ann_file_or_coco)
         if not os.path.isfile(source):
             raise ValueError(f"annotation file not found: {source}")
-        gt = _quietly(COCO, source)
+        gt, category = load_ground_truth(source)
+        if sigmas is None:
+            sigmas = keypoint_info_from_category(category).sigmas
     if len(results) == 0:
         raise ValueError(f"no keypoint results to score against {source}")
     if not all(isinstance(r, dict) for r in results):
@@ -384,8 +400,9 @@ def evaluate_model(model, dataset, batch_size=32, flip=True, decode="default", d
     Returns (COCO results list, stats dict)."""
     if len(dataset) == 0:
         raise ValueError(f"no person boxes to evaluate for {dataset.ann_file}")
+    flip = flip and dataset.info.flip  # keypoint names without left/right: data.py said so once
     loader = paddle.io.DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
-                                  num_workers=num_workers)
+                                  num_workers=num_workers, worker_init_fn=exit_with_parent())
     people, skipped, seen = [], [], 0
     start = last_report = time.time()
     udp = dataset.udp  # UDP crops need the matching inverse transform and no flip shift
@@ -412,7 +429,7 @@ def evaluate_model(model, dataset, batch_size=32, flip=True, decode="default", d
     if not people:
         raise ValueError(f"none of the {seen} images could be read (image directory of {dataset.ann_file}?)")
     results = rescore_and_nms(people, dataset.info.sigmas, in_vis_thre, oks_thre, soft_nms)
-    gt = _quietly(COCO, dataset.ann_file)
+    gt, _ = load_ground_truth(dataset.ann_file)
     scored_images = set(gt.getImgIds())
     if skipped:
         # score the images we could read: their unread ground truth would otherwise count as missed people
@@ -439,6 +456,8 @@ def parse_args(argv=None):
                    + ", the boxes of the official HRNet tables) or a detection-results JSON")
     p.add_argument("--det-score-thr", type=float, default=0.0, help="drop detector boxes scoring below this")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="flip test")
+    p.add_argument("--flip-pairs", nargs="+", default=None, metavar="LEFT,RIGHT",
+                   help="joints swapped by the flip test, as in train.py (default: from the keypoint names)")
     p.add_argument("--decode", choices=("default", "dark"), default="default",
                    help="default = argmax + quarter offset (HRNet), dark = DARK (PaddleDetection)")
     p.add_argument("--dark-kernel", type=int, default=3, help="DARK blur kernel (PaddleDetection 3, mmpose 11)")
@@ -460,13 +479,20 @@ def _existing(path, what):
 
 
 def _read_results(path):
+    """A COCO keypoint-results file, checked to be a list of {image_id, keypoints, score} with numbers."""
     try:
         with open(path) as f:
             results = json.load(f)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SystemExit(f"error: --results {path} is not valid JSON ({e})")
+    expected = "a JSON list of COCO keypoint results {image_id, category_id, keypoints, score}"
     if not isinstance(results, list):
-        raise SystemExit(f"error: --results {path} must hold a JSON list of COCO keypoint results")
+        raise SystemExit(f"error: --results {path} holds a {type(results).__name__}, expected {expected}")
+    for i, r in enumerate(results):
+        if not (isinstance(r, dict) and "image_id" in r and finite_numbers([r.get("score")])
+                and finite_numbers(r.get("keypoints"))):
+            raise SystemExit(f"error: --results {path}: entry {i} is {json.dumps(r)[:80]}, expected {expected} "
+                             f"(finite numbers)")
     return results
 
 
@@ -490,13 +516,14 @@ def _predict(args, ann_file):
     if record is not None:  # crops as the model was trained on them, unless --input-size overrides
         input_size = input_size or tuple(record["input_size"][::-1])
     dataset = COCOKeypointDataset(ann_file, image_dir, input_size or (192, 256), train=False, boxes=boxes,
-                                  det_score_thr=args.det_score_thr, udp=args.udp or bool(record and record["udp"]))
+                                  det_score_thr=args.det_score_thr, udp=args.udp or bool(record and record["udp"]),
+                                  flip_pairs=args.flip_pairs)
     model, record = build_from_checkpoint(state, record, f"--weights {weights}", args.model, input_size, dataset.info,
                                           args.udp or None)
     height, width = record["input_size"]
     print(f"{record['model']}{' (QAT)' if record['qat'] else ''} on {len(dataset)} boxes "
           f"({'GT' if boxes == 'gt' else boxes}), input {height}x{width}, decode {args.decode}, "
-          f"flip {'on' if args.flip else 'off'}")
+          f"flip {'on' if args.flip and dataset.info.flip else 'off'}")
     results, stats = evaluate_model(model, dataset, args.batch_size, args.flip, args.decode, args.dark_kernel,
                                     args.in_vis_thre, args.oks_thre, args.soft_nms, args.workers)
     if args.out:
@@ -514,7 +541,10 @@ def main(argv=None):
     try:
         if args.results:
             results = _read_results(_existing(args.results, "results file (--results)"))
-            stats = coco_keypoint_stats(ann_file, results)
+            try:
+                stats = coco_keypoint_stats(ann_file, results)
+            except ValueError as e:
+                raise ValueError(f"--results {args.results}: {e}") from None
         else:
             stats = _predict(args, ann_file)
     except (ValueError, OSError) as e:  # bad input found by data.py or here: one line, no traceback

@@ -72,6 +72,41 @@ def write_pose_json(out_dir, model_name, input_size, info, udp=False, quantized=
     return path
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def _pairs(value):
+    return isinstance(value, list) and all(isinstance(p, list) and len(p) == 2 and all(map(_is_int, p)) for p in value)
+
+
+# what each pose.json value must be: (test, description for the error message)
+POSE_TYPES = {
+    "model": (lambda v: isinstance(v, str), "a model name"),
+    "input_size": (lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(x) and x > 0 for x in v),
+                   "[height, width], two positive integers"),
+    "heatmap_size": (lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(x) and x > 0 for x in v),
+                     "[height, width], two positive integers"),
+    "mean": (lambda v: isinstance(v, list) and len(v) == 3 and all(map(_is_number, v)), "3 numbers"),
+    "std": (lambda v: isinstance(v, list) and len(v) == 3 and all(_is_number(x) and x > 0 for x in v),
+            "3 positive numbers"),
+    "color": (lambda v: isinstance(v, str), "a channel order such as 'RGB'"),
+    "keypoint_names": (lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(x, str) for x in v),
+                       "a list of names"),
+    "flip_pairs": (_pairs, "a list of [left, right] index pairs"),
+    "skeleton": (_pairs, "a list of [a, b] index pairs"),
+    "sigmas": (lambda v: isinstance(v, list) and all(_is_number(x) and x > 0 for x in v), "a list of positive numbers"),
+    "udp": (lambda v: isinstance(v, bool), "true or false"),
+    "quantized": (lambda v: isinstance(v, bool), "true or false"),
+    "model_file": (lambda v: isinstance(v, str), "a file name"),
+    "params_file": (lambda v: isinstance(v, str), "a file name"),
+}
+
+
 def read_pose_json(model_dir):
     """pose.json of an exported folder as a dict; FileNotFoundError / ValueError with a one-line message."""
     if not os.path.isdir(model_dir):
@@ -87,6 +122,9 @@ def read_pose_json(model_dir):
     missing = [key for key in POSE_KEYS if not isinstance(pose, dict) or key not in pose]
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)}: write it with export.py")
+    for key, (valid, expected) in POSE_TYPES.items():
+        if not valid(pose[key]):
+            raise ValueError(f"{path}: {key} is {json.dumps(pose[key])[:60]}, expected {expected}")
     num_joints = len(pose["keypoint_names"])
     if (len(pose["input_size"]) != 2 or len(pose["heatmap_size"]) != 2 or len(pose["sigmas"]) != num_joints
             or any(not 0 <= i < num_joints for pair in pose["flip_pairs"] + pose["skeleton"] for i in pair)):

@@ -36,6 +36,9 @@ from model import add_checkpoint_flags, load_checkpoint, set_device
 
 PREDICTIONS_FILE = "predictions.json"
 HOG_MAX_SIDE = 800
+# names OpenCV's imread reads: a file named so that OpenCV cannot decode is a bad image, not a video
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jp2", ".png", ".bmp", ".dib", ".webp", ".tif", ".tiff", ".pbm", ".pgm",
+                    ".ppm", ".pnm", ".pxm", ".sr", ".ras", ".exr", ".hdr", ".pic", ".avif"}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -173,6 +176,7 @@ def predict_image(run, image_rgb, boxes, pose, box_padding=1.25, flip=False, dec
     pixels, score (box score x mean confident joint score, as in evaluation), center, scale and area."""
     height, width = pose["input_size"]
     udp = pose["udp"]
+    flip = flip and bool(pose["flip_pairs"])  # keypoints without left/right were trained without flip (data.py)
     people = []
     for start in range(0, len(boxes), batch_size):
         chunk = boxes[start:start + batch_size]
@@ -216,7 +220,10 @@ def read_input(spec, max_frames=0):
     if spec.isdigit():
         return _video_source(spec, f"webcam{spec}", max_frames)
     if os.path.isdir(spec):
-        files = sorted(os.path.join(spec, f) for f in os.listdir(spec) if os.path.isfile(os.path.join(spec, f)))
+        try:
+            files = sorted(os.path.join(spec, f) for f in os.listdir(spec) if os.path.isfile(os.path.join(spec, f)))
+        except OSError as err:  # e.g. no permission to list it
+            raise ValueError(f"--input {spec}: cannot read this folder ({err.strerror or err})") from None
         images = [f for f in files if cv2.haveImageReader(f)]  # by the file's signature, not its extension
         if not images:
             raise ValueError(f"--input {spec}: no images in this folder ({len(files)} other files)")
@@ -224,8 +231,12 @@ def read_input(spec, max_frames=0):
                       skipped=len(files) - len(images))
     if not os.path.exists(spec):
         raise FileNotFoundError(f"--input {spec}: no such image, video or folder")
+    if not os.access(spec, os.R_OK):
+        raise ValueError(f"--input {spec}: cannot read this file (permission denied)")
     if cv2.haveImageReader(spec):
         return Source("images", os.path.basename(spec), iter([(os.path.basename(spec), _read_bgr(spec))]), 1)
+    if os.path.splitext(spec)[1].lower() in IMAGE_EXTENSIONS:
+        raise ValueError(f"--input {spec}: not a readable image (its content is not in a format OpenCV decodes)")
     return _video_source(spec, os.path.splitext(os.path.basename(spec))[0], max_frames)
 
 

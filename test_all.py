@@ -2109,3 +2109,366 @@ def test_scripts_import_each_other_without_a_cycle_or_private_names():
                 assert scripts.index(module) < position, f"{name}.py imports {module}.py, which comes later"
                 if isinstance(node, ast.ImportFrom):
                     assert not any(alias.name.startswith("_") for alias in node.names), (name, module)
+# ---- issue 12: real keypoint datasets as they come, and bad inputs that never cost a run
+
+import glob  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+
+import predict as P  # noqa: E402
+
+# Public sets in COCO format as they come, made from the real COCO annotations of assets/: per set its keypoint
+# names, where each joint comes from (a COCO index, or the midpoint of two), the fields it lacks, its skeleton.
+AIC_NAMES = ["Right Shoulder", "Right Elbow", "Right Wrist", "Left Shoulder", "Left Elbow", "Left Wrist", "Right Hip",
+             "Right Knee", "Right Ankle", "Left Hip", "Left Knee", "Left Ankle", "Head Top", "Neck"]
+MHP_NAMES = ["Right-ankle", "Right-knee", "Right-hip", "Left-hip", "Left-knee", "Left-ankle", "Pelvis", "Thorax",
+             "Upper-neck", "Head-top", "Right-wrist", "Right-elbow", "Right-shoulder", "Left-shoulder", "Left-elbow",
+             "Left-wrist"]
+PUBLIC_STYLES = {
+    "crowdpose": (data.COCO_KEYPOINT_NAMES[5:] + ["head", "neck"], list(range(5, 17)) + [0, (5, 6)], (),
+                  data.COCO_SKELETON),  # CrowdPose's files carry COCO's 17-joint skeleton
+    "aic": (AIC_NAMES, [6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, 0, (5, 6)], ("area", "iscrowd"), None),
+    "mhp": (MHP_NAMES, [16, 14, 12, 11, 13, 15, (11, 12), (5, 6), 0, (1, 2), 10, 8, 6, 5, 7, 9], ("num_keypoints",),
+            None),
+    "ochuman": (data.COCO_KEYPOINT_NAMES, list(range(17)), ("num_keypoints", "area"), data.COCO_SKELETON),
+}
+EXPECTED_SIGMAS = {"crowdpose": [.079, .079, .072, .072, .062, .062, .107, .107, .087, .087, .089, .089, .079, .079],
+                   "aic": [0.01388152, 0.01515228, 0.01057665, 0.01417709, 0.01497891, 0.01402144, 0.03909642,
+                           0.03686941, 0.01981803, 0.03843971, 0.03412318, 0.02415081, 0.01291456, 0.01236173],
+                   "ochuman": list(COCO_SIGMAS)}
+
+
+def convert_keypoints(keypoints, sources):
+    joints = np.array(keypoints, np.float64).reshape(17, 3)
+    out = []
+    for source in sources:
+        pair = joints[list(source)] if isinstance(source, tuple) else joints[[source]]
+        labelled = (pair[:, 2] > 0).all()
+        out += [*(pair[:, :2].mean(axis=0) if labelled else (0, 0)), int(pair[:, 2].min()) if labelled else 0]
+    return [float(v) for v in out]
+
+
+def public_style_set(root, style):
+    """root/<style>: a COCO-layout folder (train from coco_mini_train, val from coco_tiny, the real images linked)
+    whose annotations are converted to the style's keypoints and lack the fields the style lacks."""
+    names, sources, missing, skeleton = PUBLIC_STYLES[style]
+    folder = os.path.join(str(root), style)
+    os.makedirs(os.path.join(folder, "annotations"))
+    for split, ann_file, images in (("train2017", MINI_ANN, MINI_IMAGES), ("val2017", TINY_ANN, TINY_IMAGES)):
+        coco = json.load(open(ann_file))
+        for ann in coco["annotations"]:
+            ann["keypoints"] = convert_keypoints(ann["keypoints"], sources)
+            for key in missing:
+                del ann[key]
+        if style == "ochuman":  # OCHuman has people with a box and a mask but no keypoints
+            coco["annotations"][0]["keypoints"] = None
+        coco["categories"] = [dict(id=1, name="person", supercategory="person", keypoints=names,
+                                   **({"skeleton": skeleton} if skeleton else {}))]
+        json.dump(coco, open(os.path.join(folder, "annotations", f"person_keypoints_{split}.json"), "w"))
+        os.symlink(images, os.path.join(folder, split))
+    return folder
+
+
+def usable_people(ann_file):
+    """Counted straight from a file that may lack area/iscrowd/keypoints: non-crowd, a labelled joint, a box."""
+    coco = json.load(open(ann_file))
+    sizes = {im["id"]: (im["width"], im["height"]) for im in coco["images"]}
+    count = 0
+    for ann in coco["annotations"]:
+        x, y, w, h = ann["bbox"]
+        width, height = sizes[ann["image_id"]]
+        box_ok = ann.get("area", w * h) > 0 and min(width - 1, max(0, x) + max(0, w - 1)) >= max(0, x) \
+            and min(height - 1, max(0, y) + max(0, h - 1)) >= max(0, y)
+        count += not ann.get("iscrowd", 0) and max(ann["keypoints"] or [0]) > 0 and box_ok
+    return count
+
+
+@pytest.mark.parametrize("style", sorted(PUBLIC_STYLES))
+def test_public_keypoint_sets_load_and_score_as_they_come(style, tmp_path):
+    folder = public_style_set(tmp_path, style)
+    names, sources, missing, _ = PUBLIC_STYLES[style]
+    ann_file = os.path.join(folder, "annotations", "person_keypoints_val2017.json")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train_set = data.COCOKeypointDataset(os.path.join(folder, "annotations", "person_keypoints_train2017.json"),
+                                             os.path.join(folder, "train2017"), "64x64", train=True)
+        val_set = data.COCOKeypointDataset(ann_file, os.path.join(folder, "val2017"), "64x64", train=False)
+    said = [str(w.message) for w in caught]
+    for key in missing:  # each file's filling-in is said once, naming the file
+        assert sum("person_keypoints_val2017.json: filled in" in m and f"missing '{key}'" in m for m in said) == 1
+    info = val_set.info
+    # the flip pairs are exactly the joints that come from COCO's [left, right] pairs, found from the names alone
+    expected_pairs = sorted([i, j] for i, a in enumerate(sources) for j, b in enumerate(sources) if [a, b] in
+                            COCO_FLIP_PAIRS)
+    assert info.flip_pairs == expected_pairs and len(expected_pairs) == (8 if style == "ochuman" else 6) and info.flip
+    lower_coco = {11, 12, 13, 14, 15, 16}
+    assert info.upper_body_ids == [i for i, s in enumerate(sources) if not set(np.atleast_1d(s)) <= lower_coco]
+    # CrowdPose's copy of COCO's skeleton is dropped (drawing only), OCHuman's is COCO's own
+    assert info.skeleton == ([[a - 1, b - 1] for a, b in data.COCO_SKELETON] if style == "ochuman" else [])
+    # MHP: no sigmas of its own, so COCO's for the joints COCO has (by name) and 0.025 for the rest
+    sided = {i for pair in expected_pairs for i in pair}
+    mhp_sigmas = [COCO_SIGMAS[s] if i in sided else 0.025 for i, s in enumerate(sources)]
+    np.testing.assert_allclose(info.sigmas, EXPECTED_SIGMAS.get(style, mhp_sigmas), rtol=1e-6)
+    assert len(train_set) == usable_people(os.path.join(folder, "annotations", "person_keypoints_train2017.json"))
+    assert len(val_set) == usable_people(ann_file) > 0
+    image, target, weight, _ = train_set[0]
+    assert image.shape == (3, 64, 64) and target.shape == (len(names), 16, 16)
+    # pycocotools scores the file as it came (no area or num_keypoints): its own people as predictions score 1
+    anns = json.load(open(ann_file))["annotations"]
+    results = [dict(image_id=a["image_id"], category_id=1, keypoints=a["keypoints"], score=1.0) for a in anns
+               if a["keypoints"] and max(a["keypoints"][2::3]) > 0 and not a.get("iscrowd", 0)]
+    stats = ev.coco_keypoint_stats(ann_file, results)
+    assert stats["AP"] == pytest.approx(1.0) and stats["AR"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("names, pairs", [
+    (["left_shoulder", "right_shoulder", "nose"], [[0, 1]]),                      # COCO, CrowdPose
+    (["Right Shoulder", "Left Shoulder", "Neck"], [[1, 0]]),                      # AI Challenger, right first
+    (["Right-ankle", "Left-ankle", "Left-hip", "Right-hip"], [[1, 0], [2, 3]]),   # MHP
+    (["l_shoulder", "r_shoulder", "L_Hip", "R_Hip"], [[0, 1], [2, 3]]),
+    (["shoulder_l", "shoulder_r", "hip.L", "hip.R"], [[0, 1], [2, 3]]),
+    (["leftShoulder", "rightShoulder", "LElbow", "RElbow", "leftknee", "rightknee"], [[0, 1], [2, 3], [4, 5]]),
+    (["lshoulder", "rshoulder", "lower_neck", "rear"], [[0, 1]]),                 # glued l/r only with both sides
+])
+def test_flip_pairs_from_every_naming_style(names, pairs):
+    assert data.flip_pairs_from_names(names) == (pairs, [])
+
+
+def test_keypoints_without_pairs_train_without_flip_unless_given(tmp_path):
+    category = dict(id=1, name="person-issue12-nopairs", keypoints=["head", "hand_a", "hand_b"])
+    with pytest.warns(UserWarning, match="no left/right pairs in their names.*without flip augmentation"):
+        info = data.keypoint_info_from_category(category)
+    assert info.flip_pairs == [] and not info.flip
+    one_sided = dict(category, keypoints=["left_hand", "right_hand", "left_foot"])
+    with pytest.warns(UserWarning, match="no counterpart for left_foot"):
+        assert not data.keypoint_info_from_category(one_sided).flip
+    given = data.keypoint_info_from_category(category, flip_pairs=["hand_a,2"])
+    assert given.flip_pairs == [[1, 2]] and given.flip
+    for bad in (["1,1"], ["1,7"], ["1"], ["1,2", "2,0"], ["hand_c,1"]):
+        raises_one_line(ValueError, "--flip-pairs", data.keypoint_info_from_category, category, flip_pairs=bad)
+    # the dataset then never mirrors: a run with flip probability 1 gives the plain crops
+    image = np.full((120, 100, 3), 80, np.uint8)
+    cv2.rectangle(image, (10, 10), (40, 100), (0, 0, 255), -1)
+    ann, images = write_coco(str(tmp_path), [image], [dict(image_id=1, bbox=[5, 5, 90, 110], keypoints=[
+        20, 20, 2, 30, 60, 2, 70, 60, 2])], category)
+    flipped = data.COCOKeypointDataset(ann, images, "64x64", train=True, flip_prob=1.0, rot_prob=0, scale_factor=0,
+                                       half_body_prob=0)
+    plain = data.COCOKeypointDataset(ann, images, "64x64", train=False)
+    np.testing.assert_array_equal(flipped[0][0], plain[0][0])
+
+
+def test_a_skeleton_for_another_keypoint_set_is_dropped_with_one_warning():
+    category = dict(id=1, name="person-issue12-skeleton", keypoints=PUBLIC_STYLES["crowdpose"][0],
+                    skeleton=data.COCO_SKELETON)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):  # train set, val set, every evaluation: said once
+            assert data.keypoint_info_from_category(category).skeleton == []
+    assert [str(w.message) for w in caught if "skeleton" in str(w.message)] == [
+        "category 'person-issue12-skeleton': its skeleton refers to keypoints outside 1..14 (made for another "
+        "keypoint set?); drawing keypoints without limbs"]
+    assert data.keypoint_info_from_category(dict(category, skeleton=[["a", 2]])).skeleton == []
+
+
+def test_malformed_annotation_values_are_one_line_errors_naming_file_and_id(tmp_path):
+    for field, value, match in (("keypoints", "nan", "keypoints that are not all finite numbers"),
+                                ("keypoints", "string", "keypoints that are not all finite numbers"),
+                                ("bbox", ["a", 1, 2, 3], "'bbox'.*expected 4 finite numbers"),
+                                ("bbox", [1, 2, 3], "'bbox'.*expected 4 finite numbers"),
+                                ("area", "big", "'area'")):
+        coco = json.load(open(TINY_ANN))
+        ann = coco["annotations"][3]
+        if value == "nan":
+            ann["keypoints"][4] = float("nan")
+        elif value == "string":
+            ann["keypoints"][4] = "12"
+        else:
+            ann[field] = value
+        path = tmp_path / f"bad_{field}_{len(str(value))}.json"
+        path.write_text(json.dumps(coco))  # json writes NaN as NaN, which Python's json reads back
+        raises_one_line(ValueError, rf"{path.name}: annotation {ann['id']} .*{match}", data.COCOKeypointDataset,
+                        str(path), TINY_IMAGES, "64x64", train=True)
+
+
+def test_empty_detection_boxes_are_skipped_and_counted(tmp_path):
+    detections = json.load(open(TINY_DETS))
+    bad = [dict(detections[0], bbox=[10, 10, 0, 50]), dict(detections[1], bbox=[10, 10, 40, -5]),
+           dict(detections[2], bbox=[5, 5, 0.5, 0.5])]
+    path = tmp_path / "dets_with_empty_boxes.json"
+    path.write_text(json.dumps(detections + bad))
+    clean = data.COCOKeypointDataset(TINY_ANN, TINY_IMAGES, "64x64", train=False, boxes=TINY_DETS)
+    with pytest.warns(UserWarning, match="dets_with_empty_boxes.json: skipped 3 boxes less than 1 px"):
+        dirty = data.COCOKeypointDataset(TINY_ANN, TINY_IMAGES, "64x64", train=False, boxes=str(path))
+    assert len(dirty) == len(clean) and dirty.num_skipped == clean.num_skipped + 3
+    assert [r["score"] for r in dirty.records] == [r["score"] for r in clean.records]
+    with pytest.raises(ValueError, match="dets_with_empty_boxes.json.*expected 4 finite numbers"):
+        path.write_text(json.dumps(detections + [dict(detections[0], bbox=[1, 2, "x", 4])]))
+        data.COCOKeypointDataset(TINY_ANN, TINY_IMAGES, "64x64", train=False, boxes=str(path))
+
+
+def test_an_ai_challenger_style_set_trains_one_epoch_and_evaluates_with_data_alone(tmp_path, capsys):
+    folder = public_style_set(tmp_path, "aic")
+    out = tmp_path / "run"
+    T.main(["--data", folder, "--out", str(out), "--model", "lite_hrnet_18", "--input-size", "64x64", "--epochs", "1",
+            "--batch-size", "16", "--workers", "0", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert "lite_hrnet_18 64x64, 74 train / 12 val samples" in printed and printed.strip().endswith(
+        f"AP: {read_metrics(out)[0]['AP']:.3f}")
+    assert cv2.imread(str(out / "predictions.jpg")) is not None
+    ev.main(["--data", folder, "--model", "lite_hrnet_18", "--weights", str(out / "best.pdparams"),
+             "--input-size", "64x64", "--workers", "0", "--device", "cpu"])
+    assert capsys.readouterr().out.strip().endswith(f"AP: {read_metrics(out)[0]['AP']:.3f}")
+
+
+def all_finite_checkpoint(path):
+    state = paddle.load(str(path))
+    state = state.get("model", state)
+    return all(np.isfinite(np.asarray(v)).all() for v in state.values())
+
+
+def test_diverging_training_stops_before_any_non_finite_weight_is_saved(synthetic_root, tmp_path):
+    T.train(tiny_run_args(synthetic_root, tmp_path, "--epochs", "1"))
+    good = (tmp_path / "last.pdparams").read_bytes()
+    # whichever shows first, the loss or the gradients, names the step
+    with pytest.raises(SystemExit, match=r"^error: (gradients became non-finite|loss became (nan|inf)) at step \d+ "
+                                         r"\(epoch 2, batch \d+\); stopping. The last good checkpoint is "
+                                         r".*last.pdparams"):
+        T.train(tiny_run_args(synthetic_root, tmp_path, "--epochs", "3", "--lr", "1e10",
+                              "--resume", str(tmp_path / "last.pdparams")))
+    assert (tmp_path / "last.pdparams").read_bytes() == good
+    assert all_finite_checkpoint(tmp_path / "last.pdparams")
+    # a finite loss with NaN gradients (sqrt at 0 times 0) stops before the update
+    model = M.build_model("lite_hrnet_18")
+    before = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    optimizer = paddle.optimizer.Adam(learning_rate=1e-3, parameters=model.parameters())
+    x = paddle.randn([2, 3, 64, 64])
+    with pytest.raises(FloatingPointError, match="gradients became non-finite"):
+        T.training_step(model, optimizer, lambda heatmaps, *_: paddle.sqrt((heatmaps * 0).sum()), x, None, None)
+    assert all(np.array_equal(before[k], v.numpy()) for k, v in model.state_dict().items() if "_mean" not in k
+               and "_variance" not in k)  # BatchNorm statistics move in any forward pass
+    # a weight that turned non-finite outside the gradients (here a BatchNorm statistic) is never saved either
+    args = tiny_run_args(synthetic_root, tmp_path / "bn", "--epochs", "1")
+    model = M.build_model(args.model)
+    statistic = next(value for name, value in model.state_dict().items() if name.endswith("_mean"))
+    statistic.set_value(np.full(statistic.shape, np.inf, np.float32))
+    with pytest.raises(SystemExit, match=r"weights became non-finite \(1 tensors, e\.g\. .*_mean\) at step 5 "
+                                         r"\(epoch 1, batch 5\); stopping. No checkpoint was written yet"):
+        T.train(args, model=model)
+    assert not (tmp_path / "bn" / "last.pdparams").exists()
+
+
+def test_an_unreadable_val_image_costs_only_its_picture(synthetic_root, tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    for name in ("annotations", "train2017"):
+        os.symlink(os.path.join(synthetic_root, name), root / name)
+    shutil.copytree(os.path.join(synthetic_root, "val2017"), root / "val2017")
+    first = sorted(os.listdir(root / "val2017"))[0]
+    (root / "val2017" / first).write_bytes(b"not a jpeg")
+    out = tmp_path / "run"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        T.train(tiny_run_args(str(root), out, "--epochs", "1", "--eval-every", "1"))
+    assert "predictions.jpg: skipped 1 unreadable val images" in printed.getvalue()
+    assert "AP" in read_metrics(out)[0] and all_finite_checkpoint(out / "last.pdparams")
+    assert cv2.imread(str(out / "predictions.jpg")).shape == (2 * 128, 4 * 160, 3)  # 7 images, 4 per row
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--epochs", "0", "an integer >= 1"), ("--epochs", "-1", "an integer >= 1"), ("--batch-size", "0", ">= 1"),
+    ("--workers", "-1", "an integer >= 0"), ("--lr", "0", "a number > 0"), ("--lr", "nan", "a number > 0"),
+    ("--log-every", "0", ">= 1"), ("--eval-every", "0", ">= 1"), ("--flip-prob", "1.5", ">= 0 and <= 1"),
+    ("--seed", "-3", ">= 0"), ("--warmup-steps", "x", "expected an integer, got 'x'")])
+def test_out_of_range_training_numbers_are_argparse_errors(flag, value, expected, capsys):
+    import distill
+    for main in (T.main, distill.main):  # distill.py and quantize.py share train.py's flags
+        with pytest.raises(SystemExit) as exit_info:
+            main([flag, value, "--teacher", "t.pdparams"] if main is distill.main else [flag, value])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"error: argument {flag}: expected" in err and expected in err
+
+
+def test_ohkm_above_the_keypoint_count_is_a_one_line_error(synthetic_root, tmp_path):
+    with pytest.raises(ValueError, match="--ohkm 18: more than the dataset's 17 keypoints"):
+        T.train(tiny_run_args(synthetic_root, tmp_path, "--ohkm", "18"))
+
+
+def test_data_loader_workers_exit_when_training_is_killed(synthetic_root, tmp_path):
+    run = subprocess.Popen([sys.executable, "train.py", "--data", synthetic_root, "--out", str(tmp_path),
+                            "--model", "lite_hrnet_18", "--input-size", "64x64", "--batch-size", "4",
+                            "--epochs", "100", "--workers", "2", "--device", "cpu"],
+                           cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def children():
+        found = []
+        for task in os.listdir(f"/proc/{run.pid}/task"):
+            with contextlib.suppress(OSError):
+                found += [int(pid) for pid in open(f"/proc/{run.pid}/task/{task}/children").read().split()]
+        return found
+
+    def running(pid):  # a zombie waits for a reaper (none in some containers) but holds no memory
+        with contextlib.suppress(OSError):
+            return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+        return False
+
+    try:
+        deadline = time.time() + 120
+        while len(workers := children()) < 2 and time.time() < deadline and run.poll() is None:
+            time.sleep(0.1)
+        assert len(workers) == 2, "the training run never started its two workers"
+        time.sleep(1)  # mid-epoch, workers busy
+        workers = children() or workers
+    finally:
+        run.kill()
+        run.wait()
+    deadline = time.time() + 10
+    while any(map(running, workers)) and time.time() < deadline:
+        time.sleep(0.1)
+    alive = [pid for pid in workers if running(pid)]
+    for pid in alive:
+        os.kill(pid, 9)
+    for pid in workers:  # the batches in shared memory that the killed parent never released
+        for name in glob.glob(f"/dev/shm/paddle_{pid}_*"):
+            os.remove(name)
+    assert not alive, f"workers {alive} outlived their killed parent by 10 s"
+
+
+def test_results_files_that_are_not_keypoint_results_are_one_line_errors(tmp_path):
+    for name, text, expected in (("ints.json", "[1, 2, 3]", "entry 0 is 1, expected a JSON list"),
+                                 ("number.json", "7", "holds a int, expected a JSON list"),
+                                 ("truncated.json", '[{"image_id": 785, "keypoi', "not valid JSON"),
+                                 ("no_score.json", '[{"image_id": 785, "category_id": 1, "keypoints": [1, 2, 1]}]',
+                                  "entry 0 is .*expected"),
+                                 ("nan.json", '[{"image_id": 785, "keypoints": [NaN, 2, 1], "score": 1}]',
+                                  "finite numbers"),
+                                 ("short.json", '[{"image_id": 785, "category_id": 1, "keypoints": [1, 2, 1], '
+                                                '"score": 1}]', "lacks a score or 51 keypoint values")):
+        (tmp_path / name).write_text(text)
+        message = cli_error(["--data", TINY, "--results", str(tmp_path / name)])
+        assert re.search(rf"--results {tmp_path / name}.*{expected}", message), message
+
+
+def test_predict_says_what_is_wrong_with_an_input(tmp_path, monkeypatch):
+    fake = tmp_path / "photo.jpg"
+    fake.write_text("a text file, not a photo")
+    model = ["--model", "lite_hrnet_18", "--weights", "unused.pdparams", "--out", str(tmp_path / "out")]
+    assert "photo.jpg: not a readable image" in cli_error(["--input", str(fake)] + model, P.main)
+    folder = tmp_path / "locked"
+    folder.mkdir()
+
+    def no_permission(path):
+        raise PermissionError(13, "Permission denied", path)
+    monkeypatch.setattr(os, "listdir", no_permission)  # root ignores chmod: refuse the listing itself
+    assert cli_error(["--input", str(folder)] + model, P.main) == \
+        f"error: --input {folder}: cannot read this folder (Permission denied)"
+
+
+def test_pose_json_with_wrong_types_is_a_one_line_error(tmp_path):
+    good = ex.pose_metadata("lite_hrnet_18", "128x96", data.keypoint_info_from_category(data.COCO_PERSON_CATEGORY))
+    for key, value in (("input_size", 5), ("input_size", [128, "96"]), ("keypoint_names", "nose"),
+                       ("flip_pairs", [[1]]), ("sigmas", [0.1] * 16 + [None]), ("udp", "no"), ("mean", None)):
+        (tmp_path / "pose.json").write_text(json.dumps(dict(good, **{key: value})))
+        raises_one_line(ValueError, f"pose.json: {key} is .*, expected", ex.read_pose_json, str(tmp_path))
+    (tmp_path / "pose.json").write_text(json.dumps(good))
+    assert ex.read_pose_json(str(tmp_path)) == good
