@@ -281,7 +281,7 @@ def keypoint_info_from_category(category, sigmas_file=None, flip_pairs=None):
     """Keypoint metadata from a COCO category dict, so any K-keypoint COCO-format file works unchanged.
     Flip pairs come from the names (flip_pairs_from_names), or from flip_pairs ('A,B' texts, see parse_flip_pairs);
     names that give no pairs, or a side without its counterpart, turn flipping off (said once), never guessed.
-    OKS sigmas: COCO's for COCO's 17 keypoints, else a --sigmas JSON list, else those of a known public set
+    OKS sigmas: COCO's for COCO's 17 keypoints, else an --oks-sigmas JSON list, else those of a known public set
     (KNOWN_SIGMAS), else COCO's value for names COCO knows and 0.025 (COCO's strictest) for the rest (said once)."""
     names = category.get("keypoints")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
@@ -306,9 +306,10 @@ def keypoint_info_from_category(category, sigmas_file=None, flip_pairs=None):
     if canonical == COCO_KEYPOINT_NAMES:
         sigmas = COCO_SIGMAS.copy()
     elif sigmas_file:
-        values = load_json(sigmas_file, "--sigmas file")
+        values = load_json(sigmas_file, "--oks-sigmas file")
         if not finite_numbers(values, len(names)) or min(values) <= 0:
-            raise ValueError(f"--sigmas file {sigmas_file}: expected a JSON list of {len(names)} positive numbers")
+            raise ValueError(f"--oks-sigmas file {sigmas_file}: expected a JSON list of {len(names)} "
+                             f"positive numbers")
         sigmas = np.array(values, np.float32)
     elif known:
         sigmas = np.array(KNOWN_SIGMAS[known][1], np.float32)
@@ -316,7 +317,7 @@ def keypoint_info_from_category(category, sigmas_file=None, flip_pairs=None):
     else:
         coco = dict(zip(COCO_KEYPOINT_NAMES, COCO_SIGMAS))
         sigmas = np.array([coco.get(name, 0.025) for name in canonical], np.float32)
-        warn_once(f"no --sigmas file for the {len(names)} keypoints {names}: using COCO sigmas for names COCO "
+        warn_once(f"no --oks-sigmas file for the {len(names)} keypoints {names}: using COCO sigmas for names COCO "
                   f"has and 0.025 for the others; OKS/AP are only comparable with the dataset's own sigmas")
     return KeypointInfo(names, pairs, skeleton, sigmas, upper_body_ids)
 

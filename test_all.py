@@ -2035,7 +2035,7 @@ def run14(synthetic_root, tmp_path_factory):
     """One short training run on a 14-keypoint set: (data folder, run folder)."""
     root = tmp_path_factory.mktemp("k14")
     data14 = fourteen_keypoint_copy(synthetic_root, root / "data")
-    with pytest.warns(UserWarning, match="no --sigmas file"):  # COCO's sigmas for the names COCO has
+    with pytest.warns(UserWarning, match="no --oks-sigmas file"):  # COCO's sigmas for the names COCO has
         T.train(tiny_run_args(data14, root / "run", "--epochs", "1"))
     return data14, root / "run"
 
