@@ -1993,3 +1993,135 @@ def test_quantize_cli_errors_are_one_line(synthetic_root, tmp_path, lite18_weigh
         Q.main(base)
     with pytest.raises(SystemExit, match=r"lite18.pdparams: no quantizer scales in it, not a QAT checkpoint"):
         Q.main(base + ["--qat-weights", lite18_weights])
+
+
+# ---- issue 13: video (track ids, One-Euro smoothing, --det-every, a PaddleDetection detector, video benchmark)
+
+class TruthNetwork:
+    """A stand-in pose network for a synthetic video (data.make_synthetic_video's truth): a crop's heatmaps peak
+    where the joints of the figure whose box centre is nearest the crop's centre fall (plus Gaussian noise of
+    `noise` image pixels); joints outside the crop or the frame, or no figure near the centre, give empty maps.
+    It learns each crop's geometry by standing in for predict.crop_and_normalize, the frame from the source."""
+
+    def __init__(self, truth, pose, noise=0.0, seed=0):
+        self.truth, self.pose, self.noise, self.rng = truth, pose, noise, np.random.default_rng(seed)
+        self.frame, self.pending = None, []
+
+    def crop(self, image_rgb, center, scale, *rest):
+        self.pending.append((center, scale, image_rgb.shape))
+        return data.crop_and_normalize(image_rgb, center, scale, *rest)
+
+    def frames(self, items):
+        for index, image in items:
+            self.frame = index
+            yield index, image
+
+    def __call__(self, crops):
+        h, w = self.pose["heatmap_size"]
+        heatmaps = np.zeros((len(crops), 17, h, w), np.float32)
+        joints, boxes = self.truth["joints"][self.frame], self.truth["boxes"][self.frame]
+        for heatmap, (center, scale, shape) in zip(heatmaps, self.pending[:len(crops)]):
+            distance = np.linalg.norm(boxes[:, :2] + boxes[:, 2:] / 2 - center, axis=1)
+            if distance.min() > 0.3 * scale.max() * data.PIXEL_STD:
+                continue
+            figure = joints[distance.argmin()] + self.rng.normal(0, self.noise, (17, 2))
+            points = data.affine_transform(figure, data.get_affine_transform(center, scale, 0, (w, h)))
+            for k, ((x, y), (ix, iy)) in enumerate(zip(points, figure)):
+                if 0 <= x < w and 0 <= y < h and 0 <= ix < shape[1] and 0 <= iy < shape[0]:
+                    heatmap[k] = gaussian_map(h, w, x, y)
+        del self.pending[:len(crops)]
+        return heatmaps
+
+
+def run_on_video(monkeypatch, tmp_path, truth, video, argv=(), noise=0.0):
+    """predict.py's video loop on `video` with TruthNetwork: (results, frames the detector ran on)."""
+    args = pr.parse_args(["--input", str(video), "--out", str(tmp_path / "out"), "--decode", "dark", *argv])
+    pose = ex.pose_metadata("truth", "256x192", COCO_INFO)
+    net = TruthNetwork(truth, pose, noise)
+    monkeypatch.setattr(pr, "crop_and_normalize", net.crop)
+    source = pr.read_input(args.input)
+    source.items = net.frames(source.items)
+    boxes_for, padding, _ = pr.box_source(args, source.kind)
+    detected = []
+
+    def counted(index, image):
+        detected.append(index)
+        return boxes_for(index, image)
+
+    results, _ = pr.predict_input(args, net, pose, source, counted, padding, log=lambda *a, **k: None)
+    return results, detected
+
+
+def truth_matches(results, truth, max_px=8.0):
+    """found[t][i]: (track_id, keypoints) of the person of frame t whose keypoints found (score > 0.5) lie on
+    figure i (mean distance < max_px), else None."""
+    found = []
+    for result, joints in zip(results, truth["joints"]):
+        people = [(p["track_id"], np.array(p["keypoints"])) for p in result["people"]]
+        row = []
+        for figure in joints:
+            errors = [np.linalg.norm(kpts[:, :2] - figure, axis=1)[kpts[:, 2] > 0.5].mean()
+                      if (kpts[:, 2] > 0.5).sum() >= 3 else np.inf for _, kpts in people]
+            row.append(people[int(np.argmin(errors))][:2] if errors and min(errors) < max_px else None)
+        found.append(row)
+    return found
+
+
+@pytest.mark.parametrize("det_every", [1, 4])
+def test_track_ids_stay_with_their_figures_through_crossings_and_missed_detections(monkeypatch, tmp_path, det_every):
+    video = tmp_path / "walk.mp4"
+    truth = data.make_synthetic_video(str(video), num_frames=60, num_people=4, seed=0)
+    centres = truth["boxes"][..., 0] + truth["boxes"][..., 2] / 2
+    assert sum(np.diff(np.sign(centres[:, i] - centres[:, j])).astype(bool).sum()
+               for i in range(4) for j in range(i)) >= 4  # figures pass one another four times
+    rng = np.random.default_rng(0)  # a detector: jittered true boxes, one in ten missed
+    boxes = [dict(image_id=t, category_id=1, score=0.9, bbox=list(truth["boxes"][t, i] + rng.normal(0, 3, 4)))
+             for t in range(60) for i in range(4) if rng.random() > 0.1]
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    results, detected = run_on_video(monkeypatch, tmp_path, truth, video,
+                                     ["--boxes", str(tmp_path / "boxes.json"), "--det-every", str(det_every)])
+    assert len(results) == 60 and all("track_id" in p for r in results for p in r["people"])
+    if det_every > 1:
+        assert len(detected) < 40
+    right = links = 0
+    found = truth_matches(results, truth)
+    for i in range(4):
+        seen = [row[i][0] for row in found if row[i] is not None]  # the figure's ids, frame after frame
+        assert len(seen) >= 45  # one in ten detections missed
+        links += len(seen) - 1
+        right += sum(a == b for a, b in zip(seen, seen[1:]))
+    assert right / links >= 0.95
+
+
+def test_one_euro_filter_is_an_exponential_smoother_at_rest_and_follows_speed():
+    rng = np.random.default_rng(0)
+    signal = rng.normal(0, 1, (30, 4, 2))
+    smoothed = pr.OneEuroFilter(min_cutoff=2.0, beta=0.0)
+    weight = 1 / (1 + 25 / (2 * np.pi * 2.0))  # beta 0: a low-pass at 2 Hz sampled at 25 Hz, i.e. this EMA
+    expected = signal[0]
+    for t, x in enumerate(signal):
+        expected = x if t == 0 else expected + weight * (x - expected)
+        np.testing.assert_allclose(smoothed(x, t / 25), expected)
+    lag = {}
+    for beta in (0.0, 0.05):  # a point moving at 100 px/s
+        follow = pr.OneEuroFilter(1.0, beta)
+        lag[beta] = [4.0 * t - follow([[4.0 * t, 0.0]], t / 25)[0, 0] for t in range(100)][-1]
+    assert 0 < lag[0.05] < 2.5 and lag[0.0] > 5 * lag[0.05]  # the speed raises the cutoff: far less lag
+
+
+def test_smoothing_steadies_a_still_figure_and_follows_moving_ones(monkeypatch, tmp_path):
+    still = tmp_path / "still.mp4"
+    truth = data.make_synthetic_video(str(still), num_frames=40, num_people=1, speed=(0, 0), seed=1)
+    jitter = {}
+    for smooth in ("none", "one-euro"):
+        results, _ = run_on_video(monkeypatch, tmp_path, truth, still, ["--smooth", smooth], noise=2.0)
+        keypoints = np.array([r["people"][0]["keypoints"] for r in results])[:, :, :2]
+        jitter[smooth] = np.linalg.norm(np.diff(keypoints[10:], axis=0), axis=2).mean()
+    assert jitter["none"] > 1.5 and jitter["none"] >= 3 * jitter["one-euro"]
+    moving = tmp_path / "moving.mp4"
+    truth = data.make_synthetic_video(str(moving), num_frames=40, num_people=2, speed=(3, 4), seed=2,
+                                      boxes_path=str(tmp_path / "boxes.json"))
+    results, _ = run_on_video(monkeypatch, tmp_path, truth, moving, ["--boxes", str(tmp_path / "boxes.json")])
+    lag = [np.linalg.norm(found[i][1][:, :2] - truth["joints"][t, i], axis=1)[found[i][1][:, 2] > 0.5].mean()
+           for t, found in enumerate(truth_matches(results, truth)) if t >= 5 for i in range(2) if found[i]]
+    assert len(lag) >= 60 and np.mean(lag) < 3.0  # speed 3-4 px a frame, noise-free: the filter's lag alone
