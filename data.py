@@ -760,8 +760,9 @@ def make_synthetic_video(path, num_frames=100, num_people=3, size=(320, 240), fp
     returns the truth: joints (frames, people, 17, 2) in pixels as drawn, boxes (frames, people, 4) as x, y, w, h
     (the figure's extent: joints and head) and inside (frames, people), whether half of the box is in the frame.
     Each figure keeps its pose and colours; its pelvis walks between walk[0] and walk[1] times the width (outside
-    0..1 it leaves the frame and comes back) at speed[0] to speed[1] px a frame, bobbing (not if still). boxes_path: also write the boxes that
-    are inside as a COCO detection-results file whose image_id is the frame index (predict.py --boxes)."""
+    0..1 it leaves the frame and comes back) at speed[0] to speed[1] px a frame, bobbing (unless still).
+    boxes_path: also write the boxes that are inside as a COCO detection-results file whose image_id is the frame
+    index (predict.py --boxes)."""
     width, height = (int(v) for v in size)
     rng = np.random.default_rng(seed)
     background = synth_background(rng, width, height)

@@ -741,33 +741,41 @@ def benchmark(args, run, pose, image_bgr, description, warmup=3, compare_run=Non
 def benchmark_video(args, run, pose, source, boxes_for, box_padding, description, warmup=3):
     """Frames/s of the whole pipeline on the video (reading frames, boxes, crops, network, decoding, tracking,
     smoothing, drawing, writing the video and JSON, to a scratch folder) and of the network alone, in one run:
-    each network call of the pipeline is followed by the same call again, timed alone, so that both figures see
-    the same load on a shared CPU (the repeat is left out of the pipeline's time)."""
+    each network call of the pipeline is made twice, one of them timed as the network alone (and left out of
+    the pipeline's time), so that both figures see the same load on a shared CPU."""
     height, width = pose["input_size"]
     for _ in range(warmup):
         run(np.zeros((1, 3, height, width), np.float32))
-    alone, crops = [], []
+    inside, alone, crops = [], [], []  # seconds of the pipeline's network calls, of their twins; batch sizes
 
-    def run_and_repeat(batch):
-        heatmaps = run(batch)
-        alone.append(_seconds(lambda: run(batch)))
+    def run_twice(batch):
+        # which of the two runs is the pipeline's alternates, so that an order effect (caches, clocks) is shared
+        seconds = []
+        for _ in range(2):
+            start = time.perf_counter()
+            heatmaps = run(batch)
+            seconds.append(time.perf_counter() - start)
+        twin = len(alone) % 2
+        alone.append(seconds[twin])
+        inside.append(seconds[1 - twin])
         crops.append(len(batch))
         return heatmaps
 
     with tempfile.TemporaryDirectory() as scratch:
         start = time.perf_counter()
-        results, _ = predict_input(argparse.Namespace(**dict(vars(args), out=scratch)), run_and_repeat, pose, source,
+        results, _ = predict_input(argparse.Namespace(**dict(vars(args), out=scratch)), run_twice, pose, source,
                                    boxes_for, box_padding, log=lambda *a, **k: None)
         pipeline = time.perf_counter() - start - sum(alone)
-    frames, network = len(results), sum(alone)
-    print(f"benchmark: {pose['model']} {height}x{width}, {description}, boxes: {args.detector or args.boxes or 'whole image'}"
+    frames, network, outside = len(results), sum(alone), pipeline - sum(inside)
+    people = sum(len(r["people"]) for r in results) / max(frames, 1)
+    boxes = args.detector or args.boxes or "whole image"
+    print(f"benchmark: {pose['model']} {height}x{width}, {description}, boxes: {boxes}"
           f"{f', --det-every {args.det_every}' if args.det_every > 1 else ''}, smooth {args.smooth}, video "
-          f"{source.name} {frames} frames, {sum(len(r['people']) for r in results) / max(frames, 1):.2f} people "
-          f"and {len(crops) / max(frames, 1):.2f} network calls a frame ({sum(crops) / max(len(crops), 1):.2f} crops "
-          f"a call)")
+          f"{source.name} {frames} frames, {people:.2f} people and {len(crops) / max(frames, 1):.2f} network calls "
+          f"a frame ({sum(crops) / max(len(crops), 1):.2f} crops a call)")
     print(f"whole pipeline {frames / pipeline:6.1f} frames/s | network alone {frames / network:6.1f} frames/s | "
-          f"pipeline = {network / pipeline:.2f} x network | outside the network {1000 * (pipeline - network) / frames:.1f} "
-          f"ms a frame")
+          f"pipeline = {network / pipeline:.2f} x network | outside the network {1000 * outside / frames:.1f} ms "
+          f"a frame ({100 * outside / pipeline:.1f}% of the pipeline)")
 
 
 # ----------------------------------------------------------------------------------------------------
