@@ -551,7 +551,7 @@ def _direction(angle_deg):
     return np.array([math.sin(a), -math.cos(a)])
 
 
-def stick_figure_pose(rng, body_height):
+def _stick_figure_pose(rng, body_height):
     """17 COCO joints of a front-facing figure (its left side on the image's right), pelvis at the origin,
     with random but plausible lean, head tilt and limb angles. Returns (joints (17,2), head centre, head radius)."""
     H, joints = body_height, np.zeros((17, 2))
@@ -578,7 +578,7 @@ def stick_figure_pose(rng, body_height):
     return joints, head, head_radius
 
 
-def synth_background(rng, width, height):
+def _synth_background(rng, width, height):
     """Low-contrast clutter: a gradient, soft blobs, thin lines and noise, in muted colours."""
     c0, c1 = (np.array(_bgr(rng.uniform(0, 360), rng.uniform(0, .35), rng.uniform(.25, .75))) for _ in range(2))
     angle = rng.uniform(0, 2 * np.pi)
@@ -599,7 +599,7 @@ def synth_background(rng, width, height):
     return image
 
 
-def draw_stick_figure(rng, canvases, joints, head, head_radius, body_height):
+def _draw_stick_figure(rng, canvases, joints, head, head_radius, body_height):
     """Draws one figure on each (canvas, coloured) pair; coloured=False draws a 255 mask of the same shapes.
     Left limbs are warm (red..yellow), right limbs cool (cyan..violet), so mirrored poses stay distinguishable;
     every limb joint gets a dark disc with a light centre so limb ends are well defined."""
@@ -645,7 +645,7 @@ def _synth_image(task):
     """One synthetic image (written as JPEG) and its annotations; deterministic in its seed words."""
     path, seed_words, (width, height) = task
     rng = np.random.default_rng(seed_words)
-    image = synth_background(rng, width, height)
+    image = _synth_background(rng, width, height)
     count = int(rng.choice([1, 2, 3, 4], p=[.3, .3, .25, .15]))
     slots = rng.permutation(count)
     figures = []  # (joints, head radius, body height, box)
@@ -653,7 +653,7 @@ def _synth_image(task):
         if len(figures) == count:
             break
         body_height = rng.uniform(*{1: (.6, .95), 2: (.5, .85)}.get(count, (.4, .7))) * height
-        joints, head, head_radius = stick_figure_pose(rng, body_height)
+        joints, head, head_radius = _stick_figure_pose(rng, body_height)
         low, high = joints.min(axis=0) - head_radius, joints.max(axis=0) + head_radius
         slot_x = (slots[len(figures)] + 0.5) / count * width + rng.normal(0, 0.06 * width)
         bottom = rng.uniform(1.0, 1.25) * height if rng.random() < 0.15 else rng.uniform(0.8, 1.0) * height
@@ -666,7 +666,7 @@ def _synth_image(task):
     masks = []
     for joints, head, head_radius, body_height, _ in figures:
         masks.append(np.zeros((height, width), np.uint8))
-        draw_stick_figure(rng, [(image, True), (masks[-1], False)], joints, head, head_radius, body_height)
+        _draw_stick_figure(rng, [(image, True), (masks[-1], False)], joints, head, head_radius, body_height)
     occluders = np.zeros((height, width), np.uint8)
     for joints, _, _, body_height, _ in figures:
         if rng.random() < 0.3:  # a box in front of the figure: the joints under it become "labelled, not visible"
@@ -765,11 +765,11 @@ def make_synthetic_video(path, num_frames=100, num_people=3, size=(320, 240), fp
     index (predict.py --boxes)."""
     width, height = (int(v) for v in size)
     rng = np.random.default_rng(seed)
-    background = synth_background(rng, width, height)
+    background = _synth_background(rng, width, height)
     figures = []  # (joints about the pelvis, head offset, head radius, body height, start x, pace, baseline y)
     for i in range(num_people):
         body_height = rng.uniform(0.55, 0.75) * height
-        joints, head, head_radius = stick_figure_pose(rng, body_height)
+        joints, head, head_radius = _stick_figure_pose(rng, body_height)
         start = rng.uniform(walk[0], walk[1]) * width
         pace = rng.uniform(*speed) * (1 if i % 2 == 0 else -1)
         baseline = rng.uniform(0.88, 0.97) * height - joints[:, 1].max()
@@ -792,8 +792,8 @@ def make_synthetic_video(path, num_frames=100, num_people=3, size=(320, 240), fp
                 high = np.maximum(all_joints[t, i].max(axis=0), head + offset + head_radius)
                 boxes[t, i] = [*low, *(high - low)]
                 # the same seed every frame: the same colours and line widths
-                draw_stick_figure(np.random.default_rng((seed, i)), [(image, True)], all_joints[t, i], head + offset,
-                                  head_radius, body_height)
+                _draw_stick_figure(np.random.default_rng((seed, i)), [(image, True)], all_joints[t, i],
+                                   head + offset, head_radius, body_height)
             writer.write(image)
         writer.release()
     clipped = np.clip(boxes[..., :2] + boxes[..., 2:], 0, [width, height]) - np.clip(boxes[..., :2], 0, [width, height])
