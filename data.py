@@ -903,7 +903,7 @@ def _synth_image(task):
         offset = np.array([slot_x - (low[0] + high[0]) / 2, bottom - high[1]])
         joints, head, low, high = joints + offset, head + offset, low + offset, high + offset
         inside = (joints[:, 0] >= 0) & (joints[:, 0] <= width - 1) & (joints[:, 1] >= 0) & (joints[:, 1] <= height - 1)
-        overlap = max([_box_iou((*low, *high), f[4]) for f in figures], default=0.0)
+        overlap = max([box_iou((*low, *high), f[4]) for f in figures], default=0.0)
         if inside.sum() >= 6 and overlap < 0.3:
             figures.append((np.round(joints), head, head_radius, body_height, (*low, *high)))
     masks = []
@@ -947,7 +947,8 @@ def _synth_image(task):
     return annotations, detections
 
 
-def _box_iou(a, b):
+def box_iou(a, b):
+    """Intersection over union of two boxes given as x1, y1, x2, y2."""
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
@@ -994,6 +995,57 @@ def make_synthetic_dataset(out_dir, num_train=2000, num_val=200, seed=0, image_s
                                    "COCO_val2017_detections_AP_H_56_person.json"), "w") as f:
                 json.dump(detections, f)
     return out_dir
+
+
+def make_synthetic_video(path, num_frames=100, num_people=3, size=(320, 240), fps=25, seed=0, walk=(0.1, 0.9),
+                         speed=(1, 4), boxes_path=None):
+    """Writes an mp4 of stick figures walking to and fro across a still background, crossing one another, and
+    returns the truth: joints (frames, people, 17, 2) in pixels as drawn, boxes (frames, people, 4) as x, y, w, h
+    (the figure's extent: joints and head) and inside (frames, people), whether half of the box is in the frame.
+    Each figure keeps its pose and colours; its pelvis walks between walk[0] and walk[1] times the width (outside
+    0..1 it leaves the frame and comes back) at speed[0] to speed[1] px a frame, bobbing (unless still).
+    boxes_path: also write the boxes that are inside as a COCO detection-results file whose image_id is the frame
+    index (predict.py --boxes)."""
+    width, height = (int(v) for v in size)
+    rng = np.random.default_rng(seed)
+    background = _synth_background(rng, width, height)
+    figures = []  # (joints about the pelvis, head offset, head radius, body height, start x, pace, baseline y)
+    for i in range(num_people):
+        body_height = rng.uniform(0.55, 0.75) * height
+        joints, head, head_radius = _stick_figure_pose(rng, body_height)
+        start = rng.uniform(walk[0], walk[1]) * width
+        pace = rng.uniform(*speed) * (1 if i % 2 == 0 else -1)
+        baseline = rng.uniform(0.88, 0.97) * height - joints[:, 1].max()
+        figures.append((joints, head, head_radius, body_height, start, pace, baseline))
+    all_joints = np.zeros((num_frames, num_people, 17, 2))
+    boxes = np.zeros((num_frames, num_people, 4))
+    low_x, span = walk[0] * width, (walk[1] - walk[0]) * width
+    with atomic_output(path) as tmp:
+        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        if not writer.isOpened():
+            raise ValueError(f"{path}: OpenCV cannot write an mp4 video there")
+        for t in range(num_frames):
+            image = background.copy()
+            for i, (joints, head, head_radius, body_height, start, pace, baseline) in enumerate(figures):
+                walked = (start - low_x + pace * t) % (2 * span)  # to and fro between the two ends
+                x = low_x + (walked if walked < span else 2 * span - walked)
+                offset = np.array([x, baseline + (pace != 0) * 0.01 * body_height * math.sin(0.3 * t + i)])
+                all_joints[t, i] = np.round(joints + offset)
+                low = np.minimum(all_joints[t, i].min(axis=0), head + offset - head_radius)
+                high = np.maximum(all_joints[t, i].max(axis=0), head + offset + head_radius)
+                boxes[t, i] = [*low, *(high - low)]
+                # the same seed every frame: the same colours and line widths
+                _draw_stick_figure(np.random.default_rng((seed, i)), [(image, True)], all_joints[t, i],
+                                   head + offset, head_radius, body_height)
+            writer.write(image)
+        writer.release()
+    clipped = np.clip(boxes[..., :2] + boxes[..., 2:], 0, [width, height]) - np.clip(boxes[..., :2], 0, [width, height])
+    inside = clipped.prod(axis=-1) >= 0.5 * boxes[..., 2:].prod(axis=-1)
+    if boxes_path:
+        write_json_atomically([dict(image_id=int(t), category_id=COCO_PERSON_CATEGORY["id"], score=1.0,
+                                    bbox=[round(float(v), 2) for v in boxes[t, i]])
+                               for t, i in zip(*np.nonzero(inside))], boxes_path)
+    return dict(joints=all_joints, boxes=boxes, inside=inside)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1163,7 +1215,8 @@ def draw_poses(image_bgr, people, skeleton, flip_pairs=(), kpt_thr=0.3):
     """A copy of image_bgr with each person's keypoints scoring above kpt_thr and the limbs between two of them:
     left side orange, right side blue, the middle green (sides from the [left, right] flip_pairs); a person's
     box too if it has one. people: dicts with keypoints (K, 3) as (x, y, score), as evaluate.py and
-    predict_image make them; skeleton: 0-based keypoint pairs."""
+    predict_image make them; skeleton: 0-based keypoint pairs. A person with a "colour" (BGR) has its limbs and
+    box in it (the joints keep their side colours), and a "label" is written above its box or keypoints."""
     canvas = image_bgr.copy()
     side = {}
     for left, right in flip_pairs:
@@ -1171,17 +1224,23 @@ def draw_poses(image_bgr, people, skeleton, flip_pairs=(), kpt_thr=0.3):
     thickness = max(1, round(max(canvas.shape[:2]) / 400))
     for person in people:
         keypoints = np.asarray(person["keypoints"], np.float64).reshape(-1, 3)
+        colour = person.get("colour")
         if "box" in person:
             x, y, w, h = person["box"]
-            cv2.rectangle(canvas, (round(x), round(y)), (round(x + w), round(y + h)), (160, 160, 160), thickness)
+            cv2.rectangle(canvas, (round(x), round(y)), (round(x + w), round(y + h)), colour or (160, 160, 160),
+                          thickness)
         shown = keypoints[:, 2] > kpt_thr
         points = [(round(x), round(y)) for x, y in keypoints[:, :2]]
         for a, b in skeleton:
             if shown[a] and shown[b]:
-                colour = side.get(a, MIDDLE) if side.get(a, MIDDLE) == side.get(b, MIDDLE) else MIDDLE
-                cv2.line(canvas, points[a], points[b], colour, thickness + 1, cv2.LINE_AA)
+                limb = side.get(a, MIDDLE) if side.get(a, MIDDLE) == side.get(b, MIDDLE) else MIDDLE
+                cv2.line(canvas, points[a], points[b], colour or limb, thickness + 1, cv2.LINE_AA)
         for k in np.flatnonzero(shown):
             cv2.circle(canvas, points[k], thickness + 2, side.get(k, MIDDLE), -1, cv2.LINE_AA)
+        if person.get("label") is not None and ("box" in person or shown.any()):
+            x, y = person["box"][:2] if "box" in person else keypoints[shown, :2].min(axis=0)
+            cv2.putText(canvas, str(person["label"]), (round(x) + 2, max(10 * thickness, round(y) - 3)),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, colour or MIDDLE, thickness, cv2.LINE_AA)
     return canvas
 
 

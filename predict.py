@@ -3,11 +3,14 @@ Pose estimation on an image, a folder of images, a video or a webcam: skeletons 
 
 Top-down, as in evaluation: every person box is cropped to the network's input, the heatmaps are decoded to
 image coordinates, and a person found from two boxes is kept once (OKS-NMS). Boxes come from the whole image
-(default), a COCO detection-results file (--boxes) or OpenCV's HOG people detector (--detector hog).
+(default), a COCO detection-results file (--boxes), OpenCV's HOG people detector (--detector hog) or a
+PaddleDetection-exported person detector (--detector DIR). On a video (or webcam) each person keeps a track_id
+from frame to frame, keypoints are smoothed per track (One-Euro filter), and with --det-every N the detector runs
+every N frames, the boxes in between coming from the people's last keypoints.
 The network is either an export (--model-dir, run by paddle.inference) or a checkpoint (--model --weights, eager).
 
     python predict.py --model-dir export/hrnet_w32 --input photo.jpg --out output/predict
-    python predict.py --model hrnet_w32 --weights hrnet_w32.pdparams --input clip.mp4 --detector hog
+    python predict.py --model hrnet_w32 --weights hrnet_w32.pdparams --input clip.mp4 --detector hog --det-every 5
     python predict.py --model-dir export/lite_hrnet_30 --input photo.jpg --benchmark
 """
 import os
@@ -19,6 +22,9 @@ if "--verbose" not in sys.argv:  # Paddle's C++ log lines (e.g. "PIR not support
 warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import argparse
+import colorsys
+import math
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -26,12 +32,14 @@ from typing import Iterator, Optional
 import cv2
 import numpy as np
 import paddle
+from paddle import inference
 
-from data import (COCO_PERSON_CATEGORY, HelpFormatter, IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD,
-                  box_to_center_scale, crop_and_normalize, draw_poses, keypoint_info_from_record, load_json, parse_input_size,
-                  read_image_bgr, run_script, temporary_path, write_image_atomically, write_json_atomically)
-from evaluate import heatmaps_to_keypoints, oks_nms, person_score, predict_batch
-from export import create_predictor, pose_metadata, read_pose_json
+from data import (COCO_PERSON_CATEGORY, HelpFormatter, IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD, box_iou,
+                  box_to_center_scale, crop_and_normalize, draw_poses, keypoint_info_from_record, load_json,
+                  parse_input_size, read_image_bgr, run_script, temporary_path, write_image_atomically,
+                  write_json_atomically)
+from evaluate import heatmaps_to_keypoints, oks_iou, oks_nms, person_score, predict_batch
+from export import create_predictor, native_stdout_to_stderr, pose_metadata, read_pose_json
 from model import add_checkpoint_flags, load_checkpoint, set_device
 
 PREDICTIONS_FILE = "predictions.json"
@@ -39,6 +47,13 @@ HOG_MAX_SIDE = 800
 # names OpenCV's imread reads: a file named so that OpenCV cannot decode is a bad image, not a video
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jp2", ".png", ".bmp", ".dib", ".webp", ".tif", ".tiff", ".pbm", ".pgm",
                     ".ppm", ".pnm", ".pxm", ".sr", ".ras", ".exr", ".hdr", ".pic", ".avif"}
+DETECTOR_CONFIG = "infer_cfg.yml"  # what PaddleDetection's tools/export_model.py writes beside the network
+PERSON_LABELS = ("person", "pedestrian")  # COCO detectors' class name, PP-Human's pedestrian detectors'
+DETECTOR_STEPS = ("Resize", "NormalizeImage", "Permute", "PadStride")
+VISIBLE = 0.2  # joints scoring above this count, as in evaluation's rescoring
+TRACK_MEMORY = 3  # frames a track waits for its person (a missed detection, an occlusion) before it ends
+TRACK_MIN_SIMILARITY = 0.3  # mean of keypoint OKS and box IoU to a track below which a person is someone new
+MIN_TRACK_KEYPOINTS = 3  # keypoints above --kpt-thr that make a box for the next frame
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -139,14 +154,197 @@ def hog_people_detector():
     return detect
 
 
+def _yaml_value(text):
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        return [_yaml_value(v) for v in text[1:-1].split(",") if v.strip()]
+    if text in ("true", "True", "false", "False"):
+        return text in ("true", "True")
+    if text in ("", "~", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text.strip("'\"")
+
+
+def _yaml_block(lines, i, indent):
+    """The list ('- ' items) or mapping at this indentation from lines[i]: (value, index of the next line)."""
+    if lines[i][1].startswith("-"):
+        items = []
+        while i < len(lines) and lines[i][0] == indent and lines[i][1].startswith("-"):
+            rest = lines[i][1][1:].strip()
+            if not rest:
+                value, i = _yaml_block(lines, i + 1, lines[i + 1][0])
+            elif ":" in rest and not rest.startswith(("[", "'", '"')):  # "- key: value" opens a mapping
+                lines[i] = (indent + 2, rest)
+                value, i = _yaml_block(lines, i, indent + 2)
+            else:
+                value, i = _yaml_value(rest), i + 1
+            items.append(value)
+        return items, i
+    mapping = {}
+    while i < len(lines) and lines[i][0] == indent and not lines[i][1].startswith("-"):
+        key, colon, rest = lines[i][1].partition(":")
+        if not colon:
+            raise ValueError(f"line {i + 1}: {lines[i][1]!r} is not 'key: value'")
+        i += 1
+        nested = i < len(lines) and (lines[i][0] > indent or lines[i][0] == indent and lines[i][1].startswith("-"))
+        if not rest.strip() and nested:  # yaml.dump puts a mapping's list at the key's own indentation
+            mapping[key.strip()], i = _yaml_block(lines, i, lines[i][0])
+        else:
+            mapping[key.strip()] = _yaml_value(rest)
+    return mapping, i
+
+
+def read_simple_yaml(path):
+    """The block-style YAML that PaddleDetection's export writes (yaml.dump: nested mappings, '- ' lists,
+    scalars, [a, b] lists), without a PyYAML dependency (Paddle does not bring it)."""
+    with open(path) as f:
+        lines = [(len(line) - len(line.lstrip()), line.strip()) for line in (raw.split(" #")[0].rstrip() for raw in f)
+                 if line.strip() and not line.lstrip().startswith("#")]
+    try:
+        value, end = _yaml_block(lines, 0, lines[0][0]) if lines else ({}, 0)
+        if end != len(lines) or not isinstance(value, dict):
+            raise ValueError(f"line {end + 1}: unexpected indentation")
+    except (ValueError, IndexError) as err:
+        raise ValueError(f"{path}: not the YAML PaddleDetection writes ({err})") from None
+    return value
+
+
+def detector_preprocess(steps, config_path):
+    """infer_cfg.yml's Preprocess as image_rgb -> the detector's inputs (a batch of one), following PaddleDetection's
+    deploy/python/preprocess.py: Resize (to target_size [h, w], or keeping the aspect ratio so that the short
+    side fits the smaller target and the long side the larger), NormalizeImage (/255 if is_scale, then mean/std
+    unless norm_type is none), Permute (HWC -> CHW) and PadStride (zeros to a multiple of stride).
+    im_shape is the resized image's (h, w), scale_factor its (y, x) ratios to the original."""
+    if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
+        raise ValueError(f"{config_path}: no Preprocess list of steps")
+    for step in steps:
+        if step.get("type") not in DETECTOR_STEPS:
+            raise ValueError(f"{config_path}: Preprocess step {step.get('type')} is not supported "
+                             f"(only {', '.join(DETECTOR_STEPS)})")
+
+    def prepare(image_rgb):
+        image, shape, scale = image_rgb, image_rgb.shape[:2], (1.0, 1.0)
+        for step in steps:
+            if step["type"] == "Resize":
+                target = step["target_size"]
+                target = [target, target] if isinstance(target, (int, float)) else target
+                height, width = image.shape[:2]
+                if step.get("keep_ratio", True):
+                    factor = min(target) / min(height, width)
+                    if round(factor * max(height, width)) > max(target):
+                        factor = max(target) / max(height, width)
+                    scale = (factor, factor)
+                else:
+                    scale = (target[0] / height, target[1] / width)
+                image = cv2.resize(image, None, fx=scale[1], fy=scale[0],
+                                   interpolation=int(step.get("interp", cv2.INTER_LINEAR)))
+                shape = image.shape[:2]
+            elif step["type"] == "NormalizeImage":
+                image = image.astype(np.float32) / (255.0 if step.get("is_scale", True) else 1.0)
+                if step.get("norm_type", "mean_std") == "mean_std":
+                    image = (image - np.float32(step["mean"])) / np.float32(step["std"])
+            elif step["type"] == "Permute":
+                image = image.transpose(2, 0, 1)
+            elif step.get("stride", 0) > 0:  # PadStride
+                stride, (channels, height, width) = step["stride"], image.shape
+                padded = np.zeros((channels, -(-height // stride) * stride, -(-width // stride) * stride), np.float32)
+                padded[:, :height, :width] = image
+                image = padded
+        return {"image": np.ascontiguousarray(image[None], np.float32), "im_shape": np.float32([shape]),
+                "scale_factor": np.float32([scale])}
+
+    return prepare
+
+
+def paddle_detector(model_dir, score_thr, device=None, threads=None, onednn=True):
+    """A person detector exported by PaddleDetection's tools/export_model.py (PP-PicoDet, PP-YOLOE, ...: a folder
+    of model.json or model.pdmodel, model.pdiparams and infer_cfg.yml; inputs image, im_shape, scale_factor;
+    output boxes [class, score, x1, y1, x2, y2] in image pixels, after its NMS, and their count) as
+    image_bgr -> [((x, y, w, h), score), ...] of the person class scoring >= score_thr, run by paddle.inference."""
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"--detector {model_dir}: no such folder (expected hog or a PaddleDetection export)")
+    config_path = os.path.join(model_dir, DETECTOR_CONFIG)
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"--detector {model_dir}: no {DETECTOR_CONFIG} (a PaddleDetection export has one)")
+    settings = read_simple_yaml(config_path)
+    prepare = detector_preprocess(settings.get("Preprocess"), config_path)
+    labels = [str(label).lower() for label in settings.get("label_list") or []]
+    person = next((labels.index(name) for name in PERSON_LABELS if name in labels), 0 if len(labels) == 1 else None)
+    if person is None:
+        raise ValueError(f"{config_path}: label_list has no {' or '.join(PERSON_LABELS)} class ({labels[:5]}...)")
+    program = next((os.path.join(model_dir, name) for name in ("model.json", "model.pdmodel")
+                    if os.path.isfile(os.path.join(model_dir, name))), None)
+    params = os.path.join(model_dir, "model.pdiparams")
+    if program is None or not os.path.isfile(params):
+        raise FileNotFoundError(f"--detector {model_dir}: no model.json or model.pdmodel with model.pdiparams")
+    config = inference.Config(program, params)
+    device = device or ("gpu" if paddle.is_compiled_with_cuda() else "cpu")
+    if device.startswith("gpu"):
+        if not paddle.is_compiled_with_cuda():
+            raise ValueError(f"--device {device}: this Paddle build has no CUDA")
+        config.enable_use_gpu(256, int(device.partition(":")[2] or 0))
+    else:
+        config.disable_gpu()
+        config.set_cpu_math_library_num_threads(int(threads or os.cpu_count() or 1))
+        if onednn:
+            config.enable_mkldnn()
+    config.disable_glog_info()
+    try:
+        predictor = inference.create_predictor(config)
+    except Exception as err:  # Paddle's own errors are many lines of C++ context: keep the last
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise ValueError(f"--detector {program}: paddle.inference cannot load it "
+                         f"({type(err).__name__}: {lines[-1] if lines else ''})") from None
+    inputs, outputs = predictor.get_input_names(), predictor.get_output_names()
+    unknown = sorted(set(inputs) - {"image", "im_shape", "scale_factor"})
+    if unknown:
+        raise ValueError(f"--detector {model_dir}: the network wants inputs {unknown} besides image, im_shape and "
+                         f"scale_factor (not a PaddleDetection detector export)")
+
+    def detect(image_bgr):
+        feed = prepare(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB))
+        for name in inputs:
+            handle = predictor.get_input_handle(name)
+            handle.reshape(list(feed[name].shape))
+            handle.copy_from_cpu(feed[name])
+        predictor.run()
+        found = predictor.get_output_handle(outputs[0]).copy_to_cpu()
+        if found.ndim != 2 or found.shape[1] != 6:
+            raise ValueError(f"--detector {model_dir}: gives boxes of shape {list(found.shape)}, expected N x 6 "
+                             f"[class, score, x1, y1, x2, y2] (export it with its NMS)")
+        if len(outputs) > 1:
+            found = found[:int(predictor.get_output_handle(outputs[1]).copy_to_cpu().reshape(-1)[0])]
+        height, width = image_bgr.shape[:2]
+        boxes = []
+        for label, score, x1, y1, x2, y2 in found.astype(np.float64):
+            x1, x2 = np.clip([x1, x2], 0, width)
+            y1, y2 = np.clip([y1, y2], 0, height)
+            if round(label) == person and score >= score_thr and x2 - x1 >= 1 and y2 - y1 >= 1:
+                boxes.append(((float(x1), float(y1), float(x2 - x1), float(y2 - y1)), float(score)))
+        return boxes
+
+    with native_stdout_to_stderr():  # the first run's oneDNN notes; and a wrong export fails here, before any work
+        detect(np.zeros((64, 64, 3), np.uint8))
+    return detect
+
+
 def box_source(args, kind):
-    """(boxes(name, image_bgr) -> boxes, box padding, description) for --boxes / --detector."""
+    """(boxes(name, image_bgr) -> boxes, box padding, description) for --boxes / --detector; a video's frames are
+    named by their index."""
     if args.boxes and args.detector:
         raise ValueError("--boxes and --detector are alternatives: give one of them")
+    if args.det_every > 1 and (kind != "video" or not (args.boxes or args.detector)):
+        raise ValueError("--det-every N: runs the person detector of a video every N frames; give a video with "
+                         "--boxes or --detector (the whole-frame default needs no detection)")
     if args.boxes:
-        if kind != "images":
-            raise ValueError("--boxes FILE gives boxes per COCO image id: use it with images named by their id")
         detections = read_detections(args.boxes, args.box_thr)
+        if kind == "video":  # frame i is image i of the detection file
+            return (lambda index, image: detections.get(index, [])), 1.25, args.boxes
 
         def detection_boxes(name, image):
             if coco_image_id(name) is None:
@@ -158,6 +356,9 @@ def box_source(args, kind):
         detect = hog_people_detector()
         # Dalal & Triggs' 64x128 window keeps 16 px of margin around the person: already padded, no further 1.25
         return (lambda name, image: detect(image)), 1.0, "OpenCV HOG people detector"
+    if args.detector:
+        detect = paddle_detector(args.detector, args.det_thr, args.device, args.threads, args.onednn)
+        return (lambda name, image: detect(image)), 1.25, f"PaddleDetection detector {args.detector}"
     # whole image = a loose box around its person: aspect kept (not stretched as in PaddleDetection's deploy), no 1.25
     return (lambda name, image: whole_image_box(image)), 1.0, "whole image"
 
@@ -195,8 +396,139 @@ def predict_image(run, image_rgb, boxes, pose, box_padding=1.25, flip=False, dec
 
 def person_json(person):
     keypoints = [[round(float(x), 2), round(float(y), 2), round(float(s), 5)] for x, y, s in person["keypoints"]]
-    return {"box": [round(v, 2) for v in person["box"]], "box_score": round(person["box_score"], 5),
+    tracked = {"track_id": person["track_id"]} if "track_id" in person else {}
+    return {**tracked, "box": [round(v, 2) for v in person["box"]], "box_score": round(person["box_score"], 5),
             "score": round(person["score"], 5), "keypoints": keypoints}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Video: people followed from frame to frame, steady keypoints
+
+
+class OneEuroFilter:
+    """The One-Euro filter (Casiez, Roussel & Vogel, CHI 2012) of points (..., 2) sampled at times t (s): a
+    first-order low-pass whose cutoff rises with the speed, so that a still point stops jittering and a moving
+    one is not dragged behind. min_cutoff (Hz): the cutoff at rest (lower: steadier); beta (per px/s): how fast
+    the cutoff rises with the speed (higher: less lag); d_cutoff (Hz): the cutoff of the speed estimate.
+    A point's speed is its speed in the plane, so its two coordinates share one cutoff."""
+
+    def __init__(self, min_cutoff=1.0, beta=0.05, d_cutoff=1.0):
+        self.min_cutoff, self.beta, self.d_cutoff = min_cutoff, beta, d_cutoff
+        self.value = self.speed = self.time = None
+
+    @staticmethod
+    def alpha(cutoff, dt):
+        """Weight of a new sample in an exponential smoother equal to a low-pass at cutoff Hz sampled every dt s."""
+        return 1 / (1 + 1 / (2 * math.pi * cutoff * dt))
+
+    def __call__(self, value, t):
+        value = np.asarray(value, np.float64)
+        if self.value is None or t <= self.time:
+            self.value, self.speed, self.time = value, np.zeros_like(value), t
+            return value
+        dt = t - self.time
+        self.speed = self.speed + self.alpha(self.d_cutoff, dt) * ((value - self.value) / dt - self.speed)
+        cutoff = self.min_cutoff + self.beta * np.linalg.norm(self.speed, axis=-1, keepdims=True)
+        self.value = self.value + self.alpha(cutoff, dt) * (value - self.value)
+        self.time = t
+        return self.value
+
+
+def _corners(box):
+    x, y, w, h = box
+    return x, y, x + w, y + h
+
+
+class Tracker:
+    """Gives the people of a video's frames track ids that stay with them. Greedy: the most similar (person,
+    track) pair is linked first, then the next among the rest, down to TRACK_MIN_SIMILARITY; the tracks are those
+    seen in the last `memory` frames (so a person missed for a frame or two keeps their id); similarity is the
+    mean of the OKS of the keypoints (joints above VISIBLE in both) and the IoU of the boxes. With make_filter,
+    each track's keypoints go through its own filter (times frame / fps); tracks match on the raw keypoints."""
+
+    def __init__(self, sigmas, fps, make_filter=None, memory=TRACK_MEMORY, min_similarity=TRACK_MIN_SIMILARITY):
+        self.sigmas, self.fps, self.make_filter = sigmas, fps, make_filter
+        self.memory, self.min_similarity = memory, min_similarity
+        self.tracks, self.next_id = [], 0  # tracks: dicts of track_id, filter and the last person's raw values
+
+    def similarity(self, person, track):
+        oks = oks_iou(track["keypoints"], person["keypoints"][None], track["area"], [person["area"]], self.sigmas,
+                      VISIBLE)[0]
+        return (oks + box_iou(_corners(track["box"]), _corners(person["box"]))) / 2
+
+    def update(self, people, frame):
+        """Sets each person's track_id (and smooths their keypoints); returns people."""
+        self.tracks = [track for track in self.tracks if frame - track["frame"] <= self.memory]
+        pairs = sorted(((self.similarity(person, track), i, j) for i, person in enumerate(people)
+                        for j, track in enumerate(self.tracks)), key=lambda pair: -pair[0])
+        linked, taken = {}, set()
+        for similarity, i, j in pairs:
+            if similarity < self.min_similarity:
+                break
+            if i not in linked and j not in taken:
+                linked[i] = j
+                taken.add(j)
+        for i, person in enumerate(people):
+            if i in linked:
+                track = self.tracks[linked[i]]
+            else:
+                track = {"track_id": self.next_id, "filter": self.make_filter() if self.make_filter else None}
+                self.next_id += 1
+                self.tracks.append(track)
+            track.update(keypoints=person["keypoints"].copy(), box=person["box"], area=person["area"],
+                         box_score=person["box_score"], frame=frame)
+            person["track_id"] = track["track_id"]
+            if track["filter"]:
+                smooth = track["filter"](person["keypoints"][:, :2], frame / self.fps)
+                person["keypoints"] = np.concatenate([smooth, person["keypoints"][:, 2:]], axis=1)
+        return people
+
+
+def keypoint_box(keypoints, kpt_thr):
+    """The box (x, y, w, h) around the keypoints scoring above kpt_thr; None if fewer than MIN_TRACK_KEYPOINTS."""
+    confident = keypoints[keypoints[:, 2] > kpt_thr, :2]
+    if len(confident) < MIN_TRACK_KEYPOINTS:
+        return None
+    (x1, y1), (x2, y2) = confident.min(axis=0), confident.max(axis=0)
+    return float(x1), float(y1), max(1.0, float(x2 - x1)), max(1.0, float(y2 - y1))
+
+
+def track_colour(track_id):
+    """A BGR colour per track id, successive ids far apart in hue (golden-ratio steps)."""
+    r, g, b = colorsys.hsv_to_rgb((track_id * 0.618034) % 1, 0.85, 1.0)
+    return round(b * 255), round(g * 255), round(r * 255)
+
+
+class VideoPeople:
+    """The people of each frame of a video, followed: person boxes from boxes_for (the detector) on the first
+    frame, every det_every frames, when nobody is followed and on the frame after a followed person was lost
+    (fewer than MIN_TRACK_KEYPOINTS keypoints above kpt_thr); in between, each person seen on the last frame is
+    looked for in the box of their keypoints, padded by 1.25 as a detection. estimate(image_rgb, boxes, padding)
+    gives a frame's people; each gets a track_id and, with make_filter, smoothed keypoints."""
+
+    def __init__(self, estimate, boxes_for, box_padding, sigmas, fps, det_every=1, kpt_thr=0.3, make_filter=None):
+        self.estimate, self.boxes_for, self.box_padding = estimate, boxes_for, box_padding
+        self.det_every, self.kpt_thr = det_every, kpt_thr
+        # a person the detector missed is looked for again det_every frames later: their track waits as long
+        self.tracker = Tracker(sigmas, fps, make_filter, memory=max(TRACK_MEMORY, det_every + 1))
+        self.last_detection, self.lost, self.detections = None, False, 0
+
+    def __call__(self, index, image_bgr, image_rgb):
+        followed = []
+        for track in self.tracker.tracks:
+            box = keypoint_box(track["keypoints"], self.kpt_thr) if track["frame"] == index - 1 else None
+            if box:
+                followed.append((box, track["box_score"]))
+        detect = (self.det_every == 1 or self.lost or not followed or self.last_detection is None
+                  or index - self.last_detection >= self.det_every)
+        if detect:
+            self.last_detection, self.detections = index, self.detections + 1
+            people = self.estimate(image_rgb, self.boxes_for(index, image_bgr), self.box_padding)
+        else:
+            people = self.estimate(image_rgb, followed, 1.25)
+            people = [person for person in people if keypoint_box(person["keypoints"], self.kpt_thr)]
+        self.lost = not detect and len(people) < len(followed)
+        return self.tracker.update(people, index)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -283,13 +615,28 @@ def _video_source(spec, name, max_frames):
     return Source("video", name, frames(), total, fps if 0 < fps < 1000 else 25.0)
 
 
-def predict_input(args, run, pose, source, boxes_for, box_padding):
+def make_smoother(args):
+    """--smooth as a filter factory for Tracker (None: no smoothing)."""
+    if args.smooth == "none":
+        return None
+    return lambda: OneEuroFilter(args.min_cutoff, args.beta, args.d_cutoff)
+
+
+def predict_input(args, run, pose, source, boxes_for, box_padding, log=print):
     """Predict every image or frame of source; write the drawn images (or one video) and predictions.json to
-    args.out. Returns the JSON's results and the number of unreadable images."""
+    args.out. A video or webcam (one loop for both) is followed by VideoPeople: track ids, smoothing, --det-every.
+    Returns the JSON's results and the number of unreadable images."""
     os.makedirs(args.out, exist_ok=True)
     video = source.kind == "video"
     video_path = os.path.join(args.out, f"{source.name}.mp4")
     writer, results, unreadable = None, [], 0
+
+    def estimate(image_rgb, boxes, padding):
+        return predict_image(run, image_rgb, boxes, pose, padding, args.flip, args.decode, args.dark_kernel,
+                             args.batch_size, nms_thr=args.nms_thr)
+
+    follow = VideoPeople(estimate, boxes_for, box_padding, pose["sigmas"], source.fps, args.det_every, args.kpt_thr,
+                         make_smoother(args)) if video else None
     start = last_report = time.time()
     try:
         for done, (label, image_bgr) in enumerate(source.items, 1):
@@ -297,9 +644,12 @@ def predict_input(args, run, pose, source, boxes_for, box_padding):
                 unreadable += 1
                 continue
             image_rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
-            people = predict_image(run, image_rgb, boxes_for(label, image_bgr), pose, box_padding, args.flip,
-                                   args.decode, args.dark_kernel, args.batch_size, nms_thr=args.nms_thr)
-            drawn = draw_poses(image_bgr, people, pose["skeleton"], pose["flip_pairs"], args.kpt_thr)
+            if video:
+                people = follow(label, image_bgr, image_rgb)
+                shown = [dict(p, colour=track_colour(p["track_id"]), label=p["track_id"]) for p in people]
+            else:
+                people = shown = estimate(image_rgb, boxes_for(label, image_bgr), box_padding)
+            drawn = draw_poses(image_bgr, shown, pose["skeleton"], pose["flip_pairs"], args.kpt_thr)
             if video:
                 if writer is None:
                     writer = cv2.VideoWriter(temporary_path(video_path), cv2.VideoWriter_fourcc(*"mp4v"), source.fps,
@@ -317,11 +667,11 @@ def predict_input(args, run, pose, source, boxes_for, box_padding):
             if not video or now - last_report > 2:
                 rate = done / (now - start)
                 eta = f", ETA {(source.total - done) / rate:.0f} s" if source.total and done < source.total else ""
-                print(f"{done}/{source.total or '?'} {label if not video else 'frames'}: {len(people)} "
-                      f"{'person' if len(people) == 1 else 'people'}, {rate:.1f}/s{eta}", flush=True)
+                log(f"{done}/{source.total or '?'} {label if not video else 'frames'}: {len(people)} "
+                    f"{'person' if len(people) == 1 else 'people'}, {rate:.1f}/s{eta}", flush=True)
                 last_report = now
     except KeyboardInterrupt:  # how a webcam run ends: keep what was recorded
-        print("stopped")
+        log("stopped")
     finally:
         if writer is not None:
             writer.release()
@@ -330,8 +680,10 @@ def predict_input(args, run, pose, source, boxes_for, box_padding):
     write_json_atomically({"model": pose["model"], "input_size": pose["input_size"],
                            "keypoint_names": pose["keypoint_names"], "skeleton": pose["skeleton"],
                            "results": results}, json_path)
-    print(f"{len(results)} {'frames' if video else 'images'} in {time.time() - start:.1f} s; wrote "
-          f"{video_path if writer else args.out + '/'} and {json_path}")
+    tracks = (f", {follow.tracker.next_id} tracks" + (f", detector on {follow.detections} frames"
+                                                      if args.boxes or args.detector else "") if video else "")
+    log(f"{len(results)} {'frames' if video else 'images'} in {time.time() - start:.1f} s{tracks}; wrote "
+        f"{video_path if writer else args.out + '/'} and {json_path}")
     return results, unreadable
 
 
@@ -396,6 +748,46 @@ def benchmark(args, run, pose, image_bgr, description, warmup=3, compare_run=Non
                   f"{other / np.median(times['model']):.2f}x as fast")
 
 
+def benchmark_video(args, run, pose, source, boxes_for, box_padding, description, warmup=3):
+    """Frames/s of the whole pipeline on the video (reading frames, boxes, crops, network, decoding, tracking,
+    smoothing, drawing, writing the video and JSON, to a scratch folder) and of the network alone, in one run:
+    each network call of the pipeline is made twice, one of them timed as the network alone (and left out of
+    the pipeline's time), so that both figures see the same load on a shared CPU."""
+    height, width = pose["input_size"]
+    for _ in range(warmup):
+        run(np.zeros((1, 3, height, width), np.float32))
+    inside, alone, crops = [], [], []  # seconds of the pipeline's network calls, of their twins; batch sizes
+
+    def run_twice(batch):
+        # which of the two runs is the pipeline's alternates, so that an order effect (caches, clocks) is shared
+        seconds = []
+        for _ in range(2):
+            start = time.perf_counter()
+            heatmaps = run(batch)
+            seconds.append(time.perf_counter() - start)
+        twin = len(alone) % 2
+        alone.append(seconds[twin])
+        inside.append(seconds[1 - twin])
+        crops.append(len(batch))
+        return heatmaps
+
+    with tempfile.TemporaryDirectory() as scratch:
+        start = time.perf_counter()
+        results, _ = predict_input(argparse.Namespace(**dict(vars(args), out=scratch)), run_twice, pose, source,
+                                   boxes_for, box_padding, log=lambda *a, **k: None)
+        pipeline = time.perf_counter() - start - sum(alone)
+    frames, network, outside = len(results), sum(alone), pipeline - sum(inside)
+    people = sum(len(r["people"]) for r in results) / max(frames, 1)
+    boxes = args.detector or args.boxes or "whole image"
+    print(f"benchmark: {pose['model']} {height}x{width}, {description}, boxes: {boxes}"
+          f"{f', --det-every {args.det_every}' if args.det_every > 1 else ''}, smooth {args.smooth}, video "
+          f"{source.name} {frames} frames, {people:.2f} people and {len(crops) / max(frames, 1):.2f} network calls "
+          f"a frame ({sum(crops) / max(len(crops), 1):.2f} crops a call)")
+    print(f"whole pipeline {frames / pipeline:6.1f} frames/s | network alone {frames / network:6.1f} frames/s | "
+          f"pipeline = {network / pipeline:.2f} x network | outside the network {1000 * outside / frames:.1f} ms "
+          f"a frame ({100 * outside / pipeline:.1f}% of the pipeline)")
+
+
 # ----------------------------------------------------------------------------------------------------
 # Command line
 
@@ -409,7 +801,18 @@ def parse_args(argv=None):
     p.add_argument("--out", default="output/predict", help="folder for the drawn images/video and predictions.json")
     p.add_argument("--boxes", help="COCO detection-results JSON of person boxes (images named by COCO id)")
     p.add_argument("--box-thr", type=float, default=0.5, help="with --boxes: drop boxes scoring below this")
-    p.add_argument("--detector", choices=("hog",), help="find people with OpenCV's HOG detector")
+    p.add_argument("--detector", help="find people with hog (OpenCV's HOG detector, no download) or DIR, a "
+                   "PaddleDetection-exported person detector (model.json/.pdmodel, model.pdiparams, infer_cfg.yml)")
+    p.add_argument("--det-thr", type=float, default=0.5, help="with --detector DIR: drop boxes scoring below this")
+    p.add_argument("--det-every", type=int, default=1,
+                   help="video: run --detector/--boxes every N frames, between them follow each person from the box "
+                   "of their last keypoints (a lost person triggers detection)")
+    p.add_argument("--smooth", choices=("one-euro", "none"), default="one-euro",
+                   help="video: smooth each track's keypoints with the One-Euro filter (Casiez et al. 2012)")
+    p.add_argument("--min-cutoff", type=float, default=1.0, help="One-Euro cutoff (Hz) at rest: lower is steadier")
+    p.add_argument("--beta", type=float, default=0.05,
+                   help="One-Euro cutoff increase per px/s of keypoint speed: higher lags less")
+    p.add_argument("--d-cutoff", type=float, default=1.0, help="One-Euro cutoff (Hz) of the speed estimate")
     p.add_argument("--kpt-thr", type=float, default=0.3, help="draw keypoints scoring above this")
     p.add_argument("--nms-thr", type=float, default=0.9, help="OKS-NMS threshold between people (1: keep all)")
     p.add_argument("--flip", action="store_true", help="flip test: average with the mirrored crop (2x the work)")
@@ -423,13 +826,16 @@ def parse_args(argv=None):
     p.add_argument("--onednn", action=argparse.BooleanOptionalAction, default=True,
                    help="oneDNN kernels for --model-dir on CPU")
     p.add_argument("--benchmark", action="store_true",
-                   help="time the network and the pipeline on the first image, batch 1 and 8; write nothing")
+                   help="image: time the network and the pipeline on the first image, batch 1 and 8; video: "
+                   "frames/s of the whole pipeline and of the network alone; write nothing")
     p.add_argument("--benchmark-runs", type=int, default=20, help="timed runs per measurement")
     p.add_argument("--compare", help="with --benchmark: another export (same input size) timed in the same loop")
     p.add_argument("--verbose", action="store_true", help="also show Paddle's and oneDNN's own log lines")
     args = p.parse_args(argv)
-    if args.batch_size < 1 or args.benchmark_runs < 1:
-        p.error("--batch-size and --benchmark-runs must be at least 1")
+    if args.batch_size < 1 or args.benchmark_runs < 1 or args.det_every < 1:
+        p.error("--batch-size, --benchmark-runs and --det-every must be at least 1")
+    if args.min_cutoff <= 0 or args.d_cutoff <= 0 or args.beta < 0:
+        p.error("--min-cutoff and --d-cutoff must be positive (Hz), --beta at least 0")
     if args.compare and not args.benchmark:
         p.error("--compare is a --benchmark option")
     return args
@@ -447,6 +853,9 @@ def main(argv=None):
         run, pose = load_model(args)
         description = (f"paddle.inference {args.device or ('gpu' if paddle.is_compiled_with_cuda() else 'cpu')}"
                        f" oneDNN {'on' if args.onednn else 'off'}" if args.model_dir else "eager checkpoint")
+        if args.benchmark and source.kind == "video":
+            benchmark_video(args, run, pose, source, boxes_for, box_padding, description)
+            return
         if args.benchmark:
             image = next((image for _, image in source.items if image is not None), None)
             if image is None:

@@ -1753,11 +1753,6 @@ def test_predict_bad_input_is_one_line(lite18_weights, lite_export, tmp_path):
     garbage.write_text("not a video")
     assert "neither an image nor a video" in predict_error(model + ["--input", str(garbage)])
     assert "no webcam with this index" in predict_error(model + ["--input", "7"])
-    video = tmp_path / "one_frame.mp4"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 64))
-    writer.write(np.zeros((64, 64, 3), np.uint8))
-    writer.release()
-    assert "COCO image id" in predict_error(model + ["--input", str(video), "--boxes", TINY_DETS])
     assert "hrnet_demo.jpg is not named by its COCO image id" in predict_error(model + ["--input", DEMO, "--boxes",
                                                                                         TINY_DETS])
     no_pose = tmp_path / "no_pose"
@@ -2472,3 +2467,306 @@ def test_pose_json_with_wrong_types_is_a_one_line_error(tmp_path):
         raises_one_line(ValueError, f"pose.json: {key} is .*, expected", ex.read_pose_json, str(tmp_path))
     (tmp_path / "pose.json").write_text(json.dumps(good))
     assert ex.read_pose_json(str(tmp_path)) == good
+
+
+# ---- issue 13: video (track ids, One-Euro smoothing, --det-every, a PaddleDetection detector, video benchmark)
+
+class TruthNetwork:
+    """A stand-in pose network for a synthetic video (data.make_synthetic_video's truth): a crop's heatmaps peak
+    where the joints of the figure whose box centre is nearest the crop's centre fall (plus Gaussian noise of
+    `noise` image pixels); joints outside the crop or the frame, or no figure near the centre, give empty maps.
+    It learns each crop's geometry by standing in for predict.crop_and_normalize, the frame from the source."""
+
+    def __init__(self, truth, pose, noise=0.0, seed=0):
+        self.truth, self.pose, self.noise, self.rng = truth, pose, noise, np.random.default_rng(seed)
+        self.frame, self.pending = None, []
+
+    def crop(self, image_rgb, center, scale, *rest):
+        self.pending.append((center, scale, image_rgb.shape))
+        return data.crop_and_normalize(image_rgb, center, scale, *rest)
+
+    def frames(self, items):
+        for index, image in items:
+            self.frame = index
+            yield index, image
+
+    def __call__(self, crops):
+        h, w = self.pose["heatmap_size"]
+        heatmaps = np.zeros((len(crops), 17, h, w), np.float32)
+        joints, boxes = self.truth["joints"][self.frame], self.truth["boxes"][self.frame]
+        for heatmap, (center, scale, shape) in zip(heatmaps, self.pending[:len(crops)]):
+            distance = np.linalg.norm(boxes[:, :2] + boxes[:, 2:] / 2 - center, axis=1)
+            if distance.min() > 0.3 * scale.max() * data.PIXEL_STD:
+                continue
+            figure = joints[distance.argmin()] + self.rng.normal(0, self.noise, (17, 2))
+            points = data.affine_transform(figure, data.get_affine_transform(center, scale, 0, (w, h)))
+            for k, ((x, y), (ix, iy)) in enumerate(zip(points, figure)):
+                if 0 <= x < w and 0 <= y < h and 0 <= ix < shape[1] and 0 <= iy < shape[0]:
+                    heatmap[k] = gaussian_map(h, w, x, y)
+        del self.pending[:len(crops)]
+        return heatmaps
+
+
+def run_on_video(monkeypatch, tmp_path, truth, video, argv=(), noise=0.0):
+    """predict.py's video loop on `video` with TruthNetwork: (results, frames the detector ran on)."""
+    args = pr.parse_args(["--input", str(video), "--out", str(tmp_path / "out"), "--decode", "dark", *argv])
+    pose = ex.pose_metadata("truth", "256x192", COCO_INFO)
+    net = TruthNetwork(truth, pose, noise)
+    monkeypatch.setattr(pr, "crop_and_normalize", net.crop)
+    source = pr.read_input(args.input)
+    source.items = net.frames(source.items)
+    boxes_for, padding, _ = pr.box_source(args, source.kind)
+    detected = []
+
+    def counted(index, image):
+        detected.append(index)
+        return boxes_for(index, image)
+
+    results, _ = pr.predict_input(args, net, pose, source, counted, padding, log=lambda *a, **k: None)
+    return results, detected
+
+
+def truth_matches(results, truth, max_px=8.0):
+    """found[t][i]: (track_id, keypoints) of the person of frame t whose keypoints found (score > 0.5) lie on
+    figure i (mean distance < max_px), else None."""
+    found = []
+    for result, joints in zip(results, truth["joints"]):
+        people = [(p["track_id"], np.array(p["keypoints"])) for p in result["people"]]
+        row = []
+        for figure in joints:
+            errors = [np.linalg.norm(kpts[:, :2] - figure, axis=1)[kpts[:, 2] > 0.5].mean()
+                      if (kpts[:, 2] > 0.5).sum() >= 3 else np.inf for _, kpts in people]
+            row.append(people[int(np.argmin(errors))][:2] if errors and min(errors) < max_px else None)
+        found.append(row)
+    return found
+
+
+@pytest.mark.parametrize("det_every", [1, 4])
+def test_track_ids_stay_with_their_figures_through_crossings_and_missed_detections(monkeypatch, tmp_path, det_every):
+    video = tmp_path / "walk.mp4"
+    truth = data.make_synthetic_video(str(video), num_frames=60, num_people=4, seed=0)
+    centres = truth["boxes"][..., 0] + truth["boxes"][..., 2] / 2
+    assert sum(np.diff(np.sign(centres[:, i] - centres[:, j])).astype(bool).sum()
+               for i in range(4) for j in range(i)) >= 4  # figures pass one another four times
+    rng = np.random.default_rng(0)  # a detector: jittered true boxes, one in ten missed
+    boxes = [dict(image_id=t, category_id=1, score=0.9, bbox=list(truth["boxes"][t, i] + rng.normal(0, 3, 4)))
+             for t in range(60) for i in range(4) if rng.random() > 0.1]
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    results, detected = run_on_video(monkeypatch, tmp_path, truth, video,
+                                     ["--boxes", str(tmp_path / "boxes.json"), "--det-every", str(det_every)])
+    assert len(results) == 60 and all("track_id" in p for r in results for p in r["people"])
+    if det_every > 1:
+        assert len(detected) < 40
+    right = links = 0
+    found = truth_matches(results, truth)
+    for i in range(4):
+        seen = [row[i][0] for row in found if row[i] is not None]  # the figure's ids, frame after frame
+        assert len(seen) >= 45  # one in ten detections missed
+        links += len(seen) - 1
+        right += sum(a == b for a, b in zip(seen, seen[1:]))
+    assert right / links >= 0.95
+
+
+def test_one_euro_filter_is_an_exponential_smoother_at_rest_and_follows_speed():
+    rng = np.random.default_rng(0)
+    signal = rng.normal(0, 1, (30, 4, 2))
+    smoothed = pr.OneEuroFilter(min_cutoff=2.0, beta=0.0)
+    weight = 1 / (1 + 25 / (2 * np.pi * 2.0))  # beta 0: a low-pass at 2 Hz sampled at 25 Hz, i.e. this EMA
+    expected = signal[0]
+    for t, x in enumerate(signal):
+        expected = x if t == 0 else expected + weight * (x - expected)
+        np.testing.assert_allclose(smoothed(x, t / 25), expected)
+    lag = {}
+    for beta in (0.0, 0.05):  # a point moving at 100 px/s
+        follow = pr.OneEuroFilter(1.0, beta)
+        lag[beta] = [4.0 * t - follow([[4.0 * t, 0.0]], t / 25)[0, 0] for t in range(100)][-1]
+    assert 0 < lag[0.05] < 2.5 and lag[0.0] > 5 * lag[0.05]  # the speed raises the cutoff: far less lag
+
+
+def test_smoothing_steadies_a_still_figure_and_follows_moving_ones(monkeypatch, tmp_path):
+    still = tmp_path / "still.mp4"
+    truth = data.make_synthetic_video(str(still), num_frames=40, num_people=1, speed=(0, 0), seed=1)
+    jitter = {}
+    for smooth in ("none", "one-euro"):
+        results, _ = run_on_video(monkeypatch, tmp_path, truth, still, ["--smooth", smooth], noise=2.0)
+        keypoints = np.array([r["people"][0]["keypoints"] for r in results])[:, :, :2]
+        jitter[smooth] = np.linalg.norm(np.diff(keypoints[10:], axis=0), axis=2).mean()
+    assert jitter["none"] > 1.5 and jitter["none"] >= 3 * jitter["one-euro"]
+    moving = tmp_path / "moving.mp4"
+    truth = data.make_synthetic_video(str(moving), num_frames=40, num_people=2, speed=(3, 4), seed=2,
+                                      boxes_path=str(tmp_path / "boxes.json"))
+    results, _ = run_on_video(monkeypatch, tmp_path, truth, moving, ["--boxes", str(tmp_path / "boxes.json")])
+    lag = [np.linalg.norm(found[i][1][:, :2] - truth["joints"][t, i], axis=1)[found[i][1][:, 2] > 0.5].mean()
+           for t, found in enumerate(truth_matches(results, truth)) if t >= 5 for i in range(2) if found[i]]
+    assert len(lag) >= 60 and np.mean(lag) < 3.0  # speed 3-4 px a frame, noise-free: the filter's lag alone
+
+
+def test_det_every_detects_again_a_person_who_leaves_and_returns(monkeypatch, tmp_path):
+    video, boxes = tmp_path / "out_and_back.mp4", tmp_path / "boxes.json"
+    truth = data.make_synthetic_video(str(video), num_frames=70, num_people=1, size=(160, 120), walk=(-0.5, 1.5),
+                                      speed=(7, 8), seed=1, boxes_path=str(boxes))
+    inside = truth["inside"][:, 0]
+    assert inside[0] and not inside.all() and inside[-1]  # in the frame, out of it, and back
+    results, detected = run_on_video(monkeypatch, tmp_path, truth, video, ["--boxes", str(boxes), "--det-every", "10"])
+    found = np.array([row[0] is not None for row in truth_matches(results, truth)])
+    joints = truth["joints"][:, 0]
+    in_frame = ((joints >= 0) & (joints < [160, 120])).all(axis=2).sum(axis=1)  # joints inside the frame
+    assert found[inside].all()  # each frame it is in: followed, or found again on the first frame it is detected
+    assert not found[in_frame < 3].any()
+    assert set(np.flatnonzero(in_frame == 0)) <= set(detected)  # while away: looked for on every frame
+    followed = [t for t in detected if t > 0 and inside[t] and found[t - 1]]  # detections of a followed person
+    assert 1 <= len(followed) <= inside.sum() / 10 + 1
+
+
+def fake_detector_export(folder, preprocess):
+    """A PaddleDetection-style export (tools/export_model.py's interface, no weights): inputs image, im_shape,
+    scale_factor; outputs N x 6 boxes [class, score, x1, y1, x2, y2] in image pixels and their count. Its boxes
+    span x 25-75% and y 10-90% of the network's input, mapped back by scale_factor; the person box scores the
+    mean of the normalised red channel, then come a class-1 box and a weak (0.1) person box."""
+    class Detector(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.gain = self.create_parameter([1], default_initializer=paddle.nn.initializer.Constant(1.0))
+
+        def forward(self, image, im_shape, scale_factor):
+            h, w = im_shape[:, 0], im_shape[:, 1]
+            sy, sx = scale_factor[:, 0], scale_factor[:, 1]
+            one = paddle.ones([1])
+            corners = [0.25 * w / sx, 0.1 * h / sy, 0.75 * w / sx, 0.9 * h / sy]
+            rows = [[0 * one, self.gain * image[:, 0].mean().reshape([1])], [one, one], [0 * one, 0.1 * one]]
+            boxes = paddle.concat([paddle.concat(row + corners).reshape([1, 6]) for row in rows])
+            return boxes, paddle.full([1], 3, "int32")
+
+    spec = paddle.static.InputSpec
+    specs = [spec([None, 3, None, None], "float32", "image"), spec([None, 2], "float32", "im_shape"),
+             spec([None, 2], "float32", "scale_factor")]
+    paddle.jit.save(paddle.jit.to_static(Detector(), input_spec=specs, full_graph=True), str(folder / "model"))
+    # the fields and layout yaml.dump gives an exported PP-PicoDet person detector
+    (folder / "infer_cfg.yml").write_text(f"""mode: paddle
+draw_threshold: 0.5
+metric: COCO
+use_dynamic_shape: false
+arch: GFL
+min_subgraph_size: 3
+Preprocess:
+{preprocess}- type: Permute
+label_list:
+- person
+NMS:
+  keep_top_k: 100
+  name: MultiClassNMS
+  nms_threshold: 0.5
+  nms_top_k: 1000
+  score_threshold: 0.3
+fpn_stride:
+- 8
+- 16
+""")
+
+
+PICODET_PREPROCESS = """- interp: 2
+  keep_ratio: false
+  target_size:
+  - 320
+  - 320
+  type: Resize
+- is_scale: true
+  mean:
+  - 0.485
+  - 0.456
+  - 0.406
+  std: [0.229, 0.224, 0.225]
+  type: NormalizeImage
+"""
+
+
+def test_paddle_detection_export_runs_as_the_person_detector(tmp_path):
+    fake_detector_export(tmp_path, PICODET_PREPROCESS)
+    assert (tmp_path / "model.json").exists() and (tmp_path / "model.pdiparams").exists()
+    config = pr.read_simple_yaml(str(tmp_path / "infer_cfg.yml"))
+    assert config["Preprocess"][0] == dict(interp=2, keep_ratio=False, target_size=[320, 320], type="Resize")
+    assert config["Preprocess"][1]["std"] == [0.229, 0.224, 0.225] and config["label_list"] == ["person"]
+    assert config["NMS"]["nms_threshold"] == 0.5 and config["fpn_stride"] == [8, 16]
+    try:  # the whole file against PyYAML, where it is installed
+        import yaml
+        assert config == yaml.safe_load((tmp_path / "infer_cfg.yml").read_text())
+    except ImportError:
+        pass
+    image = np.zeros((200, 300, 3), np.uint8)
+    image[..., 2] = 200  # red (BGR order): normalised (200 / 255 - 0.485) / 0.229
+    [(box, score)] = pr.paddle_detector(str(tmp_path), 0.5, device="cpu")(image)
+    assert box == pytest.approx((75, 20, 150, 160), abs=0.01)  # x and y scaled apart: 320x320 from 300x200
+    assert score == pytest.approx((200 / 255 - 0.485) / 0.229, abs=1e-3)
+    assert len(pr.paddle_detector(str(tmp_path), 0.05, device="cpu")(image)) == 2  # the weak one; never class 1
+    keep_ratio = pr.detector_preprocess([dict(type="Resize", target_size=[320, 320], keep_ratio=True, interp=1),
+                                         dict(type="Permute"), dict(type="PadStride", stride=32)], "cfg")(image)
+    assert keep_ratio["image"].shape == (1, 3, 224, 320)  # 213x320 padded to multiples of 32
+    np.testing.assert_allclose(keep_ratio["im_shape"], [[213, 320]])
+    np.testing.assert_allclose(keep_ratio["scale_factor"], [[320 / 300, 320 / 300]])
+    raises_one_line(ValueError, "Preprocess step LetterBoxResize is not supported", pr.detector_preprocess,
+                    [dict(type="LetterBoxResize")], "cfg")
+    (tmp_path / "infer_cfg.yml").write_text("Preprocess:\n- type: Permute\nlabel_list:\n- car\n- bus\n")
+    raises_one_line(ValueError, "label_list has no person or pedestrian class", pr.paddle_detector, str(tmp_path), 0.5)
+    (tmp_path / "infer_cfg.yml").unlink()
+    raises_one_line(FileNotFoundError, "no infer_cfg.yml", pr.paddle_detector, str(tmp_path), 0.5)
+
+
+def test_video_json_has_track_ids_and_a_webcam_runs_the_same_loop(lite_export, tmp_path, monkeypatch, capsys):
+    video, boxes = tmp_path / "walk.mp4", tmp_path / "boxes.json"
+    data.make_synthetic_video(str(video), num_frames=8, num_people=2, size=(160, 120), seed=5, boxes_path=str(boxes))
+    detector = tmp_path / "detector"
+    detector.mkdir()
+    fake_detector_export(detector, PICODET_PREPROCESS)
+    runs, real = {}, cv2.VideoCapture
+    for name, argv in (("file", ["--input", str(video), "--boxes", str(boxes)]),
+                       ("webcam", ["--input", "0", "--boxes", str(boxes)]),
+                       ("detector", ["--input", str(video), "--detector", str(detector), "--det-thr", "-9",
+                                     "--det-every", "3", "--kpt-thr", "-1"])):
+        # webcam 0 is this video file: the same frames through the webcam path
+        monkeypatch.setattr(cv2, "VideoCapture", lambda spec: real(str(video) if spec == 0 else spec))
+        pr.main(["--model-dir", lite_export[0], "--out", str(tmp_path / name), "--nms-thr", "1"] + argv)
+        runs[name] = json.loads((tmp_path / name / "predictions.json").read_text())["results"]
+    printed = capsys.readouterr().out
+    assert "8 frames in" in printed and "detector on 8 frames" in printed and "detector on 3 frames" in printed
+    assert (tmp_path / "file" / "walk.mp4").exists() and (tmp_path / "webcam" / "webcam0.mp4").exists()
+    assert runs["file"] == runs["webcam"]
+    assert [r["frame"] for r in runs["file"]] == list(range(8))
+    for result in runs["file"]:
+        assert len(result["people"]) == 2
+        for person in result["people"]:
+            assert set(person) == {"track_id", "box", "box_score", "score", "keypoints"}
+            assert isinstance(person["track_id"], int) and np.array(person["keypoints"]).shape == (17, 3)
+    assert {p["track_id"] for r in runs["file"] for p in r["people"]} <= set(range(4))
+    # the fake detector's person box twice (its weak copy too, at --det-thr -9), followed between detections
+    assert [p["box"] for p in runs["detector"][0]["people"]] == [[40.0, 12.0, 80.0, 96.0]] * 2
+    assert all(len(r["people"]) == 2 for r in runs["detector"])
+
+
+def test_video_benchmark_reports_the_pipeline_and_the_network_alone(lite_export, tmp_path, capsys):
+    video = tmp_path / "walk.mp4"
+    data.make_synthetic_video(str(video), num_frames=6, num_people=1, size=(160, 120), seed=6)
+    pr.main(["--model-dir", lite_export[0], "--input", str(video), "--benchmark", "--out", str(tmp_path / "out")])
+    first, second = capsys.readouterr().out.strip().splitlines()
+    assert first.startswith("benchmark: lite_hrnet_18 128x96") and "walk 6 frames, 1.00 people" in first
+    assert "1.00 network calls a frame (1.00 crops a call)" in first
+    figures = re.search(r"whole pipeline +(\S+) frames/s \| network alone +(\S+) frames/s \| pipeline = (\S+) x "
+                        r"network \| outside the network (\S+) ms a frame", second).groups()
+    pipeline, network, ratio, outside = (float(v) for v in figures)
+    assert outside >= 0
+    assert ratio > 0 and ratio == pytest.approx(pipeline / network, rel=0.05, abs=0.02)
+    assert not (tmp_path / "out").exists()  # writes nothing
+
+
+def test_video_options_bad_input_is_one_line(lite18_weights, tmp_path):
+    model = ["--model", "lite_hrnet_18", "--weights", lite18_weights, "--input-size", "128x96", "--out",
+             str(tmp_path / "out")]
+    video = tmp_path / "clip.mp4"
+    data.make_synthetic_video(str(video), num_frames=2, num_people=1, size=(64, 64))
+    assert "give a video with --boxes or --detector" in predict_error(model + ["--input", str(video),
+                                                                               "--det-every", "5"])
+    assert "give a video with --boxes or --detector" in predict_error(model + ["--input", DEMO, "--det-every", "5",
+                                                                               "--detector", "hog"])
+    assert "no such folder (expected hog or a PaddleDetection export)" in predict_error(
+        model + ["--input", str(video), "--detector", str(tmp_path / "nope")])
+    with pytest.raises(SystemExit):
+        pr.parse_args(["--input", str(video), "--min-cutoff", "0"])
