@@ -2001,8 +2001,8 @@ def test_quantize_cli_errors_are_one_line(synthetic_root, tmp_path, lite18_weigh
 # ====================================================================================================
 # Checkpoints that say what they are (model, keypoints, input size, UDP, QAT), any-K models, the layering
 
-def fourteen_keypoint_copy(src, dst, dropped=(1, 2, 3)):
-    """The synthetic set without the eyes and the left ear: a 14-keypoint COCO-format set, images shared."""
+def fourteen_keypoint_copy(src, dst, dropped=(0, 1, 2)):
+    """The synthetic set without the nose and the eyes: a 14-keypoint COCO-format set, images shared."""
     keep = [k for k in range(17) if k not in dropped]
     os.makedirs(os.path.join(dst, "annotations"))
     shutil.copytree(os.path.join(src, "person_detection_results"), os.path.join(dst, "person_detection_results"))
@@ -2041,7 +2041,8 @@ def test_a_fourteen_keypoint_model_evaluates_exports_and_predicts_from_its_check
     record = paddle.load(best)["record"]
     assert (record["model"], record["num_joints"], record["input_size"], record["udp"], record["qat"]) == \
         ("lite_hrnet_18", 14, [64, 64], False, False)
-    assert record["keypoint_names"][:2] == ["nose", "right_ear"] and [5, 6] not in record["flip_pairs"]
+    assert record["keypoint_names"][:3] == ["left_ear", "right_ear", "left_shoulder"]
+    assert record["flip_pairs"] == [[k, k + 1] for k in range(0, 14, 2)]
     capsys.readouterr()
     ev.main(["--data", data14, "--weights", best, "--workers", "0", "--no-flip"])  # no --model, no --input-size
     printed = capsys.readouterr().out
@@ -2069,7 +2070,7 @@ def test_flags_that_contradict_a_checkpoint_are_one_line_errors(run14, synthetic
     best, last = str(run / "best.pdparams"), str(run / "last.pdparams")
     assert "holds a lite_hrnet_18; leave --model out" in cli_error(
         ["--data", data14, "--weights", best, "--model", "hrnet_w32", "--workers", "0"])
-    assert "predicts 14 keypoints (nose, right_ear, left_shoulder, ...), the data has 17" in cli_error(
+    assert "predicts 14 keypoints (left_ear, right_ear, left_shoulder, ...), the data has 17" in cli_error(
         ["--data", synthetic_root, "--weights", best, "--workers", "0"])
     assert "does not say which network it holds" in cli_error(["--data", TINY, "--weights", lite18_weights])
     with pytest.raises(SystemExit, match="holds a lite_hrnet_18; leave --model out"):
