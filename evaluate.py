@@ -11,6 +11,7 @@ The pipeline reproduces the official HRNet evaluation (`validate` in lib/core/fu
 Examples:
     python evaluate.py --data data/coco --model hrnet_w32 --weights hrnet_w32.pdparams
     python evaluate.py --data data/coco --model hrnet_w32 --weights w.pdparams --boxes det   # detector boxes
+    python evaluate.py --data data/coco --model-dir export/hrnet_w32 --precision bf16   # an export (export.py)
     python evaluate.py --data data/coco --results results.json   # only score an existing results file
 """
 import os
@@ -33,7 +34,8 @@ import paddle
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from data import COCOKeypointDataset, transform_preds, write_json_atomically
+from data import COCOKeypointDataset, parse_input_size, transform_preds, write_json_atomically
+from export import BACKENDS, PRECISIONS, create_predictor, read_pose_json
 from model import MODEL_NAMES, build_model, load_weights, set_device
 
 STAT_NAMES = ("AP", "AP .5", "AP .75", "AP (M)", "AP (L)", "AR", "AR .5", "AR .75", "AR (M)", "AR (L)")
@@ -376,6 +378,19 @@ def coco_keypoint_stats(ann_file_or_coco, results, sigmas=None, image_ids=None):
 # the evaluation loop
 
 
+class PredictorModel(paddle.nn.Layer):
+    """An exported model's predictor (export.create_predictor: numpy crops -> numpy heatmaps) behind the
+    nn.Layer interface that evaluate_model calls."""
+
+    def __init__(self, run):
+        super().__init__()
+        self.run = run
+
+    def forward(self, images):
+        return paddle.to_tensor(self.run(images.numpy()))
+
+
+
 def evaluate_model(model, dataset, batch_size=32, flip=True, decode="default", dark_kernel=3,
                    in_vis_thre=0.2, oks_thre=0.9, soft_nms=False, num_workers=0, log=print):
     """Predict every person box of a COCOKeypointDataset, decode, rescore + OKS-NMS and score with pycocotools.
@@ -434,7 +449,13 @@ def parse_args(argv=None):
     p.add_argument("--results", help="only score this COCO results JSON (no model)")
     p.add_argument("--model", choices=MODEL_NAMES)
     p.add_argument("--weights", help="checkpoint path or URL (formats: see model.load_weights)")
-    p.add_argument("--input-size", default="256x192", help="crop size HxW")
+    p.add_argument("--model-dir", help="an exported model folder (export.py, quantize.py) instead of --model/--weights")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="runtime of --model-dir: auto = OpenVINO on CPU if installed, else paddle.inference")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="of --model-dir (default: int8 for a quantized export, else fp32; bf16 needs OpenVINO)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of --model-dir's runtime (default: all)")
+    p.add_argument("--input-size", default=None, help="crop size HxW (default 256x192; an export's own)")
     p.add_argument("--udp", action="store_true", help="the model was trained on UDP crops/targets (data.py --udp)")
     p.add_argument("--boxes", default="gt", help="'gt' (ground-truth boxes), 'det' (DATA/" + DETECTION_FILE
                    + ", the boxes of the official HRNet tables) or a detection-results JSON")
@@ -471,8 +492,11 @@ def _read_results(path):
 
 
 def _predict(args, ann_file):
-    if not (args.model and args.weights):
-        raise SystemExit("error: --model and --weights are needed (or --results to score an existing file)")
+    if args.model_dir and (args.model or args.weights):
+        raise SystemExit("error: --model-dir and --model/--weights are alternatives: give one of them")
+    if not (args.model and args.weights or args.model_dir):
+        raise SystemExit("error: --model and --weights (or --model-dir) are needed, or --results to score an "
+                         "existing file")
     if not (args.images or args.data):
         raise SystemExit("error: give --data DIR or --images DIR")
     image_dir = _existing(args.images or os.path.join(args.data, "val2017"), "image directory (--images/--data)")
@@ -484,16 +508,30 @@ def _predict(args, ann_file):
     if boxes != "gt" and not boxes.startswith(("http://", "https://")):
         _existing(boxes, "box file (--boxes)")
     set_device(args.device)
+    input_size, udp, pose = args.input_size or "256x192", args.udp, None
+    if args.model_dir:  # the export's own input size and crops
+        pose = read_pose_json(args.model_dir)
+        input_size, udp = "x".join(map(str, pose["input_size"])), pose["udp"]
+        if args.input_size and parse_input_size(args.input_size) != parse_input_size(input_size):
+            raise ValueError(f"--input-size {args.input_size}: the model in {args.model_dir} takes {input_size} "
+                             f"crops (its pose.json)")
 
-    dataset = COCOKeypointDataset(ann_file, image_dir, args.input_size, train=False, boxes=boxes,
-                                  det_score_thr=args.det_score_thr, udp=args.udp)
-    model = build_model(args.model, num_joints=dataset.info.num_joints)
-    try:
-        load_weights(model, args.weights)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: --weights {args.weights}: " + " ".join(str(e).split()))
-    print(f"{args.model} on {len(dataset)} boxes ({'GT' if boxes == 'gt' else boxes}), "
-          f"input {args.input_size}, decode {args.decode}, flip {'on' if args.flip else 'off'}")
+    dataset = COCOKeypointDataset(ann_file, image_dir, input_size, train=False, boxes=boxes,
+                                  det_score_thr=args.det_score_thr, udp=udp)
+    if args.model_dir:
+        if len(pose["keypoint_names"]) != dataset.info.num_joints:
+            raise ValueError(f"--model-dir {args.model_dir}: finds {len(pose['keypoint_names'])} keypoints, "
+                             f"{ann_file} has {dataset.info.num_joints}")
+        predictor = create_predictor(args.model_dir, args.backend, args.device, args.threads, args.precision)
+        model, name = PredictorModel(predictor), f"{pose['model']} ({predictor.describe()})"
+    else:
+        model, name = build_model(args.model, num_joints=dataset.info.num_joints), args.model
+        try:
+            load_weights(model, args.weights)
+        except (ValueError, FileNotFoundError) as e:
+            raise SystemExit(f"error: --weights {args.weights}: " + " ".join(str(e).split()))
+    print(f"{name} on {len(dataset)} boxes ({'GT' if boxes == 'gt' else boxes}), "
+          f"input {input_size}, decode {args.decode}, flip {'on' if args.flip else 'off'}")
     results, stats = evaluate_model(model, dataset, args.batch_size, args.flip, args.decode, args.dark_kernel,
                                     args.in_vis_thre, args.oks_thre, args.soft_nms, args.workers)
     if args.out:

@@ -4,11 +4,13 @@ Pose estimation on an image, a folder of images, a video or a webcam: skeletons 
 Top-down, as in evaluation: every person box is cropped to the network's input, the heatmaps are decoded to
 image coordinates, and a person found from two boxes is kept once (OKS-NMS). Boxes come from the whole image
 (default), a COCO detection-results file (--boxes) or OpenCV's HOG people detector (--detector hog).
-The network is either an export (--model-dir, run by paddle.inference) or a checkpoint (--model --weights, eager).
+The network is either an export (--model-dir, run by OpenVINO or paddle.inference) or a checkpoint (--model
+--weights, eager).
 
     python predict.py --model-dir export/hrnet_w32 --input photo.jpg --out output/predict
     python predict.py --model hrnet_w32 --weights hrnet_w32.pdparams --input clip.mp4 --detector hog
-    python predict.py --model-dir export/lite_hrnet_30 --input photo.jpg --benchmark
+    python predict.py --model-dir export/lite_hrnet_30 --input photo.jpg --benchmark --compare export/lite_hrnet_30 \
+                      --compare-backend paddle
 """
 import os
 import warnings
@@ -29,7 +31,7 @@ from data import (COCO_PERSON_CATEGORY, IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD, 
                   crop_and_normalize, draw_poses, keypoint_info_from_category, load_json, parse_input_size,
                   read_image_bgr, temporary_path, write_image_atomically, write_json_atomically)
 from evaluate import heatmaps_to_keypoints, oks_nms, person_score, predict_batch
-from export import create_predictor, pose_metadata, read_pose_json
+from export import BACKENDS, PRECISIONS, create_predictor, pose_metadata, read_pose_json
 from model import MODEL_NAMES, build_model, load_weights, set_device
 
 PREDICTIONS_FILE = "predictions.json"
@@ -41,15 +43,16 @@ HOG_MAX_SIDE = 800
 
 
 def compare_model(args, pose):
-    """--compare DIR: the network of a second export with the same input size, run like --model-dir's."""
+    """--compare DIR: the network of a second export with the same input size, run like --model-dir's except
+    for --compare-backend / --compare-precision."""
     if not args.compare:
         return None
     other = read_pose_json(args.compare)
     if other["input_size"] != pose["input_size"]:
         raise ValueError(f"--compare {args.compare}: takes {other['input_size'][0]}x{other['input_size'][1]} crops, "
                          f"the benchmarked model {pose['input_size'][0]}x{pose['input_size'][1]}")
-    return create_predictor(args.compare, args.device, args.threads, args.onednn,
-                            int8=other["quantized"] and args.onednn)
+    return create_predictor(args.compare, args.compare_backend or args.backend, args.device, args.threads,
+                            args.compare_precision, args.onednn)
 
 
 def load_model(args):
@@ -67,8 +70,7 @@ def load_model(args):
                 or not np.allclose(pose["std"], IMAGENET_STD)):
             raise ValueError(f"{args.model_dir}: pose.json asks for another normalisation than data.py's "
                              f"(RGB, ImageNet mean and std)")
-        run = create_predictor(args.model_dir, args.device, args.threads, args.onednn,
-                               int8=pose["quantized"] and args.onednn)
+        run = create_predictor(args.model_dir, args.backend, args.device, args.threads, args.precision, args.onednn)
         return run, pose
     if not (args.model and args.weights):
         raise ValueError("give --model-dir DIR (from export.py) or --model NAME with --weights CKPT")
@@ -383,8 +385,8 @@ def benchmark(args, run, pose, image_bgr, description, warmup=3, compare_run=Non
               f"({100 * outside / np.median(times['pipeline']):.1f}% of the pipeline)")
         if compare_run:
             other = np.median(times["compare"])
-            print(f"batch {batch}:  --compare {args.compare} model p50 {other * 1000:7.1f} ms: this model is "
-                  f"{other / np.median(times['model']):.2f}x as fast")
+            print(f"batch {batch}:  --compare {args.compare} ({compare_run.describe()}) model p50 "
+                  f"{other * 1000:7.1f} ms: this model is {other / np.median(times['model']):.2f}x as fast")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -394,7 +396,7 @@ def benchmark(args, run, pose, image_bgr, description, warmup=3, compare_run=Non
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model-dir", help="exported model folder (export.py), run with paddle.inference")
+    p.add_argument("--model-dir", help="exported model folder (export.py), run with OpenVINO or paddle.inference")
     p.add_argument("--model", choices=MODEL_NAMES, help="network of --weights (eager mode instead of --model-dir)")
     p.add_argument("--weights", help="checkpoint for --model (path or URL)")
     p.add_argument("--input-size", default=None, help="crop HEIGHTxWIDTH (default 256x192; an export's own)")
@@ -413,18 +415,27 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=8, help="person crops per network call")
     p.add_argument("--max-frames", type=int, default=0, help="stop a video or webcam after this many frames (0: all)")
     p.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: gpu if Paddle has CUDA)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="runtime of --model-dir: auto = OpenVINO on CPU if installed, else paddle.inference")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="of --model-dir (default: int8 for a quantized export, else fp32; bf16 needs OpenVINO)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads of --model-dir's predictor (default: all)")
     p.add_argument("--onednn", action=argparse.BooleanOptionalAction, default=True,
-                   help="oneDNN kernels for --model-dir on CPU")
+                   help="oneDNN kernels for --model-dir on CPU (--backend paddle)")
     p.add_argument("--benchmark", action="store_true",
                    help="time the network and the pipeline on the first image, batch 1 and 8; write nothing")
     p.add_argument("--benchmark-runs", type=int, default=20, help="timed runs per measurement")
     p.add_argument("--compare", help="with --benchmark: another export (same input size) timed in the same loop")
+    p.add_argument("--compare-backend", choices=BACKENDS, default=None, help="of --compare (default: --backend)")
+    p.add_argument("--compare-precision", choices=PRECISIONS, default=None,
+                   help="of --compare (default: the export's own, as --precision)")
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.benchmark_runs < 1:
         p.error("--batch-size and --benchmark-runs must be at least 1")
     if args.compare and not args.benchmark:
         p.error("--compare is a --benchmark option")
+    if (args.compare_backend or args.compare_precision) and not args.compare:
+        p.error("--compare-backend and --compare-precision go with --compare")
     return args
 
 
@@ -438,8 +449,7 @@ def main(argv=None):
                 and os.path.realpath(args.out) == os.path.realpath(input_folder)):
             raise ValueError(f"--out {args.out}: the input's own folder; the drawn images would replace the inputs")
         run, pose = load_model(args)
-        description = (f"paddle.inference {args.device or ('gpu' if paddle.is_compiled_with_cuda() else 'cpu')}"
-                       f" oneDNN {'on' if args.onednn else 'off'}" if args.model_dir else "eager checkpoint")
+        description = run.describe() if args.model_dir else "eager checkpoint"
         if args.benchmark:
             image = next((image for _, image in source.items if image is not None), None)
             if image is None:

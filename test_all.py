@@ -325,7 +325,7 @@ def test_exported_model_runs_in_paddle_inference_with_onednn(name, small_models,
     m = small_models[name]
     files = export.export_model(m, str(tmp_path), name, "128x96", keypoint_info_from_category(COCO_PERSON_CATEGORY))
     assert str(tmp_path / "model.json") in files  # PIR program format
-    run = export.create_predictor(str(tmp_path), device="cpu", onednn=True)
+    run = export.create_predictor(str(tmp_path), "paddle", device="cpu", onednn=True)
     # global pooling written as mean() would run oneDNN's reference reduction kernel, ~10x slower than pooling
     assert '"1.mean"' not in (tmp_path / "model.json").read_text()
     for batch in (1, 3):  # dynamic batch
@@ -1497,10 +1497,10 @@ def test_export_cli_checks_against_eager_and_lists_the_files(lite_export):
     lines = printed.strip().splitlines()
     relative = float(re.search(r"max diff \S+ \((\S+) of the largest output\)", lines[0]).group(1))
     assert relative < 1e-4
-    assert [line.split()[-1] for line in lines[1:]] == [os.path.join(out, f) for f in ("model.json", "model.pdiparams",
-                                                                                        "pose.json")]
+    assert [line.split()[-1] for line in lines[-5:]] == [os.path.join(out, f) for f in (
+        "model.json", "model.pdiparams", "legacy.pdmodel", "legacy.pdiparams", "pose.json")]
     pose = ex.read_pose_json(out)
-    assert set(pose) == set(ex.POSE_KEYS) and pose["model"] == "lite_hrnet_18"
+    assert set(pose) == set(ex.POSE_KEYS + ex.LEGACY_KEYS) and pose["model"] == "lite_hrnet_18"
     assert pose["input_size"] == [128, 96] and pose["heatmap_size"] == [32, 24] and pose["color"] == "RGB"
     assert pose["mean"] == [0.485, 0.456, 0.406] and pose["std"] == [0.229, 0.224, 0.225]
     assert pose["keypoint_names"] == data.COCO_KEYPOINT_NAMES and pose["flip_pairs"] == COCO_FLIP_PAIRS
@@ -1525,7 +1525,8 @@ def test_export_model_round_trips_hrnet_and_hands_the_model_back(tmp_path):
     model = settle_batch_norm(M.build_model("hrnet_w32"), (2, 3, 64, 64))
     model.train()
     files = ex.export_model(model, str(tmp_path), "hrnet_w32", "64x64", COCO_INFO)
-    assert files == [str(tmp_path / f) for f in ("model.json", "model.pdiparams", "pose.json")]
+    assert files == [str(tmp_path / f) for f in ("model.json", "model.pdiparams", "legacy.pdmodel",
+                                                 "legacy.pdiparams", "pose.json")]
     assert model.training and "forward" not in model.__dict__  # still eager, in its own mode
     assert ex.read_pose_json(str(tmp_path))["heatmap_size"] == [16, 16]
     model.eval()
@@ -1568,7 +1569,7 @@ def test_create_predictor_runs_a_legacy_format_export_with_int8_kernels(tmp_path
     net.set_state_dict(paddle.load(str(tmp_path / "net.pdparams")))
     x = np.random.RandomState(0).randn(2, 3, 64, 64).astype("float32")
     for int8 in (False, True):  # a float graph has nothing to quantize: int8 kernels must leave it exact
-        y = ex.create_predictor(str(tmp_path), device="cpu", int8=int8)(x)
+        y = ex.create_predictor(str(tmp_path), device="cpu", precision="int8" if int8 else "fp32")(x)
         assert np.abs(y - outputs(net, x)).max() < 1e-4
 
 
@@ -1971,10 +1972,10 @@ def test_int8_predictor_runs_int8_convolutions_and_matches_the_fake_quant_model(
     x = val_crops(synthetic_root)
     expected = outputs(model, x)
     # the program itself (float kernels): BatchNorm folding, int8 codes and scales reproduce the QAT model
-    exported = Q.PredictorModel(Q.create_predictor(qat_run["export"], onednn=False))(paddle.to_tensor(x)).numpy()
+    exported = Q.PredictorModel(Q.create_predictor(qat_run["export"], "paddle", onednn=False))(paddle.to_tensor(x)).numpy()
     assert np.abs(exported - expected).max() <= 1e-4 * np.abs(expected).max()
     capfd.readouterr()
-    int8 = Q.PredictorModel(Q.create_predictor(qat_run["export"], int8=True))
+    int8 = Q.PredictorModel(Q.create_predictor(qat_run["export"], "paddle", precision="int8"))
     passes = capfd.readouterr().err
     assert "quantized 301 fused_conv2d ops" in passes  # every convolution runs in int8
     assert "quantized 0 pool2d ops" in passes  # and only they: int8 pooling clipped at the next conv's scale
@@ -1993,3 +1994,67 @@ def test_quantize_cli_errors_are_one_line(synthetic_root, tmp_path, lite18_weigh
         Q.main(base)
     with pytest.raises(SystemExit, match=r"lite18.pdparams: no quantizer scales in it, not a QAT checkpoint"):
         Q.main(base + ["--qat-weights", lite18_weights])
+
+
+# ---- issue 14: fast CPU deployment: OpenVINO backend (fp32, bf16, int8), evaluate.py --model-dir, auto fallback
+
+def bn_settled_on(model, crops):
+    """BatchNorm statistics of exactly these crops (momentum 0), then eval: every layer's output is of order 1 on
+    such crops, so the heatmaps have real peaks (with the settled-by-two-steps fixtures they are nearly flat)."""
+    for layer in model.sublayers():
+        if isinstance(layer, paddle.nn.BatchNorm2D):
+            layer._momentum = 0.0
+    model.train()
+    with paddle.no_grad():
+        model(paddle.to_tensor(crops))
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def family_exports(tmp_path_factory):
+    """{name: (eager model, export folder)} for HRNet-W32 and Lite-HRNet-18 at 64x64, BN settled on real crops."""
+    crops = ex.real_crops("64x64")
+    exports = {}
+    for seed, name in enumerate(("hrnet_w32", "lite_hrnet_18")):
+        paddle.seed(seed)
+        model = bn_settled_on(M.build_model(name), crops)
+        folder = str(tmp_path_factory.mktemp("family") / name)
+        ex.export_model(model, folder, name, "64x64", COCO_INFO)
+        exports[name] = (model, folder)
+    return exports
+
+
+@pytest.mark.parametrize("name", ["hrnet_w32", "lite_hrnet_18"])
+def test_openvino_runs_both_families_as_eager_mode_does(name, family_exports):
+    model, folder = family_exports[name]
+    assert ex.read_pose_json(folder)["legacy_model_file"] == "legacy.pdmodel"
+    run = ex.create_predictor(folder, device="cpu")  # auto: OpenVINO on CPU when installed
+    assert (run.backend, run.precision, run.describe()) == ("openvino", "fp32", "OpenVINO fp32")
+    crops = ex.real_crops("64x64")
+    paddle_run = ex.create_predictor(folder, "paddle", "cpu")
+    for batch in (crops[:1], crops):  # any batch size
+        reference = outputs(model, batch)
+        # float sums in another order, through 40-100 layers of a random network: 1e-5 of the output is reached
+        error = np.abs(run(batch) - reference).max() / np.abs(reference).max()
+        assert error < 1e-4 and error < 10 * np.abs(paddle_run(batch) - reference).max() / np.abs(reference).max()
+    # Lite-HRNet's channel_shuffle is written as reshape -> transpose -> reshape for OpenVINO: the same function
+    assert not any(op.get_type_name() == "ShuffleChannels" for op in run.engine.get_runtime_model().get_ops())
+
+
+@pytest.mark.parametrize("name", ["hrnet_w32", "lite_hrnet_18"])
+def test_bf16_finds_the_keypoints_fp32_finds_on_real_crops(name, family_exports):
+    model, folder = family_exports[name]
+    if not ex.openvino_has_bf16():
+        raises_one_line(ValueError, "this CPU has no bf16 instructions", ex.create_predictor, folder,
+                        "openvino", "cpu", precision="bf16")
+        return
+    crops = ex.real_crops("64x64")
+    reference = outputs(model, crops)
+    bf16 = ex.create_predictor(folder, "openvino", "cpu", precision="bf16")
+    assert bf16.precision == "bf16" and {"bf16"} <= set(ex.openvino_conv_precisions(bf16))
+    agreement, compared = ex.keypoint_agreement(reference, bf16(crops))
+    assert compared >= 20 and agreement >= 0.9, (agreement, compared)
+    assert ex.keypoint_agreement(reference, reference) == (1.0, compared)
+    shuffled = np.roll(reference, 7, axis=3)  # the agreement measure tells other heatmaps apart
+    assert ex.keypoint_agreement(reference, shuffled)[0] < 0.5
