@@ -75,8 +75,8 @@ def _quant_op(kind, x, scale, zero_point, axis):
     """quantize_linear / dequantize_linear (Paddle's Python API only creates them inside its own
     static-graph quantization passes); round_type 1 rounds ties away from 0, as paddle.round."""
     return append_op(kind, {"X": [x], "Scale": [scale], "ZeroPoint": [zero_point]},
-                      {"quant_axis": axis, "bit_length": 8, "qmin": -QMAX, "qmax": QMAX, "is_test": True,
-                       "round_type": 1}, output="Y")
+                     {"quant_axis": axis, "bit_length": 8, "qmin": -QMAX, "qmax": QMAX, "is_test": True,
+                      "round_type": 1}, output="Y")
 
 
 class Int8Conv2D(nn.Layer):
