@@ -445,10 +445,11 @@ def openvino_predictor(model_dir, threads, precision, quantized):
 
 def openvino_int8_graph(network):
     """OpenVINO reads a quantized export's quantize_linear -> dequantize_linear pairs as float arithmetic
-    (Divide, Round, Clamp, Convert, Subtract, Multiply), which its int8 transformations do not recognise, and
-    clamps at -128 where the QAT quantizer stops at -127. Rewrite every pair, in place, as the FakeQuantize it
-    stands for (255 levels, symmetric), and every weight's dequantization as int8 codes times scale (its zero
-    point is 0): OpenVINO then runs those convolutions on int8 data."""
+    (Divide, Round, Clamp to -128..127, Convert, Subtract, Multiply), which its int8 transformations do not
+    recognise. Rewrite every pair, in place, as the FakeQuantize it computes (256 levels, -128..127 steps; 255
+    symmetric levels, the QAT quantizer's, put OpenVINO's int8 kernels 10% off their own FakeQuantize: the one
+    extra step only takes inputs beyond -scale), and every weight's dequantization as int8 codes times scale
+    (its zero point is 0): OpenVINO then runs those convolutions on int8 data."""
     openvino = import_openvino()
     for clamp in [op for op in network.get_ordered_ops() if op.get_type_name() == "Clamp"]:
         divide = clamp.input_value(0).get_node().input_value(0).get_node()  # Clamp(Round(Divide(x - 0, step)))
@@ -462,10 +463,9 @@ def openvino_int8_graph(network):
                 f.get_type_name() != "Constant" for f in step_factors):
             raise ValueError("OpenVINO read the quantized export's quantize/dequantize ops into an unexpected graph "
                              "(another OpenVINO version?); use --backend paddle")
-        bound = (model_py.QMAX * np.prod([f.get_data() for f in step_factors], axis=0)).astype(np.float32)
-        low, high = openvino.opset13.constant(-bound), openvino.opset13.constant(bound)
-        dequantized.output(0).replace(openvino.opset13.fake_quantize(x, low, high, low, high, 2 * model_py.QMAX + 1)
-                                      .output(0))
+        step = np.prod([f.get_data() for f in step_factors], axis=0).astype(np.float32)
+        low, high = (openvino.opset13.constant(n * step) for n in (-model_py.QMAX - 1, model_py.QMAX))
+        dequantized.output(0).replace(openvino.opset13.fake_quantize(x, low, high, low, high, 256).output(0))
     for convert in network.get_ordered_ops():
         if convert.get_type_name() == "Convert" and convert.input_value(0).get_element_type() == openvino.Type.i8:
             subtract = next(iter(convert.output(0).get_target_inputs())).get_node()
