@@ -338,7 +338,7 @@ def create_predictor(model_dir, backend="auto", device=None, threads=None, preci
     """A Predictor of an export: float32 N x 3 x H x W numpy -> N x K x h x w numpy heatmaps.
 
     backend: 'paddle' (paddle.inference), 'openvino' (CPU only; reads the legacy-format program) or 'auto':
-    OpenVINO on CPU when it is installed and the export has that program, paddle.inference otherwise.
+    OpenVINO on CPU when it is installed and can run the export at that precision, paddle.inference otherwise.
     device: 'cpu', 'gpu' or 'gpu:N' (default: the GPU when Paddle has CUDA); threads: CPU threads (default:
     all cores); precision: 'fp32', 'bf16' (OpenVINO, on a CPU with bf16 instructions) or 'int8' (a quantized
     export, quantize.py); default 'int8' for a quantized export (unless oneDNN is off), else 'fp32'.
@@ -353,9 +353,10 @@ def create_predictor(model_dir, backend="auto", device=None, threads=None, preci
         raise ValueError(f"--precision int8: {model_dir} is a float export; int8 needs a quantized one "
                          f"(quantize.py --export)")
     device = device or ("gpu" if paddle.is_compiled_with_cuda() else "cpu")
-    if backend == "auto":
+    if backend == "auto":  # a quantized export in float (its fake-quant program) runs on paddle.inference only
         has_legacy = pose is not None and None not in (pose.get(key) for key in LEGACY_KEYS)
-        backend = "openvino" if device == "cpu" and has_legacy and import_openvino() else "paddle"
+        openvino_can = device == "cpu" and has_legacy and quantized == (precision == "int8")
+        backend = "openvino" if openvino_can and import_openvino() else "paddle"
     if backend == "openvino":
         if device != "cpu":
             raise ValueError(f"--backend openvino runs on the CPU, not --device {device}")

@@ -1953,7 +1953,7 @@ def test_int8_export_is_under_30_percent_of_the_float_export(qat_run, tmp_path):
     model.eval()
     x = np.random.RandomState(0).randn(2, 3, 64, 64).astype("float32")
     expected = outputs(model, x)  # before to_static, which turns the model's forward into the traced program
-    with Q.layers_traced_as_written():
+    with ex.layers_traced_as_written():
         paddle.jit.save(paddle.jit.to_static(model, input_spec=[InputSpec([None, 3, 64, 64], "float32", "image")],
                                              full_graph=True), str(tmp_path / "model"))
     traced = Q.PredictorModel(Q.create_predictor(str(tmp_path), onednn=False))(paddle.to_tensor(x)).numpy()
