@@ -11,6 +11,7 @@ The pipeline reproduces the official HRNet evaluation (`validate` in lib/core/fu
 Examples:
     python evaluate.py --data data/coco --model hrnet_w32 --weights hrnet_w32.pdparams
     python evaluate.py --data data/coco --model hrnet_w32 --weights w.pdparams --boxes det   # detector boxes
+    python evaluate.py --data data/coco --model-dir export/hrnet_w32 --precision bf16   # an export (export.py)
     python evaluate.py --data data/coco --results results.json   # only score an existing results file
 """
 import os
@@ -37,6 +38,7 @@ from pycocotools.cocoeval import COCOeval
 from data import (COCOKeypointDataset, HelpFormatter, complete_annotations, exit_with_parent, finite_numbers,
                   keypoint_category, keypoint_info_from_category, load_json, parse_input_size, resolve_path_or_url,
                   run_script, transform_preds, write_json_atomically)
+from export import BACKENDS, PRECISIONS, create_predictor, read_pose_json
 from model import add_checkpoint_flags, build_from_checkpoint, read_checkpoint, set_device
 
 STAT_NAMES = ("AP", "AP .5", "AP .75", "AP (M)", "AP (L)", "AR", "AR .5", "AR .75", "AR (M)", "AR (L)")
@@ -394,6 +396,19 @@ def coco_keypoint_stats(ann_file_or_coco, results, sigmas=None, image_ids=None):
 # the evaluation loop
 
 
+class PredictorModel(paddle.nn.Layer):
+    """An exported model's predictor (export.create_predictor: numpy crops -> numpy heatmaps) behind the
+    nn.Layer interface that evaluate_model calls."""
+
+    def __init__(self, run):
+        super().__init__()
+        self.run = run
+
+    def forward(self, images):
+        return paddle.to_tensor(self.run(images.numpy()))
+
+
+
 def evaluate_model(model, dataset, batch_size=32, flip=True, decode="default", dark_kernel=3,
                    in_vis_thre=0.2, oks_thre=0.9, soft_nms=False, num_workers=0, log=print):
     """Predict every person box of a COCOKeypointDataset, decode, rescore + OKS-NMS and score with pycocotools.
@@ -452,6 +467,12 @@ def parse_args(argv=None):
     p.add_argument("--images", help="image directory (overrides --data)")
     p.add_argument("--results", help="only score this COCO results JSON (no model)")
     add_checkpoint_flags(p, "checkpoint path or URL (formats: see model.load_weights)")
+    p.add_argument("--model-dir", help="an exported model folder (export.py, quantize.py) instead of --weights")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="runtime of --model-dir: auto = OpenVINO on CPU if installed, else paddle.inference")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="of --model-dir (default: int8 for a quantized export, else fp32; bf16 needs OpenVINO)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of --model-dir's runtime (default: all)")
     p.add_argument("--boxes", default="gt", help="'gt' (ground-truth boxes), 'det' (DATA/" + DETECTION_FILE
                    + ", the boxes of the official HRNet tables) or a detection-results JSON")
     p.add_argument("--det-score-thr", type=float, default=0.0, help="drop detector boxes scoring below this")
@@ -497,8 +518,10 @@ def _read_results(path):
 
 
 def _predict(args, ann_file):
-    if not args.weights:
-        raise SystemExit("error: --weights is needed (or --results to score an existing file)")
+    if args.model_dir and (args.model or args.weights):
+        raise SystemExit("error: --model-dir and --weights are alternatives: give one of them")
+    if not (args.weights or args.model_dir):
+        raise SystemExit("error: --weights or --model-dir is needed (or --results to score an existing file)")
     if not (args.images or args.data):
         raise SystemExit("error: give --data DIR or --images DIR")
     image_dir = _existing(args.images or os.path.join(args.data, "val2017"), "image directory (--images/--data)")
@@ -510,20 +533,35 @@ def _predict(args, ann_file):
     if boxes != "gt" and not boxes.startswith(("http://", "https://")):
         _existing(boxes, "box file (--boxes)")
     set_device(args.device)
-    input_size = parse_input_size(args.input_size) if args.input_size else None
-    weights = resolve_path_or_url(args.weights, what="--weights")
-    state, record = read_checkpoint(weights)
-    if record is not None:  # crops as the model was trained on them, unless --input-size overrides
-        input_size = input_size or tuple(record["input_size"][::-1])
-    dataset = COCOKeypointDataset(ann_file, image_dir, input_size or (192, 256), train=False, boxes=boxes,
-                                  det_score_thr=args.det_score_thr, udp=args.udp or bool(record and record["udp"]),
-                                  flip_pairs=args.flip_pairs)
-    model, record = build_from_checkpoint(state, record, f"--weights {weights}", args.model, input_size, dataset.info,
-                                          args.udp or None)
-    height, width = record["input_size"]
-    print(f"{record['model']}{' (QAT)' if record['qat'] else ''} on {len(dataset)} boxes "
-          f"({'GT' if boxes == 'gt' else boxes}), input {height}x{width}, decode {args.decode}, "
-          f"flip {'on' if args.flip and dataset.info.flip else 'off'}")
+    if args.model_dir:  # the export's own input size, crops and keypoints
+        pose = read_pose_json(args.model_dir)
+        height, width = pose["input_size"]
+        if args.input_size and parse_input_size(args.input_size) != (width, height):
+            raise ValueError(f"--input-size {args.input_size}: the model in {args.model_dir} takes {height}x{width} "
+                             f"crops (its pose.json)")
+        dataset = COCOKeypointDataset(ann_file, image_dir, (width, height), train=False, boxes=boxes,
+                                      det_score_thr=args.det_score_thr, udp=pose["udp"], flip_pairs=args.flip_pairs)
+        if pose["keypoint_names"] != dataset.info.names:
+            raise ValueError(f"--model-dir {args.model_dir}: finds {len(pose['keypoint_names'])} keypoints "
+                             f"({', '.join(pose['keypoint_names'][:3])}, ...), {ann_file} has "
+                             f"{dataset.info.num_joints} ({', '.join(dataset.info.names[:3])}, ...)")
+        predictor = create_predictor(args.model_dir, args.backend, args.device, args.threads, args.precision)
+        model, name = PredictorModel(predictor), f"{pose['model']} ({predictor.describe()})"
+    else:
+        input_size = parse_input_size(args.input_size) if args.input_size else None
+        weights = resolve_path_or_url(args.weights, what="--weights")
+        state, record = read_checkpoint(weights)
+        if record is not None:  # crops as the model was trained on them, unless --input-size overrides
+            input_size = input_size or tuple(record["input_size"][::-1])
+        dataset = COCOKeypointDataset(ann_file, image_dir, input_size or (192, 256), train=False, boxes=boxes,
+                                      det_score_thr=args.det_score_thr, udp=args.udp or bool(record and record["udp"]),
+                                      flip_pairs=args.flip_pairs)
+        model, record = build_from_checkpoint(state, record, f"--weights {weights}", args.model, input_size,
+                                              dataset.info, args.udp or None)
+        height, width = record["input_size"]
+        name = record["model"] + (" (QAT)" if record["qat"] else "")
+    print(f"{name} on {len(dataset)} boxes ({'GT' if boxes == 'gt' else boxes}), input {height}x{width}, "
+          f"decode {args.decode}, flip {'on' if args.flip and dataset.info.flip else 'off'}")
     results, stats = evaluate_model(model, dataset, args.batch_size, args.flip, args.decode, args.dark_kernel,
                                     args.in_vis_thre, args.oks_thre, args.soft_nms, args.workers)
     if args.out:

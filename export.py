@@ -1,15 +1,17 @@
 """
-Export a trained HRNet / Lite-HRNet to a Paddle static inference model, and load it back with paddle.inference.
+Export a trained HRNet / Lite-HRNet for inference, and run an export with paddle.inference or OpenVINO.
 
 The export is the network alone, for any batch size: float32 N x 3 x H x W crops in, N x K x H/4 x W/4 heatmaps
-out. Everything around it (box -> crop, normalisation, decoding, flip pairs, drawing) is described in a small
-pose.json written beside it, so predict.py can run an export without the Python model code or a checkpoint.
+out, written twice: model.json (Paddle's PIR format, for paddle.inference on CPU or GPU and paddle2onnx) and
+legacy.pdmodel (Paddle's older format, the one OpenVINO reads; on CPU OpenVINO runs these networks 1.2-4x as
+fast). Everything around the network (box -> crop, normalisation, decoding, flip pairs, drawing) is described in
+a small pose.json written beside it, so predict.py can run an export without the Python model code or a checkpoint.
 
     python export.py --model hrnet_w32 --weights hrnet_w32.pdparams --out export/hrnet_w32
     python export.py --model lite_hrnet_30 --weights lite30.pdparams --input-size 256x192 --out export/lite30 --onnx
 
-After writing, the export is loaded with paddle.inference (CPU with oneDNN) and compared with eager mode on a
-random batch; a disagreement is an error.
+After writing, every runtime the export is for is compared with eager mode on a random batch (and OpenVINO's
+bf16 by the keypoints it finds on real crops, where the CPU has bf16); a disagreement is an error.
 """
 import os
 import sys
@@ -21,22 +23,33 @@ warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time 
 
 import argparse
 import contextlib
+import io
 import json
 import shutil
 import subprocess
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import paddle
+import paddle.nn.functional as F
 from paddle import inference
+from paddle.base.layer_helper import LayerHelper
+from paddle.base.proto import framework_pb2
+from paddle.jit.dy2static import convert_call_func
 from paddle.static import InputSpec
 
-from data import (HEATMAP_STRIDE, HelpFormatter, IMAGENET_MEAN, IMAGENET_STD, keypoint_info_from_record,
-                  parse_input_size, run_script, size_wh, write_json_atomically)
+import model as model_py
+from data import (HEATMAP_STRIDE, IMAGENET_MEAN, IMAGENET_STD, COCOKeypointDataset, HelpFormatter,
+                  keypoint_info_from_record, parse_input_size, run_script, size_wh, write_json_atomically)
 from model import add_checkpoint_flags, load_checkpoint, set_device
 
 POSE_FILE = "pose.json"
 POSE_KEYS = ("model", "input_size", "heatmap_size", "mean", "std", "color", "keypoint_names", "flip_pairs",
              "skeleton", "sigmas", "udp", "quantized", "model_file", "params_file")
+# the same network in the legacy program format, for OpenVINO (null when not written; absent in older exports)
+LEGACY_KEYS = ("legacy_model_file", "legacy_params_file")
+LEGACY_FILES = ("legacy.pdmodel", "legacy.pdiparams")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -44,7 +57,7 @@ POSE_KEYS = ("model", "input_size", "heatmap_size", "mean", "std", "color", "key
 
 
 def pose_metadata(model_name, input_size, info, udp=False, quantized=False, model_file="model.json",
-                  params_file="model.pdiparams"):
+                  params_file="model.pdiparams", legacy_files=(None, None)):
     """The content of pose.json. input_size: (width, height) or 'HxW'; info: data.KeypointInfo."""
     width, height = size_wh(input_size)
     return {
@@ -62,13 +75,15 @@ def pose_metadata(model_name, input_size, info, udp=False, quantized=False, mode
         "quantized": bool(quantized),
         "model_file": model_file,
         "params_file": params_file,
+        **dict(zip(LEGACY_KEYS, legacy_files)),
     }
 
 
 def write_pose_json(out_dir, model_name, input_size, info, udp=False, quantized=False, model_file="model.json",
-                    params_file="model.pdiparams"):
+                    params_file="model.pdiparams", legacy_files=(None, None)):
     path = os.path.join(out_dir, POSE_FILE)
-    write_json_atomically(pose_metadata(model_name, input_size, info, udp, quantized, model_file, params_file), path)
+    write_json_atomically(pose_metadata(model_name, input_size, info, udp, quantized, model_file, params_file,
+                                        legacy_files), path)
     return path
 
 
@@ -133,30 +148,42 @@ def read_pose_json(model_dir):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Export
+# PIR export
 
 
-def export_model(model, out_dir, model_name, input_size, info, udp=False):
-    """jit.save the model for crops of input_size ((width, height) or 'HxW') and any batch size, plus pose.json.
+def export_model(model, out_dir, model_name, input_size, info, udp=False, legacy=True):
+    """jit.save the model for crops of input_size ((width, height) or 'HxW') and any batch size, plus pose.json;
+    with legacy, the same network in the legacy format too (legacy.pdmodel + legacy.pdiparams, for OpenVINO).
     The model is traced in eval mode and handed back in its own mode, still eager. Returns the written files."""
     width, height = size_wh(input_size)
-    names = ("model.json", "model.pdiparams")  # the PIR format
+    names = ("model.json", "model.pdiparams") + (LEGACY_FILES if legacy else ())  # model.*: the PIR format
+    with staged_files(out_dir, names) as staging:
+        with traced_in_eval_mode(model):
+            static = paddle.jit.to_static(model, input_spec=[InputSpec([None, 3, height, width], "float32", "image")],
+                                          full_graph=True)
+            paddle.jit.save(static, os.path.join(staging, "model"))
+        if legacy:
+            with traced_in_eval_mode(model):
+                save_legacy_program(model, os.path.join(staging, "legacy"), (width, height))
+    pose_file = write_pose_json(out_dir, model_name, (width, height), info, udp,
+                                legacy_files=LEGACY_FILES if legacy else (None, None))
+    return [os.path.join(out_dir, name) for name in names] + [pose_file]
+
+
+@contextlib.contextmanager
+def traced_in_eval_mode(model):
+    """The model in eval mode, for paddle.jit.to_static; afterwards in its own mode again and eager: to_static
+    replaces forward on the very layer it is given."""
     was_training, eager_forward = model.training, model.__dict__.get("forward")
     model.eval()
     try:
-        static = paddle.jit.to_static(model, input_spec=[InputSpec([None, 3, height, width], "float32", "image")],
-                                      full_graph=True)
-        with staged_files(out_dir, names) as staging:
-            paddle.jit.save(static, os.path.join(staging, "model"))
+        yield model
     finally:
-        # to_static replaced forward on this very layer: give the caller its eager model back
         if eager_forward is None:
             model.__dict__.pop("forward", None)
         else:
             model.forward = eager_forward
         model.train(was_training)
-    pose_file = write_pose_json(out_dir, model_name, (width, height), info, udp)
-    return [os.path.join(out_dir, name) for name in names] + [pose_file]
 
 
 @contextlib.contextmanager
@@ -173,15 +200,158 @@ def staged_files(out_dir, names):
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _model_files(model_dir):
-    """(program, params) of an export: the ones pose.json names, else model.json (PIR) or model.pdmodel (legacy)."""
+# ----------------------------------------------------------------------------------------------------
+# Legacy-format export. OpenVINO reads Paddle's legacy programs (.pdmodel) only, and paddle.inference's oneDNN
+# int8 passes work on them only (quantize.py): both trace the network again with these helpers.
+
+
+def append_op(kind, inputs, attrs=None, output="Out"):
+    """Append one op to the legacy program being traced, for the ops Paddle 3.3.1's Python API does not
+    create there (see legacy_program_ops) or creates in a form the oneDNN passes do not recognise."""
+    helper = LayerHelper(kind)
+    out = helper.create_variable_for_type_inference("float32")
+    helper.append_op(type=kind, inputs=inputs, outputs={output: [out]}, attrs=attrs or {})
+    return out
+
+
+@contextlib.contextmanager
+def layers_traced_as_written(*modules):
+    """paddle.jit.to_static translates the source code of every layer instance it meets (700 translations
+    for a Lite-HRNet: 80% of a 10 s PIR or 60 s legacy export). This project's forward code branches on
+    Python values only, so tracing it as written records the same program. modules: more modules whose layers
+    are traced so (model.py's always are). Undone on exit."""
+    modules = [m for m in (model_py, *modules) if m not in convert_call_func.BUILTIN_LIKELY_MODULES]
+    paddle.jit.ignore_module(modules)
+    try:
+        yield
+    finally:
+        for m in modules:
+            convert_call_func.BUILTIN_LIKELY_MODULES.remove(m)
+
+
+@contextlib.contextmanager
+def legacy_program_ops():
+    """While a legacy program is traced, route four functions the networks use to ops that work there
+    (restored on exit):
+
+    - F.sigmoid and paddle.matmul: Paddle 3.3.1 binds them to PIR-only functions that reject a legacy
+      program's Variables ("argument must be Value, but got Variable"); the classic ops are appended instead;
+    - model.upsample_nearest: F.interpolate (nearest) instead of reshape + expand. Both are exact;
+      model.py avoids interpolate because oneDNN cannot run it in PIR programs, but in legacy programs
+      oneDNN runs it, and the expand ops cost 40% of the int8 run time;
+    - F.channel_shuffle (Lite-HRNet): reshape -> transpose -> reshape, the same function in ops OpenVINO
+      knows (its Paddle reader has no channel_shuffle)."""
+    originals = F.sigmoid, paddle.matmul, model_py.upsample_nearest, F.channel_shuffle
+
+    def sigmoid(x, name=None):
+        return append_op("sigmoid", {"X": [x]})
+
+    def matmul(x, y, transpose_x=False, transpose_y=False, name=None):
+        return append_op("matmul_v2", {"X": [x], "Y": [y]}, {"trans_x": transpose_x, "trans_y": transpose_y})
+
+    def upsample_nearest(x, factor):
+        return x if factor == 1 else F.interpolate(x, scale_factor=factor, mode="nearest")
+
+    def channel_shuffle(x, groups, data_format="NCHW", name=None):
+        _, c, h, w = x.shape
+        x = paddle.transpose(x.reshape([-1, groups, c // groups, h, w]), [0, 2, 1, 3, 4])
+        return x.reshape([-1, c, h, w])
+
+    F.sigmoid, paddle.matmul, model_py.upsample_nearest, F.channel_shuffle = (sigmoid, matmul, upsample_nearest,
+                                                                              channel_shuffle)
+    try:
+        yield
+    finally:
+        F.sigmoid, paddle.matmul, model_py.upsample_nearest, F.channel_shuffle = originals
+
+
+def compact_program(path):
+    """Shrink a saved legacy program in place without changing what it computes: drop the bookkeeping
+    attributes no inference pass reads (the Python call stack alone is 9 KB per channel_shuffle op),
+    empty optional input/output slots, and give the temporary variables short names (persistable
+    variables keep theirs: the parameter file is matched to them by name). Halves a Lite-HRNet program."""
+    with open(path, "rb") as f:
+        program = framework_pb2.ProgramDesc.FromString(f.read())
+    bookkeeping = {"op_callstack", "op_namescope", "op_role", "op_role_var", "op_device", "with_quant_attr"}
+    for block in program.blocks:
+        kept_names = {a for op in block.ops if op.type in ("feed", "fetch")
+                      for slot in list(op.inputs) + list(op.outputs) for a in slot.arguments}
+        short = {v.name: f"t{i}" for i, v in enumerate(block.vars) if not v.persistable and v.name not in kept_names}
+        for var in block.vars:
+            var.name = short.get(var.name, var.name)
+        for op in block.ops:
+            attrs = [a for a in op.attrs if a.name not in bookkeeping]
+            del op.attrs[:]
+            op.attrs.extend(attrs)
+            for slots in (op.inputs, op.outputs):
+                used = [slot for slot in slots if slot.arguments]
+                for slot in used:
+                    names = [short.get(a, a) for a in slot.arguments]
+                    del slot.arguments[:]
+                    slot.arguments.extend(names)
+                del slots[:]
+                slots.extend(used)
+    with open(path + ".tmp", "wb") as f:
+        f.write(program.SerializeToString())
+    os.replace(path + ".tmp", path)
+
+
+def save_legacy_program(model, prefix, input_size, modules=()):
+    """prefix.pdmodel + prefix.pdiparams: the model (in eval mode; to_static replaces its forward) as a legacy
+    program for crops of input_size = (width, height) and any batch size. modules: see layers_traced_as_written.
+    paddle.jit.save's prefix.pdiparams.info, which only paddle.jit.load reads, is written too."""
+    spec = [InputSpec([None, 3, input_size[1], input_size[0]], "float32", "image")]
+    with paddle.pir_utils.OldIrGuard(), legacy_program_ops(), layers_traced_as_written(*modules):
+        paddle.jit.save(paddle.jit.to_static(model, input_spec=spec, full_graph=True), prefix)
+    compact_program(prefix + ".pdmodel")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Predictors: an export's network as a function of a batch of crops, on paddle.inference or OpenVINO
+
+BACKENDS = ("auto", "paddle", "openvino")
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+@dataclass
+class Predictor:
+    """An export's network: float32 N x 3 x H x W numpy crops -> N x K x h x w numpy heatmaps, on backend
+    ('paddle' or 'openvino') at precision; engine: the paddle.inference predictor or OpenVINO compiled model."""
+    run: Callable
+    backend: str
+    precision: str
+    engine: Any
+
+    def __call__(self, batch):
+        return self.run(np.ascontiguousarray(batch, dtype=np.float32))
+
+    def describe(self):
+        return f"{'OpenVINO' if self.backend == 'openvino' else 'paddle.inference'} {self.precision}"
+
+
+def import_openvino():
+    """The openvino module, or None when it is not installed (everything then runs on paddle.inference)."""
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino
+
+
+def _model_files(model_dir, legacy=False):
+    """(program, params) of an export: the ones pose.json names (its legacy-format pair with legacy), else
+    model.json (PIR) or model.pdmodel (legacy)."""
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"exported model folder {model_dir} not found")
     if os.path.isfile(os.path.join(model_dir, POSE_FILE)):
         pose = read_pose_json(model_dir)
-        candidates = [(pose["model_file"], pose["params_file"])]
+        candidates = [tuple(pose.get(key) for key in LEGACY_KEYS) if legacy else (pose["model_file"],
+                                                                                  pose["params_file"])]
+        if None in candidates[0]:
+            raise FileNotFoundError(f"{model_dir} has no legacy-format program, the one OpenVINO reads: export it "
+                                    f"again with this export.py, or use --backend paddle")
     else:
-        candidates = [("model.json", "model.pdiparams"), ("model.pdmodel", "model.pdiparams")]
+        candidates = ([] if legacy else [("model.json", "model.pdiparams")]) + [("model.pdmodel", "model.pdiparams")]
     for program, params in candidates:
         if os.path.isfile(os.path.join(model_dir, program)) and os.path.isfile(os.path.join(model_dir, params)):
             return os.path.join(model_dir, program), os.path.join(model_dir, params)
@@ -203,16 +373,48 @@ def native_stdout_to_stderr():
         os.close(saved)
 
 
-def create_predictor(model_dir, device=None, threads=None, onednn=True, int8=False):
-    """A paddle.inference predictor of an export, as a function: float32 N x 3 x H x W numpy -> N x K x h x w.
+def create_predictor(model_dir, backend="auto", device=None, threads=None, precision=None, onednn=True):
+    """A Predictor of an export: float32 N x 3 x H x W numpy -> N x K x h x w numpy heatmaps.
 
-    device: 'cpu', 'gpu' or 'gpu:N' (default: the GPU when Paddle has CUDA); threads: CPU math threads
-    (default: all cores); onednn: oneDNN kernels on CPU; int8: oneDNN int8 kernels for a quantized (fake-quant,
-    legacy-format) export. With a pose.json beside the model, one warm-up run checks that the network takes
-    the input size it states and gives the heatmaps it states."""
+    backend: 'paddle' (paddle.inference), 'openvino' (CPU only; reads the legacy-format program) or 'auto':
+    OpenVINO on CPU when it is installed and can run the export at that precision, paddle.inference otherwise.
+    device: 'cpu', 'gpu' or 'gpu:N' (default: the GPU when Paddle has CUDA); threads: CPU threads (default:
+    all cores); precision: 'fp32', 'bf16' (OpenVINO, on a CPU with bf16 instructions) or 'int8' (a quantized
+    export, quantize.py); default 'int8' for a quantized export (unless oneDNN is off), else 'fp32'.
+    onednn: paddle.inference's oneDNN kernels on CPU. With a pose.json beside the model, one warm-up run
+    checks that the network takes the input size it states and gives the heatmaps it states."""
+    pose = read_pose_json(model_dir) if os.path.isfile(os.path.join(model_dir, POSE_FILE)) else None
+    quantized = bool(pose and pose["quantized"])
+    precision = precision or ("int8" if quantized and onednn else "fp32")
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and not quantized:
+        raise ValueError(f"--precision int8: {model_dir} is a float export; int8 needs a quantized one "
+                         f"(quantize.py --export)")
+    device = device or ("gpu" if paddle.is_compiled_with_cuda() else "cpu")
+    if backend == "auto":  # a quantized export in float (its fake-quant program) runs on paddle.inference only
+        has_legacy = pose is not None and None not in (pose.get(key) for key in LEGACY_KEYS)
+        openvino_can = device == "cpu" and has_legacy and quantized == (precision == "int8")
+        backend = "openvino" if openvino_can and import_openvino() else "paddle"
+    if backend == "openvino":
+        if device != "cpu":
+            raise ValueError(f"--backend openvino runs on the CPU, not --device {device}")
+        predictor = openvino_predictor(model_dir, threads, precision, quantized)
+    elif backend == "paddle":
+        predictor = paddle_predictor(model_dir, device, threads, onednn, precision)
+    else:
+        raise ValueError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
+    if pose is not None:
+        _check_against_pose_json(predictor, model_dir, pose)
+    return predictor
+
+
+def paddle_predictor(model_dir, device, threads, onednn, precision):
+    """paddle.inference: oneDNN (int8 kernels for a quantized export) on CPU, or CUDA on a GPU."""
+    if precision == "bf16":
+        raise ValueError("--precision bf16 runs on OpenVINO (pip install openvino; --backend openvino)")
     program, params = _model_files(model_dir)
     config = inference.Config(program, params)
-    device = device or ("gpu" if paddle.is_compiled_with_cuda() else "cpu")
     if device.startswith("gpu"):
         if not paddle.is_compiled_with_cuda():
             raise ValueError(f"--device {device}: this Paddle build has no CUDA; install paddlepaddle-gpu or "
@@ -224,7 +426,7 @@ def create_predictor(model_dir, device=None, threads=None, onednn=True, int8=Fal
         config.set_cpu_math_library_num_threads(int(threads or os.cpu_count() or 1))
         if onednn:
             config.enable_mkldnn()
-        if int8:
+        if precision == "int8":
             if not onednn:
                 raise ValueError("int8 inference runs on oneDNN: do not turn oneDNN off")
             # only the convolutions: left to itself oneDNN also runs pool2d and concat in int8, with the scale
@@ -241,15 +443,85 @@ def create_predictor(model_dir, device=None, threads=None, onednn=True, int8=Fal
     heatmaps = predictor.get_output_handle(predictor.get_output_names()[0])
 
     def run(batch):
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
         image.reshape(list(batch.shape))
         image.copy_from_cpu(batch)
         predictor.run()
         return heatmaps.copy_to_cpu()
 
-    if os.path.isfile(os.path.join(model_dir, POSE_FILE)):
-        _check_against_pose_json(run, model_dir, read_pose_json(model_dir))
-    return run
+    return Predictor(run, "paddle", precision, predictor)
+
+
+def openvino_predictor(model_dir, threads, precision, quantized):
+    """OpenVINO on the CPU, from the export's legacy-format program. A quantized export runs its convolutions
+    in int8 (OpenVINO reads the quantize/dequantize pairs); bf16 needs a CPU with bf16 instructions."""
+    openvino = import_openvino()
+    if openvino is None:
+        raise ValueError("--backend openvino: OpenVINO is not installed (pip install openvino), or use --backend "
+                         "paddle")
+    if quantized != (precision == "int8"):
+        raise ValueError(f"--precision {precision}: on OpenVINO a quantized export runs in int8 and a float one "
+                         f"in fp32 or bf16")
+    program, _ = _model_files(model_dir, legacy=True)  # OpenVINO finds the .pdiparams of the same name
+    if precision == "bf16" and not openvino_has_bf16():
+        raise ValueError("--precision bf16: this CPU has no bf16 instructions (avx512_bf16 or AMX); use fp32")
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(threads or os.cpu_count() or 1),
+              "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+    core = openvino.Core()
+    try:
+        network = core.read_model(program)
+        if quantized:
+            openvino_int8_graph(network)
+        compiled = core.compile_model(network, "CPU", config)
+    except RuntimeError as err:
+        raise ValueError(f"{program}: OpenVINO cannot load it ({_gist(err)})") from None
+    request = compiled.create_infer_request()
+
+    def run(batch):
+        request.infer([batch])
+        return request.get_output_tensor(0).data.copy()
+
+    return Predictor(run, "openvino", precision, compiled)
+
+
+def openvino_int8_graph(network):
+    """OpenVINO reads a quantized export's quantize_linear -> dequantize_linear pairs as float arithmetic
+    (Divide, Round, Clamp to -128..127, Convert, Subtract, Multiply), which its int8 transformations do not
+    recognise. Rewrite every pair, in place, as the FakeQuantize it computes (256 levels, -128..127 steps; 255
+    symmetric levels, the QAT quantizer's, put OpenVINO's int8 kernels 10% off their own FakeQuantize: the one
+    extra step only takes inputs beyond -scale), and every weight's dequantization as int8 codes times scale
+    (its zero point is 0): OpenVINO then runs those convolutions on int8 data."""
+    openvino = import_openvino()
+    for clamp in [op for op in network.get_ordered_ops() if op.get_type_name() == "Clamp"]:
+        divide = clamp.input_value(0).get_node().input_value(0).get_node()  # Clamp(Round(Divide(x - 0, step)))
+        x = divide.input_value(0).get_node().input_value(0)
+        step_factors = [divide.input_value(1).get_node().input_value(i).get_node() for i in range(2)]  # scale, 1/127
+        dequantized, kinds = clamp, []
+        for _ in range(3):  # Convert -> Subtract(zero point) -> Multiply(step)
+            dequantized = next(iter(dequantized.output(0).get_target_inputs())).get_node()
+            kinds.append(dequantized.get_type_name())
+        if divide.get_type_name() != "Divide" or kinds != ["Convert", "Subtract", "Multiply"] or any(
+                f.get_type_name() != "Constant" for f in step_factors):
+            raise ValueError("OpenVINO read the quantized export's quantize/dequantize ops into an unexpected graph "
+                             "(another OpenVINO version?); use --backend paddle")
+        step = np.prod([f.get_data() for f in step_factors], axis=0).astype(np.float32)
+        low, high = (openvino.opset13.constant(n * step) for n in (-model_py.QMAX - 1, model_py.QMAX))
+        dequantized.output(0).replace(openvino.opset13.fake_quantize(x, low, high, low, high, 256).output(0))
+    for convert in network.get_ordered_ops():
+        if convert.get_type_name() == "Convert" and convert.input_value(0).get_element_type() == openvino.Type.i8:
+            subtract = next(iter(convert.output(0).get_target_inputs())).get_node()
+            if subtract.get_type_name() == "Subtract":
+                subtract.output(0).replace(convert.output(0))
+
+
+def openvino_conv_precisions(predictor):
+    """{precision: count} of the convolutions an OpenVINO predictor runs (e.g. {'i8': 301} for int8)."""
+    counts = {}
+    for op in predictor.engine.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if info["layerType"].astype(str) == "Convolution":
+            kind = info["runtimePrecision"].astype(str)
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
 
 
 def _gist(err):
@@ -271,21 +543,91 @@ def _check_against_pose_json(run, model_dir, pose):
                          f"{POSE_FILE} states {'x'.join(map(str, expected[1:]))}")
 
 
-def check_export(model, model_dir, batch_size=2, seed=0, device=None):
-    """Compare the predictor of an export with the eager model on a random batch.
-    Returns (max |difference|, that divided by max |eager output|)."""
-    height, width = read_pose_json(model_dir)["input_size"]
-    images = np.random.RandomState(seed).randn(batch_size, 3, height, width).astype(np.float32)
+# ----------------------------------------------------------------------------------------------------
+# Checks against eager mode
+
+
+def eager_heatmaps(model, images):
     was_training = model.training
     model.eval()
     with paddle.no_grad():
-        eager = model(paddle.to_tensor(images)).numpy()
+        heatmaps = model(paddle.to_tensor(images)).numpy()
     model.train(was_training)
-    exported = create_predictor(model_dir, device=device)(images)
+    return heatmaps
+
+
+def check_export(model, model_dir, batch_size=2, seed=0, device=None, backend="paddle"):
+    """Compare a predictor of an export (fp32) with the eager model on a random batch.
+    Returns (max |difference|, that divided by max |eager output|)."""
+    height, width = read_pose_json(model_dir)["input_size"]
+    images = np.random.RandomState(seed).randn(batch_size, 3, height, width).astype(np.float32)
+    eager = eager_heatmaps(model, images)
+    exported = create_predictor(model_dir, backend, device, precision="fp32")(images)
     if exported.shape != eager.shape:
         raise ValueError(f"{model_dir}: exported model gives {exported.shape}, eager mode {eager.shape}")
     diff = float(np.abs(exported - eager).max())
     return diff, diff / max(float(np.abs(eager).max()), 1e-12)
+
+
+def real_crops(input_size, count=16):
+    """Crops of the first count people of the repository's COCO images (assets/coco_tiny, GT boxes), as
+    evaluation makes them: float32 count x 3 x H x W. input_size: (width, height) or 'HxW'."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "coco_tiny")
+    with contextlib.redirect_stderr(io.StringIO()):  # the dataset's one-line summary
+        dataset = COCOKeypointDataset(os.path.join(root, "annotations", "person_keypoints_val2017.json"),
+                                      os.path.join(root, "val2017"), input_size, train=False)
+    return np.stack([dataset[i][0] for i in range(min(count, len(dataset)))]).astype(np.float32)
+
+
+def keypoint_agreement(reference, heatmaps, margin=0.1):
+    """How well heatmaps find the keypoints of reference heatmaps (same shape), for a precision whose raw values
+    differ (bf16, int8): (share of keypoints whose peak is within 1 heatmap pixel of the reference's, how many
+    were compared). Compared are the keypoints whose reference peak stands out: higher by margin x its
+    heatmap's largest |value| than anything further than 1 pixel away (reduced precision errs relative to the
+    values); the others have no one place to agree on."""
+    n, k, h, w = reference.shape
+    maps = reference.reshape(n * k, h, w)
+    y, x = np.unravel_index(maps.reshape(n * k, -1).argmax(axis=1), (h, w))
+    y2, x2 = np.unravel_index(heatmaps.reshape(n * k, -1).argmax(axis=1), (h, w))
+    rows, cols = np.mgrid[:h, :w]
+    far = (np.abs(cols[None] - x[:, None, None]) > 1) | (np.abs(rows[None] - y[:, None, None]) > 1)
+    runner_up = np.where(far, maps, -np.inf).max(axis=(1, 2))
+    distinct = maps.max(axis=(1, 2)) - runner_up > margin * np.abs(maps).max(axis=(1, 2))
+    near = (np.abs(x2 - x) <= 1) & (np.abs(y2 - y) <= 1)
+    return float(near[distinct].mean()) if distinct.any() else 1.0, int(distinct.sum())
+
+
+def check_backends(model, model_dir, tolerance=1e-4, min_agreement=0.9, log=print):
+    """check_export for every runtime the export in model_dir is for: paddle.inference, and OpenVINO (fp32 and,
+    where the CPU has it, bf16 by keypoint_agreement on real crops) when it has a legacy program and OpenVINO is
+    installed. One line per check; ValueError on a disagreement."""
+    backends = ["paddle"]
+    if read_pose_json(model_dir).get("legacy_model_file"):
+        if import_openvino() is None:
+            log("legacy.pdmodel (for OpenVINO) not checked: OpenVINO is not installed (pip install openvino)")
+        else:
+            backends.append("openvino")
+    for backend in backends:
+        diff, relative = check_export(model, model_dir, device="cpu", backend=backend)
+        log(f"{'paddle.inference (CPU, oneDNN)' if backend == 'paddle' else 'OpenVINO (CPU)'} vs eager on a random "
+            f"batch: max diff {diff:.3g} ({relative:.3g} of the largest output)")
+        if not relative <= tolerance:
+            raise ValueError(f"the export in {model_dir} disagrees with eager mode on {backend}: max diff {diff:.3g} "
+                             f"is {relative:.3g} of the largest output (> --tolerance {tolerance:g})")
+    if "openvino" in backends and openvino_has_bf16():
+        crops = real_crops(read_pose_json(model_dir)["input_size"][::-1])
+        bf16 = create_predictor(model_dir, "openvino", "cpu", precision="bf16")
+        agreement, compared = keypoint_agreement(eager_heatmaps(model, crops), bf16(crops))
+        log(f"OpenVINO bf16 vs eager on {len(crops)} real crops: {agreement:.1%} of {compared} distinct keypoints "
+            f"found within 1 heatmap pixel")
+        if agreement < min_agreement:
+            raise ValueError(f"the export in {model_dir} finds other keypoints in bf16: {agreement:.1%} agree "
+                             f"(< {min_agreement:.0%})")
+
+
+def openvino_has_bf16():
+    """Whether OpenVINO (installed) can run bf16 on this CPU (avx512_bf16 or AMX instructions)."""
+    return "BF16" in import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def export_onnx(model_dir):
@@ -313,6 +655,8 @@ def main(argv=None):
                                 formatter_class=HelpFormatter)
     add_checkpoint_flags(p, "checkpoint (path or URL; any layout model.py reads)", required=True)
     p.add_argument("--out", required=True, help="folder for model.json, model.pdiparams and pose.json")
+    p.add_argument("--legacy", action=argparse.BooleanOptionalAction, default=True,
+                   help="also write legacy.pdmodel + legacy.pdiparams: the format OpenVINO reads")
     p.add_argument("--onnx", action="store_true", help="also write model.onnx (needs paddle2onnx)")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest accepted |exported - eager| relative to max |eager| in the check")
@@ -331,13 +675,8 @@ def main(argv=None):
             raise ValueError(f"--weights {args.weights} is a quantization-aware checkpoint: its int8 export is "
                              f"quantize.py's (--qat-weights)")
         files = export_model(model, args.out, record["model"], tuple(record["input_size"][::-1]),
-                             keypoint_info_from_record(record), record["udp"])
-        diff, relative = check_export(model, args.out, device="cpu")
-        print(f"paddle.inference (CPU, oneDNN) vs eager on a random batch: max diff {diff:.3g} "
-              f"({relative:.3g} of the largest output)")
-        if not relative <= args.tolerance:
-            raise ValueError(f"the export in {args.out} disagrees with eager mode: max diff {diff:.3g} is "
-                             f"{relative:.3g} of the largest output (> --tolerance {args.tolerance:g})")
+                             keypoint_info_from_record(record), record["udp"], args.legacy)
+        check_backends(model, args.out, args.tolerance)
         if args.onnx:
             files.append(export_onnx(args.out))
     except (ValueError, OSError) as err:

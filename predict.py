@@ -7,11 +7,13 @@ image coordinates, and a person found from two boxes is kept once (OKS-NMS). Box
 PaddleDetection-exported person detector (--detector DIR). On a video (or webcam) each person keeps a track_id
 from frame to frame, keypoints are smoothed per track (One-Euro filter), and with --det-every N the detector runs
 every N frames, the boxes in between coming from the people's last keypoints.
-The network is either an export (--model-dir, run by paddle.inference) or a checkpoint (--model --weights, eager).
+The network is either an export (--model-dir, run by OpenVINO or paddle.inference) or a checkpoint (--weights,
+eager).
 
-    python predict.py --model-dir export/hrnet_w32 --input photo.jpg --out output/predict
-    python predict.py --model hrnet_w32 --weights hrnet_w32.pdparams --input clip.mp4 --detector hog --det-every 5
-    python predict.py --model-dir export/lite_hrnet_30 --input photo.jpg --benchmark
+    python predict.py --model-dir export/lite_hrnet_18 --input assets/photos --out output/photos
+    python predict.py --weights runs/lite_hrnet_18/best.pdparams --input output/walk.mp4 --detector hog --det-every 5
+    python predict.py --model-dir export/lite_hrnet_18 --input assets/photos/hrnet_demo.jpg --benchmark \
+                      --compare export/lite_hrnet_18 --compare-backend paddle
 """
 import os
 import sys
@@ -39,7 +41,7 @@ from data import (COCO_PERSON_CATEGORY, HelpFormatter, IMAGENET_MEAN, IMAGENET_S
                   parse_input_size, read_image_bgr, run_script, temporary_path, write_image_atomically,
                   write_json_atomically)
 from evaluate import heatmaps_to_keypoints, oks_iou, oks_nms, person_score, predict_batch
-from export import create_predictor, native_stdout_to_stderr, pose_metadata, read_pose_json
+from export import BACKENDS, PRECISIONS, create_predictor, native_stdout_to_stderr, pose_metadata, read_pose_json
 from model import add_checkpoint_flags, load_checkpoint, set_device
 
 PREDICTIONS_FILE = "predictions.json"
@@ -61,15 +63,16 @@ MIN_TRACK_KEYPOINTS = 3  # keypoints above --kpt-thr that make a box for the nex
 
 
 def compare_model(args, pose):
-    """--compare DIR: the network of a second export with the same input size, run like --model-dir's."""
+    """--compare DIR: the network of a second export with the same input size, run like --model-dir's except
+    for --compare-backend / --compare-precision."""
     if not args.compare:
         return None
     other = read_pose_json(args.compare)
     if other["input_size"] != pose["input_size"]:
         raise ValueError(f"--compare {args.compare}: takes {other['input_size'][0]}x{other['input_size'][1]} crops, "
                          f"the benchmarked model {pose['input_size'][0]}x{pose['input_size'][1]}")
-    return create_predictor(args.compare, args.device, args.threads, args.onednn,
-                            int8=other["quantized"] and args.onednn)
+    return create_predictor(args.compare, args.compare_backend or args.backend, args.device, args.threads,
+                            args.compare_precision, args.onednn)
 
 
 def load_model(args):
@@ -87,8 +90,7 @@ def load_model(args):
                 or not np.allclose(pose["std"], IMAGENET_STD)):
             raise ValueError(f"{args.model_dir}: pose.json asks for another normalisation than data.py's "
                              f"(RGB, ImageNet mean and std)")
-        run = create_predictor(args.model_dir, args.device, args.threads, args.onednn,
-                               int8=pose["quantized"] and args.onednn)
+        run = create_predictor(args.model_dir, args.backend, args.device, args.threads, args.precision, args.onednn)
         return run, pose
     if not args.weights:
         raise ValueError("give --model-dir DIR (from export.py) or --weights CKPT")
@@ -744,8 +746,8 @@ def benchmark(args, run, pose, image_bgr, description, warmup=3, compare_run=Non
               f"({100 * outside / np.median(times['pipeline']):.1f}% of the pipeline)")
         if compare_run:
             other = np.median(times["compare"])
-            print(f"batch {batch}:  --compare {args.compare} model p50 {other * 1000:7.1f} ms: this model is "
-                  f"{other / np.median(times['model']):.2f}x as fast")
+            print(f"batch {batch}:  --compare {args.compare} ({compare_run.describe()}) model p50 "
+                  f"{other * 1000:7.1f} ms: this model is {other / np.median(times['model']):.2f}x as fast")
 
 
 def benchmark_video(args, run, pose, source, boxes_for, box_padding, description, warmup=3):
@@ -795,7 +797,7 @@ def benchmark_video(args, run, pose, source, boxes_for, box_padding, description
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                 formatter_class=HelpFormatter)
-    p.add_argument("--model-dir", help="exported model folder (export.py), run with paddle.inference")
+    p.add_argument("--model-dir", help="exported model folder (export.py), run with OpenVINO or paddle.inference")
     add_checkpoint_flags(p, "a checkpoint (path or URL), run eagerly, instead of --model-dir")
     p.add_argument("--input", required=True, help="an image, a folder of images, a video file or a webcam index")
     p.add_argument("--out", default="output/predict", help="folder for the drawn images/video and predictions.json")
@@ -822,14 +824,21 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=8, help="person crops per network call")
     p.add_argument("--max-frames", type=int, default=0, help="stop a video or webcam after this many frames (0: all)")
     p.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: gpu if Paddle has CUDA)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="runtime of --model-dir: auto = OpenVINO on CPU if installed, else paddle.inference")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="of --model-dir (default: int8 for a quantized export, else fp32; bf16 needs OpenVINO)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads of --model-dir's predictor (default: all)")
     p.add_argument("--onednn", action=argparse.BooleanOptionalAction, default=True,
-                   help="oneDNN kernels for --model-dir on CPU")
+                   help="oneDNN kernels for --model-dir on CPU (--backend paddle)")
     p.add_argument("--benchmark", action="store_true",
                    help="image: time the network and the pipeline on the first image, batch 1 and 8; video: "
                    "frames/s of the whole pipeline and of the network alone; write nothing")
     p.add_argument("--benchmark-runs", type=int, default=20, help="timed runs per measurement")
     p.add_argument("--compare", help="with --benchmark: another export (same input size) timed in the same loop")
+    p.add_argument("--compare-backend", choices=BACKENDS, default=None, help="of --compare (default: --backend)")
+    p.add_argument("--compare-precision", choices=PRECISIONS, default=None,
+                   help="of --compare (default: the export's own, as --precision)")
     p.add_argument("--verbose", action="store_true", help="also show Paddle's and oneDNN's own log lines")
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.benchmark_runs < 1 or args.det_every < 1:
@@ -838,6 +847,8 @@ def parse_args(argv=None):
         p.error("--min-cutoff and --d-cutoff must be positive (Hz), --beta at least 0")
     if args.compare and not args.benchmark:
         p.error("--compare is a --benchmark option")
+    if (args.compare_backend or args.compare_precision) and not args.compare:
+        p.error("--compare-backend and --compare-precision go with --compare")
     return args
 
 
@@ -851,8 +862,7 @@ def main(argv=None):
                 and os.path.realpath(args.out) == os.path.realpath(input_folder)):
             raise ValueError(f"--out {args.out}: the input's own folder; the drawn images would replace the inputs")
         run, pose = load_model(args)
-        description = (f"paddle.inference {args.device or ('gpu' if paddle.is_compiled_with_cuda() else 'cpu')}"
-                       f" oneDNN {'on' if args.onednn else 'off'}" if args.model_dir else "eager checkpoint")
+        description = run.describe() if args.model_dir else "eager checkpoint"
         if args.benchmark and source.kind == "video":
             benchmark_video(args, run, pose, source, boxes_for, box_padding, description)
             return

@@ -1,6 +1,6 @@
 """
-PACT quantization-aware training (QAT) of HRNet / Lite-HRNet, and an int8 export that Paddle Inference runs
-as real int8 on CPU (oneDNN): the seed's LiteHRNet-30 69.4 -> 68.9 AP recipe, in plain Paddle.
+PACT quantization-aware training (QAT) of HRNet / Lite-HRNet, and an int8 export that OpenVINO and Paddle
+Inference (oneDNN) run as real int8 on CPU: the seed's LiteHRNet-30 69.4 -> 68.9 AP recipe, in plain Paddle.
 
     python quantize.py --weights runs/lite_hrnet_18/best.pdparams      # synthetic default: a short fine-tune
     python quantize.py --model lite_hrnet_30 --weights lite_hrnet_30.pdparams --data data/coco \
@@ -10,7 +10,7 @@ as real int8 on CPU (oneDNN): the seed's LiteHRNet-30 69.4 -> 68.9 AP recipe, in
 
 Every training flag of train.py works here too: the loop is train.py's, run on the fake-quantized model.
 At the end the QAT weights are exported as an int8 inference model (--export) and scored again, now
-running as int8 in Paddle Inference.
+running as int8 (--backend: OpenVINO when installed, else Paddle Inference).
 """
 import os
 import sys
@@ -21,22 +21,17 @@ if "--verbose" not in sys.argv:  # Paddle's C++ log lines (e.g. "PIR not support
 warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time note about C++ extensions
 
 import argparse
-import contextlib
 import copy
 
 import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
-from paddle.base.layer_helper import LayerHelper
-from paddle.base.proto import framework_pb2
-from paddle.jit.dy2static import convert_call_func
 
-import model as model_py
 import train
 from data import parse_input_size, run_script
-from evaluate import evaluate_model
-from export import create_predictor, staged_files, write_pose_json
+from evaluate import PredictorModel, evaluate_model
+from export import BACKENDS, append_op, create_predictor, save_legacy_program, staged_files, write_pose_json
 from model import (QMAX, QuantConv2D, build_model, channel_abs_max, load_checkpoint, load_weights, prepare_qat,
                    quantized_inputs, replace_layers, set_device)
 
@@ -45,7 +40,8 @@ from model import (QMAX, QuantConv2D, build_model, channel_abs_max, load_checkpo
 # (.pdmodel; PIR programs have no int8 CPU passes in Paddle 3.3.1) in Paddle's "ONNX format": every
 # quantized input goes through quantize_linear -> dequantize_linear with its scale, every int8 weight
 # through dequantize_linear with its per-channel scales. The passes read the scales, drop those ops and
-# run the convolutions (with BatchNorm and activations fused in) on int8 data.
+# run the convolutions (with BatchNorm and activations fused in) on int8 data. OpenVINO reads the same
+# program (export.py's legacy format) and runs those convolutions in int8 too.
 
 def conv_bn_pairs(model, input_size):
     """{QuantConv2D name: BatchNorm2D name} for every BatchNorm whose input is a conv's output, found by
@@ -76,21 +72,12 @@ def conv_bn_pairs(model, input_size):
     return pairs
 
 
-def _append_op(kind, inputs, attrs=None, output="Out"):
-    """Append one op to the legacy program being traced, for the ops Paddle 3.3.1's Python API does not
-    create there (see legacy_program_ops) or creates in a form the oneDNN passes do not recognise."""
-    helper = LayerHelper(kind)
-    out = helper.create_variable_for_type_inference("float32")
-    helper.append_op(type=kind, inputs=inputs, outputs={output: [out]}, attrs=attrs or {})
-    return out
-
-
 def _quant_op(kind, x, scale, zero_point, axis):
     """quantize_linear / dequantize_linear (Paddle's Python API only creates them inside its own
     static-graph quantization passes); round_type 1 rounds ties away from 0, as paddle.round."""
-    return _append_op(kind, {"X": [x], "Scale": [scale], "ZeroPoint": [zero_point]},
-                      {"quant_axis": axis, "bit_length": 8, "qmin": -QMAX, "qmax": QMAX, "is_test": True,
-                       "round_type": 1}, output="Y")
+    return append_op(kind, {"X": [x], "Scale": [scale], "ZeroPoint": [zero_point]},
+                     {"quant_axis": axis, "bit_length": 8, "qmin": -QMAX, "qmax": QMAX, "is_test": True,
+                      "round_type": 1}, output="Y")
 
 
 class Int8Conv2D(nn.Layer):
@@ -102,7 +89,7 @@ class Int8Conv2D(nn.Layer):
     PACT is left out, as in the seed's export: the quantizer clips inputs to [-scale, scale] anyway, so
     clip(x, -alpha, alpha) before it changes nothing when scale <= alpha (export_int8 checks)."""
 
-    def __init__(self, layer, bn, zero_point):
+    def __init__(self, layer, bn, zeros):
         super().__init__()
         weight = layer.weight.numpy().astype(np.float64)
         abs_max = channel_abs_max(layer.weight).numpy().reshape(-1).astype(np.float64)
@@ -116,90 +103,19 @@ class Int8Conv2D(nn.Layer):
         self.register_buffer("weight_scale", paddle.to_tensor(abs_max.astype(np.float32)))
         self.register_buffer("input_scale", layer.input_scale.clone())
         self.register_buffer("bias", paddle.to_tensor(bias.astype(np.float32)))
-        self.register_buffer("zero_point", zero_point)  # one int32 zero shared by all: symmetric quantization
+        # symmetric quantization: the zero points are 0, shaped like their scales (OpenVINO insists), shared
+        self.register_buffer("input_zero_point", zeros(1))
+        self.register_buffer("weight_zero_point", zeros(len(abs_max)))
         self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, layer.groups
 
     def forward(self, x):
-        x = _quant_op("quantize_linear", x, self.input_scale, self.zero_point, -1)
-        x = _quant_op("dequantize_linear", x, self.input_scale, self.zero_point, -1)
-        weight = _quant_op("dequantize_linear", self.weight_int8, self.weight_scale, self.zero_point, 0)
+        x = _quant_op("quantize_linear", x, self.input_scale, self.input_zero_point, -1)
+        x = _quant_op("dequantize_linear", x, self.input_scale, self.input_zero_point, -1)
+        weight = _quant_op("dequantize_linear", self.weight_int8, self.weight_scale, self.weight_zero_point, 0)
         x = F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, self.groups)
         # the classic per-channel bias add (axis 1) that oneDNN fuses into the conv; F.conv2d's reshaped
         # bias is not recognised, leaving an extra op per conv and a 25 s graph optimisation
-        return _append_op("elementwise_add", {"X": [x], "Y": [self.bias]}, {"axis": 1})
-
-
-@contextlib.contextmanager
-def layers_traced_as_written():
-    """paddle.jit.to_static translates the source code of every layer instance it meets (700 translations
-    for a Lite-HRNet: 80% of a 10 s PIR or 60 s legacy export). This project's forward code branches on
-    Python values only, so tracing it as written records the same program. Undone on exit."""
-    modules = [m for m in (model_py, sys.modules[__name__]) if m not in convert_call_func.BUILTIN_LIKELY_MODULES]
-    paddle.jit.ignore_module(modules)
-    try:
-        yield
-    finally:
-        for m in modules:
-            convert_call_func.BUILTIN_LIKELY_MODULES.remove(m)
-
-
-@contextlib.contextmanager
-def legacy_program_ops():
-    """While a legacy program is traced, route three functions the networks use to ops that work there
-    (restored on exit):
-
-    - F.sigmoid and paddle.matmul: Paddle 3.3.1 binds them to PIR-only functions that reject a legacy
-      program's Variables ("argument must be Value, but got Variable"); the classic ops are appended instead;
-    - model.upsample_nearest: F.interpolate (nearest) instead of reshape + expand. Both are exact;
-      model.py avoids interpolate because oneDNN cannot run it in PIR programs, but in legacy programs
-      oneDNN runs it, and the expand ops cost 40% of the int8 run time."""
-    originals = F.sigmoid, paddle.matmul, model_py.upsample_nearest
-
-    def sigmoid(x, name=None):
-        return _append_op("sigmoid", {"X": [x]})
-
-    def matmul(x, y, transpose_x=False, transpose_y=False, name=None):
-        return _append_op("matmul_v2", {"X": [x], "Y": [y]}, {"trans_x": transpose_x, "trans_y": transpose_y})
-
-    def upsample_nearest(x, factor):
-        return x if factor == 1 else F.interpolate(x, scale_factor=factor, mode="nearest")
-
-    F.sigmoid, paddle.matmul, model_py.upsample_nearest = sigmoid, matmul, upsample_nearest
-    try:
-        yield
-    finally:
-        F.sigmoid, paddle.matmul, model_py.upsample_nearest = originals
-
-
-def compact_program(path):
-    """Shrink a saved legacy program in place without changing what it computes: drop the bookkeeping
-    attributes no inference pass reads (the Python call stack alone is 9 KB per channel_shuffle op),
-    empty optional input/output slots, and give the temporary variables short names (persistable
-    variables keep theirs: the parameter file is matched to them by name). Halves a Lite-HRNet program."""
-    with open(path, "rb") as f:
-        program = framework_pb2.ProgramDesc.FromString(f.read())
-    bookkeeping = {"op_callstack", "op_namescope", "op_role", "op_role_var", "op_device", "with_quant_attr"}
-    for block in program.blocks:
-        kept_names = {a for op in block.ops if op.type in ("feed", "fetch")
-                      for slot in list(op.inputs) + list(op.outputs) for a in slot.arguments}
-        short = {v.name: f"t{i}" for i, v in enumerate(block.vars) if not v.persistable and v.name not in kept_names}
-        for var in block.vars:
-            var.name = short.get(var.name, var.name)
-        for op in block.ops:
-            attrs = [a for a in op.attrs if a.name not in bookkeeping]
-            del op.attrs[:]
-            op.attrs.extend(attrs)
-            for slots in (op.inputs, op.outputs):
-                used = [slot for slot in slots if slot.arguments]
-                for slot in used:
-                    names = [short.get(a, a) for a in slot.arguments]
-                    del slot.arguments[:]
-                    slot.arguments.extend(names)
-                del slots[:]
-                slots.extend(used)
-    with open(path + ".tmp", "wb") as f:
-        f.write(program.SerializeToString())
-    os.replace(path + ".tmp", path)
+        return append_op("elementwise_add", {"X": [x], "Y": [self.bias]}, {"axis": 1})
 
 
 def export_int8(model, out_dir, model_name, input_size, info, udp=False):
@@ -214,33 +130,22 @@ def export_int8(model, out_dir, model_name, input_size, info, udp=False):
     twin.eval()
     pairs = conv_bn_pairs(twin, input_size)
     layers = dict(twin.named_sublayers())
-    zero = paddle.zeros([1], "int32")
-    replace_layers(twin, QuantConv2D, lambda layer, name: Int8Conv2D(layer, layers.get(pairs.get(name)), zero))
+    shared = {}
+
+    def zeros(n):  # int32 zeros of length n, one buffer per length
+        return shared.setdefault(n, paddle.zeros([n], "int32"))
+
+    replace_layers(twin, QuantConv2D, lambda layer, name: Int8Conv2D(layer, layers.get(pairs.get(name)), zeros))
     folded = set(pairs.values())
     replace_layers(twin, nn.BatchNorm2D, lambda bn, name: nn.Identity() if name in folded else bn)
-    spec = [paddle.static.InputSpec([None, 3, input_size[1], input_size[0]], "float32", "image")]
     # model.pdiparams.info, which only paddle.jit.load reads, is left behind in the staging folder
     with staged_files(out_dir, ("model.pdmodel", "model.pdiparams", "pose.json")) as staging:
-        prefix = os.path.join(staging, "model")
-        with paddle.pir_utils.OldIrGuard(), legacy_program_ops(), layers_traced_as_written():
-            paddle.jit.save(paddle.jit.to_static(twin, input_spec=spec, full_graph=True), prefix)
-        compact_program(prefix + ".pdmodel")
-        write_pose_json(staging, model_name, input_size, info, udp, quantized=True,
-                        model_file="model.pdmodel", params_file="model.pdiparams")
+        save_legacy_program(twin, os.path.join(staging, "model"), input_size, [sys.modules[__name__]])
+        # the one program serves paddle.inference (oneDNN int8) and OpenVINO (legacy_files) alike
+        write_pose_json(staging, model_name, input_size, info, udp, quantized=True, model_file="model.pdmodel",
+                        params_file="model.pdiparams", legacy_files=("model.pdmodel", "model.pdiparams"))
     files = {f: os.path.getsize(os.path.join(out_dir, f)) for f in ("model.pdmodel", "model.pdiparams")}
     return {"files": files, "folded_bn": len(folded)}
-
-
-class PredictorModel(nn.Layer):
-    """An exported model's predictor (export.create_predictor) behind the nn.Layer interface that
-    evaluate.evaluate_model calls."""
-
-    def __init__(self, run):
-        super().__init__()
-        self.run = run
-
-    def forward(self, images):
-        return paddle.to_tensor(self.run(images.numpy()))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -268,7 +173,9 @@ def build_parser():
     p.add_argument("--pact-lr", type=float, default=1000.0, help="learning-rate multiplier of the PACT alphas")
     p.add_argument("--moving-rate", type=float, default=0.9, help="decay of the activation scales' moving average")
     p.add_argument("--eval-int8", action=argparse.BooleanOptionalAction, default=True,
-                   help="score the exported int8 model on val (Paddle Inference, oneDNN int8 on CPU)")
+                   help="score the exported int8 model on val (on CPU, with --backend)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="runtime of that score: openvino, paddle (oneDNN int8) or auto (OpenVINO if installed)")
     return p
 
 
@@ -317,7 +224,7 @@ def main(argv=None):
               f"{result['folded_bn']} BatchNorms folded)")
         int8_ap = None
         if args.eval_int8:
-            int8 = PredictorModel(create_predictor(export_dir, "cpu", int8=True))  # oneDNN int8 is a CPU engine
+            int8 = PredictorModel(create_predictor(export_dir, args.backend, "cpu", precision="int8"))
             _, stats = evaluate_model(int8, val_set, args.batch_size, args.flip, num_workers=args.workers)
             int8_ap = stats["AP"]
     except (ValueError, OSError) as err:

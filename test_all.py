@@ -325,7 +325,7 @@ def test_exported_model_runs_in_paddle_inference_with_onednn(name, small_models,
     m = small_models[name]
     files = export.export_model(m, str(tmp_path), name, "128x96", keypoint_info_from_category(COCO_PERSON_CATEGORY))
     assert str(tmp_path / "model.json") in files  # PIR program format
-    run = export.create_predictor(str(tmp_path), device="cpu", onednn=True)
+    run = export.create_predictor(str(tmp_path), "paddle", device="cpu", onednn=True)
     # global pooling written as mean() would run oneDNN's reference reduction kernel, ~10x slower than pooling
     assert '"1.mean"' not in (tmp_path / "model.json").read_text()
     for batch in (1, 3):  # dynamic batch
@@ -1497,10 +1497,10 @@ def test_export_cli_checks_against_eager_and_lists_the_files(lite_export):
     lines = printed.strip().splitlines()
     relative = float(re.search(r"max diff \S+ \((\S+) of the largest output\)", lines[0]).group(1))
     assert relative < 1e-4
-    assert [line.split()[-1] for line in lines[1:]] == [os.path.join(out, f) for f in ("model.json", "model.pdiparams",
-                                                                                        "pose.json")]
+    assert [line.split()[-1] for line in lines[-5:]] == [os.path.join(out, f) for f in (
+        "model.json", "model.pdiparams", "legacy.pdmodel", "legacy.pdiparams", "pose.json")]
     pose = ex.read_pose_json(out)
-    assert set(pose) == set(ex.POSE_KEYS) and pose["model"] == "lite_hrnet_18"
+    assert set(pose) == set(ex.POSE_KEYS + ex.LEGACY_KEYS) and pose["model"] == "lite_hrnet_18"
     assert pose["input_size"] == [128, 96] and pose["heatmap_size"] == [32, 24] and pose["color"] == "RGB"
     assert pose["mean"] == [0.485, 0.456, 0.406] and pose["std"] == [0.229, 0.224, 0.225]
     assert pose["keypoint_names"] == data.COCO_KEYPOINT_NAMES and pose["flip_pairs"] == COCO_FLIP_PAIRS
@@ -1525,7 +1525,8 @@ def test_export_model_round_trips_hrnet_and_hands_the_model_back(tmp_path):
     model = settle_batch_norm(M.build_model("hrnet_w32"), (2, 3, 64, 64))
     model.train()
     files = ex.export_model(model, str(tmp_path), "hrnet_w32", "64x64", COCO_INFO)
-    assert files == [str(tmp_path / f) for f in ("model.json", "model.pdiparams", "pose.json")]
+    assert files == [str(tmp_path / f) for f in ("model.json", "model.pdiparams", "legacy.pdmodel",
+                                                 "legacy.pdiparams", "pose.json")]
     assert model.training and "forward" not in model.__dict__  # still eager, in its own mode
     assert ex.read_pose_json(str(tmp_path))["heatmap_size"] == [16, 16]
     model.eval()
@@ -1568,7 +1569,7 @@ def test_create_predictor_runs_a_legacy_format_export_with_int8_kernels(tmp_path
     net.set_state_dict(paddle.load(str(tmp_path / "net.pdparams")))
     x = np.random.RandomState(0).randn(2, 3, 64, 64).astype("float32")
     for int8 in (False, True):  # a float graph has nothing to quantize: int8 kernels must leave it exact
-        y = ex.create_predictor(str(tmp_path), device="cpu", int8=int8)(x)
+        y = ex.create_predictor(str(tmp_path), device="cpu", precision="int8" if int8 else "fp32")(x)
         assert np.abs(y - outputs(net, x)).max() < 1e-4
 
 
@@ -1948,7 +1949,7 @@ def test_int8_export_is_under_30_percent_of_the_float_export(qat_run, tmp_path):
     model.eval()
     x = np.random.RandomState(0).randn(2, 3, 64, 64).astype("float32")
     expected = outputs(model, x)  # before to_static, which turns the model's forward into the traced program
-    with Q.layers_traced_as_written():
+    with ex.layers_traced_as_written():
         paddle.jit.save(paddle.jit.to_static(model, input_spec=[InputSpec([None, 3, 64, 64], "float32", "image")],
                                              full_graph=True), str(tmp_path / "model"))
     traced = Q.PredictorModel(Q.create_predictor(str(tmp_path), onednn=False))(paddle.to_tensor(x)).numpy()
@@ -1967,7 +1968,8 @@ def test_int8_predictor_runs_int8_convolutions_and_matches_the_fake_quant_model(
     x = val_crops(synthetic_root)
     expected = outputs(model, x)
     # the program itself (float kernels): BatchNorm folding, int8 codes and scales reproduce the QAT model
-    exported = Q.PredictorModel(Q.create_predictor(qat_run["export"], onednn=False))(paddle.to_tensor(x)).numpy()
+    exported = Q.PredictorModel(Q.create_predictor(qat_run["export"], "paddle", onednn=False))(
+        paddle.to_tensor(x)).numpy()
     # Folding BatchNorm changes the order of float operations, so an input lying on a rounding tie may land one
     # level over in some sample, and that change cascades through the sample. A wrong fold, code or scale would
     # change every sample instead: most samples agree to float precision, and the decoded peaks agree everywhere.
@@ -1977,7 +1979,7 @@ def test_int8_predictor_runs_int8_convolutions_and_matches_the_fake_quant_model(
     peaks_expected, _ = ev.get_max_preds(expected)
     assert (np.abs(peaks_exported - peaks_expected).max(axis=-1) <= 1).mean() >= 0.95
     capfd.readouterr()
-    int8 = Q.PredictorModel(Q.create_predictor(qat_run["export"], int8=True))
+    int8 = Q.PredictorModel(Q.create_predictor(qat_run["export"], "paddle", precision="int8"))
     passes = capfd.readouterr().err
     assert "quantized 301 fused_conv2d ops" in passes  # every convolution runs in int8
     assert "quantized 0 pool2d ops" in passes  # and only they: int8 pooling clipped at the next conv's scale
@@ -2096,7 +2098,7 @@ def test_evaluate_scores_a_qat_checkpoint_as_quantize_did(qat_run, synthetic_roo
 
 def test_scripts_import_each_other_without_a_cycle_or_private_names():
     import ast
-    scripts = ["data", "model", "evaluate", "export", "predict", "train", "distill", "quantize"]  # README's order
+    scripts = ["data", "model", "export", "evaluate", "predict", "train", "distill", "quantize"]  # README's order
     for position, name in enumerate(scripts):
         for node in ast.walk(ast.parse(open(os.path.join(HERE, name + ".py")).read())):
             imported = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
@@ -2771,3 +2773,160 @@ def test_video_options_bad_input_is_one_line(lite18_weights, tmp_path):
         model + ["--input", str(video), "--detector", str(tmp_path / "nope")])
     with pytest.raises(SystemExit):
         pr.parse_args(["--input", str(video), "--min-cutoff", "0"])
+
+
+# ---- issue 14: fast CPU deployment: OpenVINO backend (fp32, bf16, int8), evaluate.py --model-dir, auto fallback
+
+def bn_settled_on(model, crops):
+    """BatchNorm statistics of exactly these crops (momentum 0), then eval: every layer's output is of order 1 on
+    such crops, so the heatmaps have real peaks (with the settled-by-two-steps fixtures they are nearly flat)."""
+    for layer in model.sublayers():
+        if isinstance(layer, paddle.nn.BatchNorm2D):
+            layer._momentum = 0.0
+    model.train()
+    with paddle.no_grad():
+        model(paddle.to_tensor(crops))
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def family_exports(tmp_path_factory):
+    """{name: (eager model, export folder)} for HRNet-W32 and Lite-HRNet-18 at 64x64, BN settled on real crops."""
+    crops = ex.real_crops("64x64")
+    exports = {}
+    for seed, name in enumerate(("hrnet_w32", "lite_hrnet_18")):
+        paddle.seed(seed)
+        model = bn_settled_on(M.build_model(name), crops)
+        folder = str(tmp_path_factory.mktemp("family") / name)
+        ex.export_model(model, folder, name, "64x64", COCO_INFO)
+        exports[name] = (model, folder)
+    return exports
+
+
+@pytest.mark.parametrize("name", ["hrnet_w32", "lite_hrnet_18"])
+def test_openvino_runs_both_families_as_eager_mode_does(name, family_exports):
+    model, folder = family_exports[name]
+    assert ex.read_pose_json(folder)["legacy_model_file"] == "legacy.pdmodel"
+    run = ex.create_predictor(folder, device="cpu")  # auto: OpenVINO on CPU when installed
+    assert (run.backend, run.precision, run.describe()) == ("openvino", "fp32", "OpenVINO fp32")
+    crops = ex.real_crops("64x64")
+    for batch in (crops[:1], crops):  # any batch size
+        reference = outputs(model, batch)
+        # float sums in another order, through 40-100 layers of a random network: 1e-5 of the output is reached
+        error = np.abs(run(batch) - reference).max() / np.abs(reference).max()
+        assert error < 1e-4
+    # Lite-HRNet's channel_shuffle is written as reshape -> transpose -> reshape for OpenVINO: the same function
+    assert not any(op.get_type_name() == "ShuffleChannels" for op in run.engine.get_runtime_model().get_ops())
+
+
+@pytest.mark.parametrize("name", ["hrnet_w32", "lite_hrnet_18"])
+def test_bf16_finds_the_keypoints_fp32_finds_on_real_crops(name, family_exports):
+    model, folder = family_exports[name]
+    if not ex.openvino_has_bf16():
+        raises_one_line(ValueError, "this CPU has no bf16 instructions", ex.create_predictor, folder,
+                        "openvino", "cpu", precision="bf16")
+        return
+    crops = ex.real_crops("64x64")
+    reference = outputs(model, crops)
+    bf16 = ex.create_predictor(folder, "openvino", "cpu", precision="bf16")
+    assert bf16.precision == "bf16" and {"bf16"} <= set(ex.openvino_conv_precisions(bf16))
+    agreement, compared = ex.keypoint_agreement(reference, bf16(crops))
+    assert compared >= 20 and agreement >= 0.9, (agreement, compared)
+    assert ex.keypoint_agreement(reference, reference) == (1.0, compared)
+    shuffled = np.roll(reference, 7, axis=3)  # the agreement measure tells other heatmaps apart
+    assert ex.keypoint_agreement(reference, shuffled)[0] < 0.5
+
+
+def evaluated_ap(argv, capsys):
+    capsys.readouterr()
+    ev.main(argv)
+    printed = capsys.readouterr().out.strip().splitlines()
+    return float(printed[-1][4:]), printed[0]
+
+
+def test_evaluate_scores_an_export_as_it_scores_the_checkpoint(qat_run, synthetic_root, tmp_path, capsys):
+    out = str(tmp_path / "float")
+    ex.main(["--model", "lite_hrnet_18", "--weights", qat_run["float"], "--input-size", "64x64", "--out", out])
+    printed = capsys.readouterr().out
+    assert "OpenVINO (CPU) vs eager on a random batch" in printed
+    common = ["--data", synthetic_root, "--workers", "0", "--no-flip", "--device", "cpu"]
+    checkpoint, _ = evaluated_ap(common + ["--model", "lite_hrnet_18", "--weights", qat_run["float"], "--input-size",
+                                           "64x64", "--out", str(tmp_path / "checkpoint.json")], capsys)
+    expected = json.loads((tmp_path / "checkpoint.json").read_text())
+    for backend, what in (("paddle", "paddle.inference fp32"), ("auto", "OpenVINO fp32")):
+        results = str(tmp_path / f"{backend}.json")
+        exported, first_line = evaluated_ap(common + ["--model-dir", out, "--backend", backend, "--out", results],
+                                            capsys)
+        assert f"lite_hrnet_18 ({what}) on " in first_line and "input 64x64" in first_line
+        assert abs(exported - checkpoint) <= 1e-3, (backend, exported, checkpoint)
+        got = json.loads(open(results).read())
+        assert len(got) == len(expected)
+        same = [np.abs(np.subtract(a["keypoints"], b["keypoints"])).max() < 0.01 for a, b in zip(got, expected)]
+        assert np.mean(same) >= 0.9  # the same people found; a rare near-tie of two heatmap pixels may flip
+    if ex.openvino_has_bf16():
+        assert "(OpenVINO bf16)" in evaluated_ap(common + ["--model-dir", out, "--precision", "bf16"], capsys)[1]
+    assert "--model-dir and --model/--weights are alternatives" in cli_error(
+        common + ["--model-dir", out, "--model", "lite_hrnet_18", "--weights", qat_run["float"]])
+    assert "the model in" in cli_error(common + ["--model-dir", out, "--input-size", "128x96"])
+    assert "float export; int8 needs a quantized one" in cli_error(common + ["--model-dir", out, "--precision", "int8"])
+
+
+def test_int8_export_runs_every_convolution_in_int8_on_openvino(qat_run, synthetic_root, capsys):
+    run = ex.create_predictor(qat_run["export"], device="cpu")  # auto: OpenVINO, the export's own int8
+    assert (run.backend, run.precision) == ("openvino", "int8")
+    precisions = ex.openvino_conv_precisions(run)
+    assert sum(precisions.get(kind, 0) for kind in ("i8", "u8")) == sum(precisions.values()) == 301
+    qat_ap = float(re.search(r"QAT \(fake-quant\) (\S+)", qat_run["log"]).group(1))
+    int8_ap, first_line = evaluated_ap(["--data", synthetic_root, "--workers", "0", "--no-flip", "--device", "cpu",
+                                        "--model-dir", qat_run["export"]], capsys)
+    assert "(OpenVINO int8)" in first_line and int8_ap >= qat_ap - 0.01, (int8_ap, qat_ap)
+    raises_one_line(ValueError, "on OpenVINO a quantized export runs in int8", ex.create_predictor,
+                    qat_run["export"], "openvino", "cpu", precision="fp32")
+
+
+def test_without_openvino_everything_runs_on_paddle_inference(lite_export, lite18_weights, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # makes `import openvino` fail
+    run = ex.create_predictor(lite_export[0], device="cpu")
+    assert (run.backend, run.precision) == ("paddle", "fp32")
+    raises_one_line(ValueError, r"OpenVINO is not installed \(pip install openvino\)", ex.create_predictor,
+                    lite_export[0], "openvino", "cpu")
+    raises_one_line(ValueError, "bf16 runs on OpenVINO", ex.create_predictor, lite_export[0], device="cpu",
+                    precision="bf16")
+    logs = []
+    ex.check_backends(M.load_weights(M.build_model("lite_hrnet_18"), lite18_weights), lite_export[0], log=logs.append)
+    assert "legacy.pdmodel (for OpenVINO) not checked: OpenVINO is not installed" in logs[0]
+    assert len(logs) == 2 and logs[1].startswith("paddle.inference (CPU, oneDNN) vs eager")
+
+
+def test_predict_benchmark_compares_runtimes_in_one_loop(lite_export, capsys):
+    pr.main(["--model-dir", lite_export[0], "--input", DEMO, "--benchmark", "--benchmark-runs", "1",
+             "--compare", lite_export[0], "--compare-backend", "paddle"])
+    printed = capsys.readouterr().out
+    assert "lite_hrnet_18 128x96, OpenVINO fp32," in printed.splitlines()[0]
+    assert re.search(r"batch 1:  --compare \S+ \(paddle.inference fp32\) model p50 .* this model is \S+x as fast",
+                     printed)
+    with pytest.raises(SystemExit):
+        pr.main(["--model-dir", lite_export[0], "--input", DEMO, "--benchmark", "--compare-backend", "paddle"])
+    assert capsys.readouterr().err.strip().endswith("--compare-backend and --compare-precision go with --compare")
+
+
+def test_openvino_int8_computes_what_the_fake_quant_model_computes(tmp_path):
+    """A small QAT network (signed and ReLU inputs, a dense, a depthwise and a 1x1 convolution): OpenVINO's int8
+    kernels give the fake-quantized model's outputs (integer sums are exact), unlike oneDNN's (one scale per
+    tensor)."""
+    paddle.seed(0)
+    net = paddle.nn.Sequential(paddle.nn.Conv2D(3, 16, 3, stride=4, padding=1), paddle.nn.BatchNorm2D(16),
+                               paddle.nn.ReLU(), paddle.nn.Conv2D(16, 16, 3, padding=1, groups=16),
+                               paddle.nn.BatchNorm2D(16), paddle.nn.Conv2D(16, 17, 1))
+    crops = ex.real_crops("64x64")
+    M.prepare_qat(bn_settled_on(net, crops), pact=False, moving_rate=0.0)
+    net.train()
+    with paddle.no_grad():  # every quantizer's scale: the largest |input| of these crops (none is clipped, see
+        net(paddle.to_tensor(crops))  # export.openvino_int8_graph on the one step below -scale)
+    net.eval()
+    Q.export_int8(net, str(tmp_path), "tiny", (64, 64), COCO_INFO)
+    run = ex.create_predictor(str(tmp_path), device="cpu")
+    assert run.describe() == "OpenVINO int8" and set(ex.openvino_conv_precisions(run)) <= {"i8", "u8"}
+    expected = outputs(net, crops)
+    assert np.abs(run(crops) - expected).max() < 1e-4 * np.abs(expected).max()
