@@ -545,7 +545,8 @@ def _predict(args, ann_file):
             raise ValueError(f"--model-dir {args.model_dir}: finds {len(pose['keypoint_names'])} keypoints "
                              f"({', '.join(pose['keypoint_names'][:3])}, ...), {ann_file} has "
                              f"{dataset.info.num_joints} ({', '.join(dataset.info.names[:3])}, ...)")
-        predictor = create_predictor(args.model_dir, args.backend, args.device, args.threads, args.precision)
+        predictor = create_predictor(args.model_dir, args.backend, args.device, args.threads, args.precision,
+                                     verbose=args.verbose)
         model, name = PredictorModel(predictor), f"{pose['model']} ({predictor.describe()})"
     else:
         input_size = parse_input_size(args.input_size) if args.input_size else None

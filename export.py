@@ -27,6 +27,7 @@ import io
 import json
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -360,20 +361,30 @@ def _model_files(model_dir, legacy=False):
 
 
 @contextlib.contextmanager
-def native_stdout_to_stderr():
-    """Paddle 3.3.1's oneDNN kernel choice prints debug lines ('ReduceMeanCheckIfOneDNNSupport') straight to
-    the process's stdout on a predictor's first run: send them to stderr, so stdout carries only our output."""
+def native_output_held(verbose=False):
+    """Paddle Inference's C++ code prints straight to the process's stdout and stderr: its oneDNN int8 passes
+    30-40 lines with colour codes, a first run's kernel choice debug lines ('ReduceMeanCheckIfOneDNNSupport').
+    Hold them back; with verbose they follow on stderr, so stdout carries only our output either way."""
     sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 1)
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            if verbose:
+                held.seek(0)
+                os.write(2, held.read())
 
 
-def create_predictor(model_dir, backend="auto", device=None, threads=None, precision=None, onednn=True):
+def create_predictor(model_dir, backend="auto", device=None, threads=None, precision=None, onednn=True,
+                     verbose=False):
     """A Predictor of an export: float32 N x 3 x H x W numpy -> N x K x h x w numpy heatmaps.
 
     backend: 'paddle' (paddle.inference), 'openvino' (CPU only; reads the legacy-format program) or 'auto':
@@ -381,8 +392,9 @@ def create_predictor(model_dir, backend="auto", device=None, threads=None, preci
     device: 'cpu', 'gpu' or 'gpu:N' (default: the GPU when Paddle has CUDA); threads: CPU threads (default:
     all cores); precision: 'fp32', 'bf16' (OpenVINO, on a CPU with bf16 instructions) or 'int8' (a quantized
     export, quantize.py); default 'int8' for a quantized export (unless oneDNN is off), else 'fp32'.
-    onednn: paddle.inference's oneDNN kernels on CPU. With a pose.json beside the model, one warm-up run
-    checks that the network takes the input size it states and gives the heatmaps it states."""
+    onednn: paddle.inference's oneDNN kernels on CPU; verbose: show what Paddle's passes print while they build
+    it. With a pose.json beside the model, one warm-up run checks that the network takes the input size it
+    states and gives the heatmaps it states."""
     pose = read_pose_json(model_dir) if os.path.isfile(os.path.join(model_dir, POSE_FILE)) else None
     quantized = bool(pose and pose["quantized"])
     precision = precision or ("int8" if quantized and onednn else "fp32")
@@ -401,11 +413,13 @@ def create_predictor(model_dir, backend="auto", device=None, threads=None, preci
             raise ValueError(f"--backend openvino runs on the CPU, not --device {device}")
         predictor = openvino_predictor(model_dir, threads, precision, quantized)
     elif backend == "paddle":
-        predictor = paddle_predictor(model_dir, device, threads, onednn, precision)
+        with native_output_held(verbose):
+            predictor = paddle_predictor(model_dir, device, threads, onednn, precision)
     else:
         raise ValueError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
     if pose is not None:
-        _check_against_pose_json(predictor, model_dir, pose)
+        with native_output_held(verbose):
+            _check_against_pose_json(predictor, model_dir, pose)
     return predictor
 
 
@@ -438,7 +452,7 @@ def paddle_predictor(model_dir, device, threads, onednn, precision):
     try:
         predictor = inference.create_predictor(config)
     except Exception as err:  # Paddle's own errors are many lines of C++ context: keep the gist
-        raise ValueError(f"{program}: paddle.inference cannot load it ({_gist(err)})") from None
+        raise ValueError(f"{program}: paddle.inference cannot load it ({error_gist(err)})") from None
     image = predictor.get_input_handle(predictor.get_input_names()[0])
     heatmaps = predictor.get_output_handle(predictor.get_output_names()[0])
 
@@ -473,7 +487,7 @@ def openvino_predictor(model_dir, threads, precision, quantized):
             openvino_int8_graph(network)
         compiled = core.compile_model(network, "CPU", config)
     except RuntimeError as err:
-        raise ValueError(f"{program}: OpenVINO cannot load it ({_gist(err)})") from None
+        raise ValueError(f"{program}: OpenVINO cannot load it ({error_gist(err)})") from None
     request = compiled.create_infer_request()
 
     def run(batch):
@@ -524,7 +538,7 @@ def openvino_conv_precisions(predictor):
     return counts
 
 
-def _gist(err):
+def error_gist(err):
     lines = [line.strip() for line in str(err).splitlines() if line.strip() and not line.startswith("---")]
     return f"{type(err).__name__}: {lines[-1] if lines else ''}"[:300]
 
@@ -533,11 +547,10 @@ def _check_against_pose_json(run, model_dir, pose):
     height, width = pose["input_size"]
     expected = (1, len(pose["keypoint_names"]), *pose["heatmap_size"])
     try:
-        with native_stdout_to_stderr():
-            shape = run(np.zeros((1, 3, height, width), np.float32)).shape
+        shape = run(np.zeros((1, 3, height, width), np.float32)).shape
     except Exception as err:
         raise ValueError(f"{model_dir}: the model does not take the {height}x{width} input its {POSE_FILE} "
-                         f"states ({_gist(err)})") from None
+                         f"states ({error_gist(err)})") from None
     if shape != expected:
         raise ValueError(f"{model_dir}: the model gives heatmaps {'x'.join(map(str, shape[1:]))}, its "
                          f"{POSE_FILE} states {'x'.join(map(str, expected[1:]))}")

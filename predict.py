@@ -41,7 +41,8 @@ from data import (COCO_PERSON_CATEGORY, HelpFormatter, IMAGENET_MEAN, IMAGENET_S
                   parse_input_size, read_image_bgr, run_script, temporary_path, write_image_atomically,
                   write_json_atomically)
 from evaluate import heatmaps_to_keypoints, oks_iou, oks_nms, person_score, predict_batch
-from export import BACKENDS, PRECISIONS, create_predictor, native_stdout_to_stderr, pose_metadata, read_pose_json
+from export import (BACKENDS, PRECISIONS, create_predictor, error_gist, native_output_held, pose_metadata,
+                    read_pose_json)
 from model import add_checkpoint_flags, load_checkpoint, set_device
 
 PREDICTIONS_FILE = "predictions.json"
@@ -72,7 +73,7 @@ def compare_model(args, pose):
         raise ValueError(f"--compare {args.compare}: takes {other['input_size'][0]}x{other['input_size'][1]} crops, "
                          f"the benchmarked model {pose['input_size'][0]}x{pose['input_size'][1]}")
     return create_predictor(args.compare, args.compare_backend or args.backend, args.device, args.threads,
-                            args.compare_precision, args.onednn)
+                            args.compare_precision, args.onednn, args.verbose)
 
 
 def load_model(args):
@@ -90,7 +91,8 @@ def load_model(args):
                 or not np.allclose(pose["std"], IMAGENET_STD)):
             raise ValueError(f"{args.model_dir}: pose.json asks for another normalisation than data.py's "
                              f"(RGB, ImageNet mean and std)")
-        run = create_predictor(args.model_dir, args.backend, args.device, args.threads, args.precision, args.onednn)
+        run = create_predictor(args.model_dir, args.backend, args.device, args.threads, args.precision, args.onednn,
+                               args.verbose)
         return run, pose
     if not args.weights:
         raise ValueError("give --model-dir DIR (from export.py) or --weights CKPT")
@@ -298,10 +300,8 @@ def paddle_detector(model_dir, score_thr, device=None, threads=None, onednn=True
     config.disable_glog_info()
     try:
         predictor = inference.create_predictor(config)
-    except Exception as err:  # Paddle's own errors are many lines of C++ context: keep the last
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        raise ValueError(f"--detector {program}: paddle.inference cannot load it "
-                         f"({type(err).__name__}: {lines[-1] if lines else ''})") from None
+    except Exception as err:  # Paddle's own errors are many lines of C++ context: keep the gist
+        raise ValueError(f"--detector {program}: paddle.inference cannot load it ({error_gist(err)})") from None
     inputs, outputs = predictor.get_input_names(), predictor.get_output_names()
     unknown = sorted(set(inputs) - {"image", "im_shape", "scale_factor"})
     if unknown:
@@ -330,7 +330,7 @@ def paddle_detector(model_dir, score_thr, device=None, threads=None, onednn=True
                 boxes.append(((float(x1), float(y1), float(x2 - x1), float(y2 - y1)), float(score)))
         return boxes
 
-    with native_stdout_to_stderr():  # the first run's oneDNN notes; and a wrong export fails here, before any work
+    with native_output_held():  # the first run's oneDNN notes; and a wrong export fails here, before any work
         detect(np.zeros((64, 64, 3), np.uint8))
     return detect
 

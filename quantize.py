@@ -224,7 +224,8 @@ def main(argv=None):
               f"{result['folded_bn']} BatchNorms folded)")
         int8_ap = None
         if args.eval_int8:
-            int8 = PredictorModel(create_predictor(export_dir, args.backend, "cpu", precision="int8"))
+            int8 = PredictorModel(create_predictor(export_dir, args.backend, "cpu", precision="int8",
+                                                   verbose=args.verbose))
             _, stats = evaluate_model(int8, val_set, args.batch_size, args.flip, num_workers=args.workers)
             int8_ap = stats["AP"]
     except (ValueError, OSError) as err:

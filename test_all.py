@@ -1979,7 +1979,7 @@ def test_int8_predictor_runs_int8_convolutions_and_matches_the_fake_quant_model(
     peaks_expected, _ = ev.get_max_preds(expected)
     assert (np.abs(peaks_exported - peaks_expected).max(axis=-1) <= 1).mean() >= 0.95
     capfd.readouterr()
-    int8 = Q.PredictorModel(Q.create_predictor(qat_run["export"], "paddle", precision="int8"))
+    int8 = Q.PredictorModel(Q.create_predictor(qat_run["export"], "paddle", precision="int8", verbose=True))
     passes = capfd.readouterr().err
     assert "quantized 301 fused_conv2d ops" in passes  # every convolution runs in int8
     assert "quantized 0 pool2d ops" in passes  # and only they: int8 pooling clipped at the next conv's scale
