@@ -1772,7 +1772,8 @@ def test_predict_bad_input_is_one_line(lite18_weights, lite_export, tmp_path):
 def test_benchmark_prints_latency_and_throughput_at_batch_1_and_8(lite_export, capsys):
     pr.main(["--model-dir", lite_export[0], "--input", DEMO, "--benchmark", "--benchmark-runs", "2"])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("benchmark: lite_hrnet_18 128x96, paddle.inference cpu oneDNN on")
+    runtime = "OpenVINO fp32" if ex.import_openvino() else "paddle.inference fp32"  # --backend auto
+    assert lines[0].startswith(f"benchmark: lite_hrnet_18 128x96, {runtime}, flip off")
     for batch, line in zip((1, 8), lines[1:]):
         assert line.startswith(f"batch {batch}:")
         for p50, p90, rate in re.findall(r"p50 +(\S+) ms +p90 +(\S+) ms +(\S+) img/s", line):
