@@ -1352,7 +1352,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, lite18_weights):
     foreign = tmp_path / "foreign.json"
     foreign.write_text(json.dumps([dict(gt_as_results(TINY_ANN)[0], image_id=42)]))
     assert "not in" in cli_error(["--data", TINY, "--results", str(foreign)])
-    assert "--weights is needed" in cli_error(["--data", TINY])
+    assert "--weights or --model-dir is needed" in cli_error(["--data", TINY])
     model_args = ["--data", TINY, "--model", "lite_hrnet_18", "--weights", lite18_weights]
     assert "--boxes" in cli_error(model_args + ["--boxes", str(tmp_path / "nope.json")])
     assert "non-empty" in cli_error(model_args + ["--boxes", str(empty)])
@@ -2867,7 +2867,7 @@ def test_evaluate_scores_an_export_as_it_scores_the_checkpoint(qat_run, syntheti
         assert np.mean(same) >= 0.9  # the same people found; a rare near-tie of two heatmap pixels may flip
     if ex.openvino_has_bf16():
         assert "(OpenVINO bf16)" in evaluated_ap(common + ["--model-dir", out, "--precision", "bf16"], capsys)[1]
-    assert "--model-dir and --model/--weights are alternatives" in cli_error(
+    assert "--model-dir and --weights are alternatives" in cli_error(
         common + ["--model-dir", out, "--model", "lite_hrnet_18", "--weights", qat_run["float"]])
     assert "the model in" in cli_error(common + ["--model-dir", out, "--input-size", "128x96"])
     assert "float export; int8 needs a quantized one" in cli_error(common + ["--model-dir", out, "--precision", "int8"])
