@@ -348,16 +348,17 @@ NO_AUGMENT = dict(scale_factor=0.0, rot_factor=0, rot_prob=0.0, half_body_prob=0
 
 
 def independent_count(ann_file):
-    """Usable instances counted straight from the JSON: non-crowd, some keypoint > 0, box valid after clipping."""
+    """Usable instances counted straight from the JSON: non-crowd, some keypoint > 0, box valid after clipping
+    (a missing area is the box's, a missing iscrowd 0, missing keypoints none, as data.py fills them in)."""
     coco = json.load(open(ann_file))
     sizes = {im["id"]: (im["width"], im["height"]) for im in coco["images"]}
     count = 0
     for ann in coco["annotations"]:
         x, y, w, h = ann["bbox"]
         width, height = sizes[ann["image_id"]]
-        box_ok = ann["area"] > 0 and min(width - 1, max(0, x) + max(0, w - 1)) >= max(0, x) \
+        box_ok = ann.get("area", w * h) > 0 and min(width - 1, max(0, x) + max(0, w - 1)) >= max(0, x) \
             and min(height - 1, max(0, y) + max(0, h - 1)) >= max(0, y)
-        count += (not ann["iscrowd"]) and max(ann["keypoints"]) > 0 and box_ok
+        count += not ann.get("iscrowd", 0) and max(ann["keypoints"] or [0]) > 0 and box_ok
     return count
 
 
@@ -2168,20 +2169,6 @@ def public_style_set(root, style):
     return folder
 
 
-def usable_people(ann_file):
-    """Counted straight from a file that may lack area/iscrowd/keypoints: non-crowd, a labelled joint, a box."""
-    coco = json.load(open(ann_file))
-    sizes = {im["id"]: (im["width"], im["height"]) for im in coco["images"]}
-    count = 0
-    for ann in coco["annotations"]:
-        x, y, w, h = ann["bbox"]
-        width, height = sizes[ann["image_id"]]
-        box_ok = ann.get("area", w * h) > 0 and min(width - 1, max(0, x) + max(0, w - 1)) >= max(0, x) \
-            and min(height - 1, max(0, y) + max(0, h - 1)) >= max(0, y)
-        count += not ann.get("iscrowd", 0) and max(ann["keypoints"] or [0]) > 0 and box_ok
-    return count
-
-
 @pytest.mark.parametrize("style", sorted(PUBLIC_STYLES))
 def test_public_keypoint_sets_load_and_score_as_they_come(style, tmp_path):
     folder = public_style_set(tmp_path, style)
@@ -2208,8 +2195,8 @@ def test_public_keypoint_sets_load_and_score_as_they_come(style, tmp_path):
     sided = {i for pair in expected_pairs for i in pair}
     mhp_sigmas = [COCO_SIGMAS[s] if i in sided else 0.025 for i, s in enumerate(sources)]
     np.testing.assert_allclose(info.sigmas, EXPECTED_SIGMAS.get(style, mhp_sigmas), rtol=1e-6)
-    assert len(train_set) == usable_people(os.path.join(folder, "annotations", "person_keypoints_train2017.json"))
-    assert len(val_set) == usable_people(ann_file) > 0
+    assert len(train_set) == independent_count(os.path.join(folder, "annotations", "person_keypoints_train2017.json"))
+    assert len(val_set) == independent_count(ann_file) > 0
     image, target, weight, _ = train_set[0]
     assert image.shape == (3, 64, 64) and target.shape == (len(names), 16, 16)
     # pycocotools scores the file as it came (no area or num_keypoints): its own people as predictions score 1
