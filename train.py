@@ -18,7 +18,9 @@ warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time 
 warnings.filterwarnings("ignore", message=".*always track global mean and variance.*")  # Paddle 3 BN note
 
 import argparse
+import contextlib
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -168,8 +170,9 @@ def _train(args, model, loss_fn, datasets):
     set_device(args.device)
     use_cpu_threads(args.threads)
     world, rank = dist.get_world_size(), dist.get_rank()
-    if world > 1:
-        dist.init_parallel_env()
+    if world > 1:  # Paddle lists every flag it changed itself (a banner on stderr): --verbose shows it
+        with contextlib.nullcontext() if args.verbose else contextlib.redirect_stderr(io.StringIO()):
+            dist.init_parallel_env()
     log = print if rank == 0 else (lambda *a, **k: None)
     if args.amp and not paddle.is_compiled_with_cuda():
         log(f"--amp {args.amp}: ignored on CPU (Paddle's CPU AMP computes in float32 anyway)")
