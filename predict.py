@@ -666,7 +666,7 @@ def predict_input(args, run, pose, source, boxes_for, box_padding, log=print):
             results.append({("frame" if video else "file"): label, "width": image_bgr.shape[1],
                             "height": image_bgr.shape[0], "people": [person_json(p) for p in people]})
             now = time.time()
-            if not video or now - last_report > 2:
+            if now - last_report > 2 or done == source.total:  # a progress line every 2 s, and the last
                 rate = done / (now - start)
                 eta = f", ETA {(source.total - done) / rate:.0f} s" if source.total and done < source.total else ""
                 log(f"{done}/{source.total or '?'} {label if not video else 'frames'}: {len(people)} "
