@@ -489,7 +489,10 @@ def openvino_predictor(model_dir, threads, precision, quantized):
     if precision == "bf16" and not openvino_has_bf16():
         raise ValueError("--precision bf16: this CPU has no bf16 instructions (avx512_bf16 or AMX); use fp32")
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(threads or os.cpu_count() or 1),
-              "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+              "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+              # pinned threads made every other network of the process (a second export, a detector, PyTorch)
+              # and this one, after another was compiled, 2-4x slower at two threads
+              "ENABLE_CPU_PINNING": False}
     core = openvino.Core()
     try:
         network = core.read_model(program)
