@@ -320,7 +320,7 @@ def save_legacy_program(model, prefix, input_size, modules=()):
 
 BACKENDS = ("auto", "paddle", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")
-OPENVINO_MAX_BATCH = 16  # OpenVINO runs larger batches in chunks of this many crops
+OPENVINO_MAX_BATCH = 8  # OpenVINO runs larger batches in chunks of this many crops
 
 
 @dataclass
@@ -514,7 +514,7 @@ def openvino_predictor(model_dir, threads, precision, quantized):
         return requests[size]
 
     def run(batch):
-        # batches of 2^k <= OPENVINO_MAX_BATCH crops: at most five networks compiled (1-3 s each, once)
+        # batches of 2^k <= OPENVINO_MAX_BATCH crops: at most four networks compiled (1-3 s each, once)
         heatmaps, start = [], 0
         while start < len(batch):
             size = min(OPENVINO_MAX_BATCH, 1 << (len(batch) - start).bit_length() - 1)
