@@ -433,11 +433,9 @@ def create_predictor(model_dir, backend="auto", device=None, threads=None, preci
     return predictor
 
 
-def paddle_predictor(model_dir, device, threads, onednn, precision):
-    """paddle.inference: oneDNN (int8 kernels for a quantized export) on CPU, or CUDA on a GPU."""
-    if precision == "bf16":
-        raise ValueError("--precision bf16 runs on OpenVINO (pip install openvino; --backend openvino)")
-    program, params = _model_files(model_dir)
+def paddle_inference(program, params, device, threads, onednn, int8=False, source=None):
+    """A paddle.inference predictor of a program file and its params: CUDA on 'gpu' / 'gpu:N', or the CPU with
+    threads threads and oneDNN (int8 convolutions with int8). source: how errors name it (default: program)."""
     config = inference.Config(program, params)
     if device.startswith("gpu"):
         if not paddle.is_compiled_with_cuda():
@@ -450,7 +448,7 @@ def paddle_predictor(model_dir, device, threads, onednn, precision):
         config.set_cpu_math_library_num_threads(int(threads or os.cpu_count() or 1))
         if onednn:
             config.enable_mkldnn()
-        if precision == "int8":
+        if int8:
             if not onednn:
                 raise ValueError("int8 inference runs on oneDNN: do not turn oneDNN off")
             # only the convolutions: left to itself oneDNN also runs pool2d and concat in int8, with the scale
@@ -460,9 +458,17 @@ def paddle_predictor(model_dir, device, threads, onednn, precision):
         raise ValueError(f"--device {device}: expected cpu, gpu or gpu:N")
     config.disable_glog_info()
     try:
-        predictor = inference.create_predictor(config)
+        return inference.create_predictor(config)
     except Exception as err:  # Paddle's own errors are many lines of C++ context: keep the gist
-        raise ValueError(f"{program}: paddle.inference cannot load it ({error_gist(err)})") from None
+        raise ValueError(f"{source or program}: paddle.inference cannot load it ({error_gist(err)})") from None
+
+
+def paddle_predictor(model_dir, device, threads, onednn, precision):
+    """paddle.inference: oneDNN (int8 kernels for a quantized export) on CPU, or CUDA on a GPU."""
+    if precision == "bf16":
+        raise ValueError("--precision bf16 runs on OpenVINO (pip install openvino; --backend openvino)")
+    program, params = _model_files(model_dir)
+    predictor = paddle_inference(program, params, device, threads, onednn, precision == "int8")
     image = predictor.get_input_handle(predictor.get_input_names()[0])
     heatmaps = predictor.get_output_handle(predictor.get_output_names()[0])
 

@@ -34,14 +34,13 @@ from typing import Iterator, Optional
 import cv2
 import numpy as np
 import paddle
-from paddle import inference
 
 from data import (COCO_PERSON_CATEGORY, HelpFormatter, IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD, box_iou,
                   box_to_center_scale, crop_and_normalize, draw_poses, keypoint_info_from_record, load_json,
                   parse_input_size, read_image_bgr, run_script, temporary_path, write_image_atomically,
                   write_json_atomically)
 from evaluate import heatmaps_to_keypoints, oks_iou, oks_nms, person_score, predict_batch
-from export import (BACKENDS, PRECISIONS, create_predictor, error_gist, native_output_held, pose_metadata,
+from export import (BACKENDS, PRECISIONS, create_predictor, native_output_held, paddle_inference, pose_metadata,
                     read_pose_json)
 from model import add_checkpoint_flags, load_checkpoint, set_device
 
@@ -286,22 +285,8 @@ def paddle_detector(model_dir, score_thr, device=None, threads=None, onednn=True
     params = os.path.join(model_dir, "model.pdiparams")
     if program is None or not os.path.isfile(params):
         raise FileNotFoundError(f"--detector {model_dir}: no model.json or model.pdmodel with model.pdiparams")
-    config = inference.Config(program, params)
     device = device or ("gpu" if paddle.is_compiled_with_cuda() else "cpu")
-    if device.startswith("gpu"):
-        if not paddle.is_compiled_with_cuda():
-            raise ValueError(f"--device {device}: this Paddle build has no CUDA")
-        config.enable_use_gpu(256, int(device.partition(":")[2] or 0))
-    else:
-        config.disable_gpu()
-        config.set_cpu_math_library_num_threads(int(threads or os.cpu_count() or 1))
-        if onednn:
-            config.enable_mkldnn()
-    config.disable_glog_info()
-    try:
-        predictor = inference.create_predictor(config)
-    except Exception as err:  # Paddle's own errors are many lines of C++ context: keep the gist
-        raise ValueError(f"--detector {program}: paddle.inference cannot load it ({error_gist(err)})") from None
+    predictor = paddle_inference(program, params, device, threads, onednn, source=f"--detector {program}")
     inputs, outputs = predictor.get_input_names(), predictor.get_output_names()
     unknown = sorted(set(inputs) - {"image", "im_shape", "scale_factor"})
     if unknown:
