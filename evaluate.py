@@ -408,7 +408,6 @@ class PredictorModel(paddle.nn.Layer):
         return paddle.to_tensor(self.run(images.numpy()))
 
 
-
 def evaluate_model(model, dataset, batch_size=32, flip=True, decode="default", dark_kernel=3,
                    in_vis_thre=0.2, oks_thre=0.9, soft_nms=False, num_workers=0, log=print):
     """Predict every person box of a COCOKeypointDataset, decode, rescore + OKS-NMS and score with pycocotools.

@@ -245,6 +245,7 @@ def legacy_program_ops():
     - F.adaptive_avg_pool2d to a size that divides the input (Lite-HRNet's cross-resolution weighting) as
       plain average pooling: the same numbers, where OpenVINO has only a slow generic adaptive kernel."""
     originals = F.sigmoid, paddle.matmul, model_py.upsample_nearest, F.channel_shuffle, F.adaptive_avg_pool2d
+    adaptive_avg_pool2d_of_paddle = F.adaptive_avg_pool2d
 
     def sigmoid(x, name=None):
         return append_op("sigmoid", {"X": [x]})
@@ -262,7 +263,7 @@ def legacy_program_ops():
 
     def adaptive_avg_pool2d(x, output_size, data_format="NCHW", name=None):
         if output_size == 1:
-            return originals[-1](x, output_size)
+            return adaptive_avg_pool2d_of_paddle(x, output_size)  # global: OpenVINO's fast ReduceMean
         (height, width), (out_h, out_w) = x.shape[2:], output_size  # whole multiples: input sizes are 32k
         return F.avg_pool2d(x, (height // out_h, width // out_w), stride=(height // out_h, width // out_w))
 
