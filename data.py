@@ -1051,7 +1051,12 @@ def make_synthetic_video(path, num_frames=100, num_people=3, size=(320, 240), fp
 # ----------------------------------------------------------------------------------------------------------
 # Downloads: resumable (HTTP Range on a .part file), verified, renamed into place only when complete
 
-def download_file(url, dest, expected_size=None, md5=None, retries=5, timeout=60):
+def file_digest(path, algorithm="sha256"):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, algorithm).hexdigest()
+
+
+def download_file(url, dest, expected_size=None, md5=None, retries=5, timeout=60, sha256=None):
     if os.path.exists(dest) and (expected_size is None or os.path.getsize(dest) == expected_size):
         return dest  # only a verified download is ever renamed to dest
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
@@ -1096,14 +1101,13 @@ def download_file(url, dest, expected_size=None, md5=None, retries=5, timeout=60
     if total is not None and size != total:
         os.remove(part)
         raise ValueError(f"{dest}: got {size} bytes, expected {total}; the bad download was deleted, run again")
-    if md5 is not None:
-        digest = hashlib.md5()
-        with open(part, "rb") as f:
-            while chunk := f.read(1 << 22):
-                digest.update(chunk)
-        if digest.hexdigest() != md5:
+    for algorithm, expected in (("md5", md5), ("sha256", sha256)):
+        if expected is None:
+            continue
+        got = file_digest(part, algorithm)
+        if got != expected.lower():
             os.remove(part)
-            raise ValueError(f"{dest}: MD5 {digest.hexdigest()} does not match the expected {md5}; "
+            raise ValueError(f"{dest}: {algorithm.upper()} {got} does not match the expected {expected}; "
                              f"the corrupt download was deleted, run again")
     os.replace(part, dest)
     return dest
@@ -1139,15 +1143,30 @@ def download_coco(root, what=("train", "val", "annotations"), base_url=COCO_BASE
 
 def resolve_path_or_url(path_or_url, cache_dir=None, what="file"):
     """http(s) URLs are downloaded once into the cache (HRNET_PADDLE_CACHE, default ~/.cache/hrnet-paddle);
-    local paths are checked to exist. `what` names the flag in error messages, e.g. '--weights'."""
+    local paths are checked to exist. `what` names the flag in error messages, e.g. '--weights'.
+    URL#sha256=HEX (pip's convention) pins the file: the download, and the cached copy on every use, must have
+    that SHA-256; an unpinned first download prints the SHA-256 that arrived, to pin it with."""
     text = str(path_or_url)
     if text.startswith(("http://", "https://")):
+        url, _, fragment = text.partition("#")
+        pinned = fragment[len("sha256="):].lower() if fragment.startswith("sha256=") else None
+        if fragment and not (pinned and re.fullmatch(r"[0-9a-f]{64}", pinned)):
+            raise ValueError(f"{what} {text}: the only URL fragment read is #sha256= and 64 hex digits")
         cache_dir = cache_dir or os.environ.get("HRNET_PADDLE_CACHE") or os.path.expanduser("~/.cache/hrnet-paddle")
-        name = os.path.basename(urllib.parse.urlparse(text).path) or "download"
-        dest = os.path.join(cache_dir, hashlib.sha1(text.encode()).hexdigest()[:10], name)
+        name = os.path.basename(urllib.parse.urlparse(url).path) or "download"
+        dest = os.path.join(cache_dir, hashlib.sha1(url.encode()).hexdigest()[:10], name)
+        if pinned and os.path.exists(dest) and file_digest(dest) != pinned:
+            print(f"{dest}: the cached copy is not the pinned file; downloading it again", file=sys.stderr)
+            os.remove(dest)
         if not os.path.exists(dest):
-            print(f"downloading {text} -> {dest}", file=sys.stderr)
-            download_file(text, dest)
+            print(f"downloading {url} -> {dest}", file=sys.stderr)
+            try:
+                download_file(url, dest, sha256=pinned)
+            except ValueError as err:
+                raise ValueError(f"{what} {text}: {err}") from None
+            if not pinned:
+                digest = file_digest(dest)
+                print(f"{dest}: sha256 {digest}; pin it as {url}#sha256={digest}", file=sys.stderr)
         return dest
     if not os.path.exists(text):
         raise FileNotFoundError(f"{what} {text} not found")

@@ -18,8 +18,8 @@ warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time 
 import paddle
 
 import train
-from data import run_script
-from model import MODEL_NAMES, load_checkpoint, set_device
+from data import resolve_path_or_url, run_script
+from model import MODEL_NAMES, build_from_checkpoint, read_checkpoint, set_device
 
 
 def distillation_loss(student_heatmaps, teacher_heatmaps, target_weight, scale=0.5):
@@ -28,11 +28,11 @@ def distillation_loss(student_heatmaps, teacher_heatmaps, target_weight, scale=0
     return train.joints_mse_loss(student_heatmaps, teacher_heatmaps, target_weight, scale)
 
 
-def build_teacher(weights, name, info, bn_mode):
-    """A frozen teacher for data with keypoints info (name: only for checkpoints that do not say). bn_mode
-    'train' keeps the seed's choice: the teacher's BN uses batch statistics (and keeps updating its running
-    ones); 'eval' uses the statistics it was trained with."""
-    teacher, _ = load_checkpoint(weights, name, info=info, flag="--teacher")
+def build_teacher(path, state, record, name, info, bn_mode):
+    """A frozen teacher from read_checkpoint's state and record of path, for data with keypoints info (name:
+    only for checkpoints that do not say). bn_mode 'train' keeps the seed's choice: the teacher's BN uses batch
+    statistics (and keeps updating its running ones); 'eval' uses the statistics it was trained with."""
+    teacher, _ = build_from_checkpoint(state, record, f"--teacher {path}", name, info=info)
     for p in teacher.parameters():
         p.stop_gradient = True
     teacher.train() if bn_mode == "train" else teacher.eval()
@@ -61,8 +61,11 @@ def main(argv=None):
     args = train.apply_recipe(p.parse_args(argv))
     try:
         set_device(args.device)
+        teacher_path = resolve_path_or_url(args.teacher, what="--teacher")
+        teacher_state, teacher_record = read_checkpoint(teacher_path, "--teacher")  # before any data work
         datasets = train.build_datasets(args)
-        teacher = build_teacher(args.teacher, args.teacher_model, datasets[0].info, args.teacher_bn)
+        teacher = build_teacher(teacher_path, teacher_state, teacher_record, args.teacher_model, datasets[0].info,
+                                args.teacher_bn)
         print(f"teacher {type(teacher).__name__} from {args.teacher} ({args.teacher_bn}-mode BN), "
               f"distillation weight {args.distill_weight}")
         _, _, best_ap = train.train(args, loss_fn=distill_loss_fn(args, teacher), datasets=datasets)

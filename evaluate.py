@@ -550,7 +550,7 @@ def _predict(args, ann_file):
     else:
         input_size = parse_input_size(args.input_size) if args.input_size else None
         weights = resolve_path_or_url(args.weights, what="--weights")
-        state, record = read_checkpoint(weights)
+        state, record = read_checkpoint(weights, "--weights")
         if record is not None:  # crops as the model was trained on them, unless --input-size overrides
             input_size = input_size or tuple(record["input_size"][::-1])
         dataset = COCOKeypointDataset(ann_file, image_dir, input_size or (192, 256), train=False, boxes=boxes,

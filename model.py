@@ -16,6 +16,8 @@ import os
 
 
 import argparse
+import collections
+import pickle
 import re
 import warnings
 
@@ -694,9 +696,112 @@ def paddledetection_key(key):
     raise KeyError(f"no PaddleDetection name for '{key}'")
 
 
-def read_checkpoint(path):
+class RefusedFile(ValueError):
+    """A pickled file that asks for more than weights and training state, refused before anything in it ran."""
+
+
+def _paddle_static_tensor(expression, namespace):
+    # paddle.save writes a static-graph DenseTensor as eval('data', {'data': array}): the name is looked up
+    # here and nothing is evaluated
+    if expression != "data" or not isinstance(namespace, dict) or not isinstance(namespace.get("data"), np.ndarray):
+        raise RefusedFile("builtins.eval on code of its own")
+    return namespace["data"]
+
+
+def _latin1_bytes(text, encoding):
+    # pickle protocol 2 (Paddle 2.0's default) writes an array's raw bytes as _codecs.encode(text, "latin1")
+    if encoding not in ("latin1", "latin-1"):
+        raise RefusedFile(f"_codecs.encode to {encoding!r}")
+    return text.encode("latin1")
+
+
+# Every global that paddle.save (Paddle 2.x and 3.x, pickle protocols 2-4, numpy 1.x and 2.x) writes for
+# weights, optimizer state and the plain values beside them; a pickle may call only these.
+PICKLE_GLOBALS = {
+    **{(module, "_reconstruct"): np.zeros(0).__reduce__()[0] for module in ("numpy.core.multiarray",
+                                                                            "numpy._core.multiarray")},
+    **{(module, "scalar"): np.float32(0).__reduce__()[0] for module in ("numpy.core.multiarray",
+                                                                        "numpy._core.multiarray")},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    **{(module, kind.__name__): kind for module in ("builtins", "__builtin__")  # __builtin__: protocol 2
+       for kind in (tuple, set, frozenset, complex)},
+    ("_codecs", "encode"): _latin1_bytes,
+    ("builtins", "eval"): _paddle_static_tensor,
+}
+
+
+class WeightsUnpickler(pickle.Unpickler):
+    """pickle's reader, with every global it may call looked up in PICKLE_GLOBALS and nothing imported."""
+
+    def find_class(self, module, name):
+        if (module, name) not in PICKLE_GLOBALS:
+            raise RefusedFile(f"{module}.{name}")
+        return PICKLE_GLOBALS[module, name]
+
+
+def _map_leaves(obj, is_leaf, convert):
+    if is_leaf(obj):
+        return convert(obj)
+    if isinstance(obj, dict):
+        return type(obj)((key, _map_leaves(value, is_leaf, convert)) for key, value in obj.items())
+    if isinstance(obj, (list, tuple, set)):
+        return type(obj)(_map_leaves(value, is_leaf, convert) for value in obj)
+    return obj
+
+
+def _named_tensor(name, array):
+    tensor = paddle.to_tensor(array)
+    tensor.name = name
+    return tensor
+
+
+def read_paddle_file(path, source=None, return_numpy=True):
+    """paddle.load(path, return_numpy=...) for the pickled files paddle.save writes, without running them.
+
+    paddle.load is pickle: a file can name any function (os.system) for it to call. Here a file that asks for
+    anything outside PICKLE_GLOBALS is refused (RefusedFile, one line naming `source` and what it asked for)
+    before it is called or even imported. The result is paddle.load's: big arrays split by protocols 2-3 joined,
+    the name table of a saved state dict dropped, Paddle 2.1's (name, array) tensors turned into arrays
+    (into named tensors with return_numpy=False, which also makes every other array a tensor when none is)."""
+    source = source or path
+    try:
+        with open(path, "rb") as f:
+            obj = WeightsUnpickler(f, encoding="latin1").load()
+        if isinstance(obj, dict):
+            for key, split in obj.pop("UnpackBigParamInfor@@", {}).items():
+                obj[key] = np.concatenate([obj.pop(part) for part in split["slices"]]).reshape(split["OriginShape"])
+            names = obj.pop("StructuredToParameterName@@", None)
+            if names is not None:  # a state dict: its arrays, plus each parameter's name
+                if not return_numpy:
+                    obj.update({key: _named_tensor(name, obj[key]) for key, name in names.items()
+                                if isinstance(obj.get(key), np.ndarray)})
+                return obj
+        named = []
+
+        def from_named(pair):
+            named.append(pair[0])
+            return pair[1] if return_numpy else _named_tensor(*pair)
+
+        obj = _map_leaves(obj, lambda v: (isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str)
+                                          and isinstance(v[1], np.ndarray)), from_named)
+        if not named and not return_numpy:
+            obj = _map_leaves(obj, lambda v: isinstance(v, np.ndarray), paddle.to_tensor)
+        return obj
+    except RefusedFile as err:
+        raise RefusedFile(f"{source}: refused: the file asks to call {err}; "
+                          f"only weights and training state are read") from None
+    except Exception as err:  # not a pickle, cut short, or not paddle.save's layout
+        raise ValueError(f"{source}: not a readable Paddle checkpoint "
+                         f"({type(err).__name__}: {' '.join(str(err).split())})") from None
+
+
+def read_checkpoint(path, flag=None):
     """Any supported file -> (flat {name: numpy array}, its record or None), unwrapping training checkpoints
-    and mmpose's dicts. The record (see model_record) is what this project's checkpoints say they are."""
+    and mmpose's dicts. The record (see model_record) is what this project's checkpoints say they are.
+    flag: the option that named the file, for error messages."""
+    source = f"{flag} {path}" if flag else path
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.endswith((".pth", ".pt")):
@@ -706,16 +811,13 @@ def read_checkpoint(path):
             raise SystemExit(f"error: reading {path} needs PyTorch: pip install torch (only for conversion)")
         obj = torch.load(path, map_location="cpu", weights_only=True)
     else:
-        try:
-            obj = paddle.load(path, return_numpy=True)
-        except Exception as e:
-            raise ValueError(f"{path}: not a readable Paddle checkpoint ({type(e).__name__}: {e})") from None
+        obj = read_paddle_file(path, source)
     record = obj.get("record") if isinstance(obj, dict) and isinstance(obj.get("record"), dict) else None
     for wrapper in ("state_dict", "model"):  # mmpose checkpoints / this project's checkpoints
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
     if not isinstance(obj, dict) or not obj:
-        raise ValueError(f"{path}: expected a state dict of named arrays, got {type(obj).__name__}")
+        raise ValueError(f"{source}: expected a state dict of named arrays, got {type(obj).__name__}")
     state = {k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in obj.items()}
     return state, record
 
@@ -753,10 +855,11 @@ def convert_state_dict(state, model, pretrained=False):
     return {k: v for k, v in renamed.items() if k in own}, skipped
 
 
-def load_weights(model, path, pretrained=False, log=print):
-    """Load a checkpoint (path or http(s) URL) into model, all or nothing."""
-    path = resolve_path_or_url(path, what="weights file")
-    return load_state(model, read_checkpoint(path)[0], pretrained, log, path)
+def load_weights(model, path, pretrained=False, log=print, flag=None):
+    """Load a checkpoint (path or http(s) URL) into model, all or nothing. flag: the option that named the
+    file, for error messages."""
+    path = resolve_path_or_url(path, what=flag or "weights file")
+    return load_state(model, read_checkpoint(path, flag)[0], pretrained, log, path)
 
 
 def load_state(model, state, pretrained=False, log=print, source="checkpoint"):
@@ -839,7 +942,7 @@ def load_checkpoint(path, model_name=None, input_size=None, info=None, udp=None,
     """read_checkpoint + build_from_checkpoint for a path or http(s) URL: (model, record). flag: the option
     that named the file, for error messages."""
     path = resolve_path_or_url(path, what=flag)
-    state, record = read_checkpoint(path)
+    state, record = read_checkpoint(path, flag)
     return build_from_checkpoint(state, record, f"{flag} {path}", model_name, input_size, info, udp, log)
 
 
@@ -868,7 +971,7 @@ def main(argv=None):
     if args.convert:
         src, dst = args.convert
         try:
-            load_weights(model, src, pretrained=args.pretrained)
+            load_weights(model, src, pretrained=args.pretrained, flag="--convert")
         except (ValueError, OSError) as e:
             raise SystemExit("error: " + " ".join(str(e).split()))
         checkpoint = {"model": model.state_dict()}

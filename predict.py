@@ -34,6 +34,7 @@ from typing import Iterator, Optional
 import cv2
 import numpy as np
 import paddle
+import yaml
 
 from data import (COCO_PERSON_CATEGORY, HelpFormatter, IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD, box_iou,
                   box_to_center_scale, crop_and_normalize, draw_poses, keypoint_info_from_record, load_json,
@@ -157,64 +158,17 @@ def hog_people_detector():
     return detect
 
 
-def _yaml_value(text):
-    text = text.strip()
-    if text.startswith("[") and text.endswith("]"):
-        return [_yaml_value(v) for v in text[1:-1].split(",") if v.strip()]
-    if text in ("true", "True", "false", "False"):
-        return text in ("true", "True")
-    if text in ("", "~", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text.strip("'\"")
-
-
-def _yaml_block(lines, i, indent):
-    """The list ('- ' items) or mapping at this indentation from lines[i]: (value, index of the next line)."""
-    if lines[i][1].startswith("-"):
-        items = []
-        while i < len(lines) and lines[i][0] == indent and lines[i][1].startswith("-"):
-            rest = lines[i][1][1:].strip()
-            if not rest:
-                value, i = _yaml_block(lines, i + 1, lines[i + 1][0])
-            elif ":" in rest and not rest.startswith(("[", "'", '"')):  # "- key: value" opens a mapping
-                lines[i] = (indent + 2, rest)
-                value, i = _yaml_block(lines, i, indent + 2)
-            else:
-                value, i = _yaml_value(rest), i + 1
-            items.append(value)
-        return items, i
-    mapping = {}
-    while i < len(lines) and lines[i][0] == indent and not lines[i][1].startswith("-"):
-        key, colon, rest = lines[i][1].partition(":")
-        if not colon:
-            raise ValueError(f"line {i + 1}: {lines[i][1]!r} is not 'key: value'")
-        i += 1
-        nested = i < len(lines) and (lines[i][0] > indent or lines[i][0] == indent and lines[i][1].startswith("-"))
-        if not rest.strip() and nested:  # yaml.dump puts a mapping's list at the key's own indentation
-            mapping[key.strip()], i = _yaml_block(lines, i, lines[i][0])
-        else:
-            mapping[key.strip()] = _yaml_value(rest)
-    return mapping, i
-
-
-def read_simple_yaml(path):
-    """The block-style YAML that PaddleDetection's export writes (yaml.dump: nested mappings, '- ' lists,
-    scalars, [a, b] lists), without a PyYAML dependency (Paddle does not bring it)."""
-    with open(path) as f:
-        lines = [(len(line) - len(line.lstrip()), line.strip()) for line in (raw.split(" #")[0].rstrip() for raw in f)
-                 if line.strip() and not line.lstrip().startswith("#")]
+def read_detector_config(path):
+    """infer_cfg.yml, which PaddleDetection's export writes with yaml.dump, read by yaml.safe_load (plain
+    values only: a tag that would build a Python object is an error)."""
     try:
-        value, end = _yaml_block(lines, 0, lines[0][0]) if lines else ({}, 0)
-        if end != len(lines) or not isinstance(value, dict):
-            raise ValueError(f"line {end + 1}: unexpected indentation")
-    except (ValueError, IndexError) as err:
-        raise ValueError(f"{path}: not the YAML PaddleDetection writes ({err})") from None
-    return value
+        with open(path) as f:
+            settings = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not the YAML PaddleDetection writes ({' '.join(str(err).split())})") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path}: not the YAML PaddleDetection writes (a mapping of settings)")
+    return settings
 
 
 def detector_preprocess(steps, config_path):
@@ -274,7 +228,7 @@ def paddle_detector(model_dir, score_thr, device=None, threads=None, onednn=True
     config_path = os.path.join(model_dir, DETECTOR_CONFIG)
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"--detector {model_dir}: no {DETECTOR_CONFIG} (a PaddleDetection export has one)")
-    settings = read_simple_yaml(config_path)
+    settings = read_detector_config(config_path)
     prepare = detector_preprocess(settings.get("Preprocess"), config_path)
     labels = [str(label).lower() for label in settings.get("label_list") or []]
     person = next((labels.index(name) for name in PERSON_LABELS if name in labels), 0 if len(labels) == 1 else None)

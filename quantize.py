@@ -189,7 +189,8 @@ def load_qat_model(path, model_name=None, info=None):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    args = train.apply_recipe(args, QAT_RECIPES, weights=args.qat_weights or args.weights)
+    args = train.apply_recipe(args, QAT_RECIPES, weights=args.qat_weights or args.weights,
+                              flag="--qat-weights" if args.qat_weights else "--weights")
     export_dir = args.export or os.path.join(args.out, "int8")
     if not (args.weights or args.qat_weights or args.resume):
         raise SystemExit("error: --weights FLOAT_CHECKPOINT is needed (the trained float model to fine-tune, e.g. "
@@ -205,7 +206,7 @@ def main(argv=None):
         else:
             model = build_model(args.model, num_joints)
             if args.weights and not args.resume:
-                load_weights(model, args.weights)
+                load_weights(model, args.weights, flag="--weights")
                 _, stats = evaluate_model(model, val_set, args.batch_size, args.flip, num_workers=args.workers)
                 float_ap = stats["AP"]
                 print(f"float model {args.weights}: AP {float_ap:.3f}")

@@ -35,7 +35,7 @@ from data import (COCOKeypointDataset, HelpFormatter, augmentation_defaults, dra
                   resolve_path_or_url, run_script, write_image_atomically)
 from evaluate import STAT_NAMES, evaluate_model
 from model import (MODEL_NAMES, build_from_checkpoint, build_model, is_qat_model, load_weights, model_record,
-                   read_checkpoint, save_checkpoint, set_device)
+                   read_checkpoint, read_paddle_file, save_checkpoint, set_device)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SYNTHETIC_DIR = os.path.join(HERE, "data", "synthetic")
@@ -184,9 +184,9 @@ def _train(args, model, loss_fn, datasets):
     if model is None:
         model = build_model(args.model, train_set.info.num_joints)
         if args.weights and not args.resume:
-            load_weights(model, args.weights, log=log)
+            load_weights(model, args.weights, log=log, flag="--weights")
         elif args.pretrained and not args.resume:
-            load_weights(model, args.pretrained, pretrained=True, log=log)
+            load_weights(model, args.pretrained, pretrained=True, log=log, flag="--pretrained")
     optimizer = paddle.optimizer.Adam(learning_rate=args.lr, parameters=model.parameters(),
                                       weight_decay=args.weight_decay or None)
     start_epoch, step, best_ap = 0, 0, -1.0
@@ -276,13 +276,10 @@ def _train(args, model, loss_fn, datasets):
 
 
 def load_training_checkpoint(path):
-    """A last.pdparams as a dict; a one-line ValueError for anything else."""
+    """A last.pdparams as a dict (of tensors, as paddle.load gives it); a one-line ValueError for anything else."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--resume {path}: no such file")
-    try:
-        checkpoint = paddle.load(path)
-    except Exception as err:
-        raise ValueError(f"--resume {path}: not a readable checkpoint ({type(err).__name__})") from None
+    checkpoint = read_paddle_file(path, f"--resume {path}", return_numpy=False)
     if not isinstance(checkpoint, dict) or not all(k in checkpoint for k in ("model", "optimizer", "epoch", "step")):
         raise ValueError(f"--resume {path}: a weights file without optimizer state and position (best.pdparams?); "
                          f"resume from a run's last.pdparams, or start a new run from these weights with --weights")
@@ -293,7 +290,7 @@ def resume(path, model, optimizer, model_name, info, log):
     """Load a last.pdparams into model and optimizer, all or nothing; returns (epoch, step, best AP).
     Anything else (a weights file, another model's checkpoint) is a one-line error before any work."""
     checkpoint = load_training_checkpoint(path)
-    state, record = read_checkpoint(path)
+    state, record = read_checkpoint(path, "--resume")
     name = model_name if record is None else record["model"]
     try:  # the same all-or-nothing check as --weights: network, keypoints, every key and shape
         build_from_checkpoint(state, record, f"--resume {path}", model_name, info=info, log=log)
@@ -450,27 +447,28 @@ def build_parser(description=__doc__.split("\n\n")[0].strip(), recipes=RECIPES, 
     return p
 
 
-def settings_from_checkpoint(args, weights):
+def settings_from_checkpoint(args, weights, flag="--weights"):
     """--resume: every flag left unset takes the interrupted run's value, so the run continues as it was
-    started. weights written by this project: the network and input size they were trained at, unless given."""
+    started. weights written by this project: the network and input size they were trained at, unless given.
+    flag: the option that named weights, for error messages."""
     if args.resume:
         for key, value in (load_training_checkpoint(args.resume).get("args") or {}).items():
             if getattr(args, key, False) is None:
                 setattr(args, key, value)
     elif weights:
-        _, record = read_checkpoint(resolve_path_or_url(weights, what="--weights"))
+        _, record = read_checkpoint(resolve_path_or_url(weights, what=flag), flag)
         if record is not None:
             args.model = args.model or record["model"]
             args.input_size = args.input_size or "x".join(map(str, record["input_size"]))
             args.udp = args.udp or record["udp"]
 
 
-def apply_recipe(args, recipes=RECIPES, weights=None):
+def apply_recipe(args, recipes=RECIPES, weights=None, flag="--weights"):
     """Fill every flag left unset from the checkpoint being continued or started from (--resume, or weights:
-    default --weights; see settings_from_checkpoint), then from the recipe of the data (synthetic) or of the
-    model family."""
+    default --weights; see settings_from_checkpoint; flag: the option that named weights), then from the recipe
+    of the data (synthetic) or of the model family."""
     try:
-        settings_from_checkpoint(args, weights or args.weights)
+        settings_from_checkpoint(args, weights or args.weights, flag)
     except (ValueError, OSError) as err:
         raise SystemExit("error: " + " ".join(str(err).split()))
     if args.data is None:
