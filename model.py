@@ -665,36 +665,9 @@ def quantized_inputs(model):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Weights in: this project's .pdparams and training checkpoints, PaddleDetection's .pdparams,
-# the official PyTorch checkpoints (.pth), and ImageNet-pretrained HRNet backbones.
-
-def paddledetection_key(key):
-    """This project's key (= the official PyTorch layout with Paddle BN buffer names) -> PaddleDetection's."""
-    if key.startswith(("backbone.", "keypoint_head.")):  # Lite-HRNet: PD kept mmpose's tree, renaming bn -> norm
-        return key.replace(".bn.", ".norm.").replace("keypoint_head.final_layer.", "final_conv.")
-    rules = [  # HRNet: PD names every conv+BN pair "<name>.conv" / "<name>.norm" and counts from 1
-        (r"^(conv|bn)([12])\.", lambda m: f"conv_layer1_{m[2]}.{'conv' if m[1] == 'conv' else 'norm'}."),
-        (r"^layer1\.0\.downsample\.([01])\.", lambda m: f"la1.block_layer2_1.conv_down.{'conv' if m[1] == '0' else 'norm'}."),
-        (r"^layer1\.(\d)\.(conv|bn)(\d)\.",
-         lambda m: f"la1.block_layer2_{int(m[1]) + 1}.conv{m[3]}.{'conv' if m[2] == 'conv' else 'norm'}."),
-        (r"^transition(\d)\.(\d)\.(?:0\.)?([01])\.",
-         lambda m: f"tr{m[1]}.transition_tr{m[1]}_layer_{int(m[2]) + 1}.{'conv' if m[3] == '0' else 'norm'}."),
-        (r"^stage(\d)\.(\d)\.branches\.(\d)\.(\d)\.(conv|bn)(\d)\.",
-         lambda m: f"st{m[1]}.stage_st{m[1]}_{int(m[2]) + 1}.branches_func.bb_st{m[1]}_{int(m[2]) + 1}_branch_layer_"
-                   f"{int(m[3]) + 1}_{int(m[4]) + 1}.conv{m[6]}.{'conv' if m[5] == 'conv' else 'norm'}."),
-        (r"^stage(\d)\.(\d)\.fuse_layers\.(\d)\.(\d)\.(?:(\d)\.)?([01])\.",
-         lambda m: f"st{m[1]}.stage_st{m[1]}_{int(m[2]) + 1}.fuse_func.residual_st{m[1]}_{int(m[2]) + 1}_layer_"
-                   f"{int(m[3]) + 1}_{int(m[4]) + 1}{'' if m[5] is None else '_' + str(int(m[5]) + 1)}."
-                   f"{'conv' if m[6] == '0' else 'norm'}."),
-    ]
-    if key.startswith("final_layer."):
-        return key.replace("final_layer.", "final_conv.")
-    for pattern, repl in rules:
-        new, n = re.subn(pattern, repl, key)
-        if n:
-            return "backbone." + new
-    raise KeyError(f"no PaddleDetection name for '{key}'")
-
+# Reading pickled Paddle files without running them. paddle.save writes pickle, and pickle lets a file name
+# any function (os.system) for the reader to call; paddle.load calls it. This reader resolves only the few
+# names paddle.save writes for arrays, so a hostile file is refused before anything in it runs.
 
 class RefusedFile(ValueError):
     """A pickled file that asks for more than weights and training state, refused before anything in it ran."""
@@ -758,13 +731,12 @@ def _named_tensor(name, array):
 
 
 def read_paddle_file(path, source=None, return_numpy=True):
-    """paddle.load(path, return_numpy=...) for the pickled files paddle.save writes, without running them.
-
-    paddle.load is pickle: a file can name any function (os.system) for it to call. Here a file that asks for
-    anything outside PICKLE_GLOBALS is refused (RefusedFile, one line naming `source` and what it asked for)
-    before it is called or even imported. The result is paddle.load's: big arrays split by protocols 2-3 joined,
-    the name table of a saved state dict dropped, Paddle 2.1's (name, array) tensors turned into arrays
-    (into named tensors with return_numpy=False, which also makes every other array a tensor when none is)."""
+    """What paddle.load returns for the pickled files paddle.save writes (return_numpy as there), without
+    running anything in them: a file that asks for anything outside PICKLE_GLOBALS is refused (RefusedFile, one
+    line naming `source` and what it asked for) before that is called or even imported. As in paddle.load, big
+    arrays split by protocols 2-3 are joined, a saved state dict's name table dropped, and Paddle 2.1's
+    (name, array) tensors become arrays (named tensors with return_numpy=False, which also makes every other
+    array a tensor when there are none)."""
     source = source or path
     try:
         with open(path, "rb") as f:
@@ -795,6 +767,38 @@ def read_paddle_file(path, source=None, return_numpy=True):
     except Exception as err:  # not a pickle, cut short, or not paddle.save's layout
         raise ValueError(f"{source}: not a readable Paddle checkpoint "
                          f"({type(err).__name__}: {' '.join(str(err).split())})") from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Weights in: this project's .pdparams and training checkpoints, PaddleDetection's .pdparams,
+# the official PyTorch checkpoints (.pth), and ImageNet-pretrained HRNet backbones.
+
+def paddledetection_key(key):
+    """This project's key (= the official PyTorch layout with Paddle BN buffer names) -> PaddleDetection's."""
+    if key.startswith(("backbone.", "keypoint_head.")):  # Lite-HRNet: PD kept mmpose's tree, renaming bn -> norm
+        return key.replace(".bn.", ".norm.").replace("keypoint_head.final_layer.", "final_conv.")
+    rules = [  # HRNet: PD names every conv+BN pair "<name>.conv" / "<name>.norm" and counts from 1
+        (r"^(conv|bn)([12])\.", lambda m: f"conv_layer1_{m[2]}.{'conv' if m[1] == 'conv' else 'norm'}."),
+        (r"^layer1\.0\.downsample\.([01])\.", lambda m: f"la1.block_layer2_1.conv_down.{'conv' if m[1] == '0' else 'norm'}."),
+        (r"^layer1\.(\d)\.(conv|bn)(\d)\.",
+         lambda m: f"la1.block_layer2_{int(m[1]) + 1}.conv{m[3]}.{'conv' if m[2] == 'conv' else 'norm'}."),
+        (r"^transition(\d)\.(\d)\.(?:0\.)?([01])\.",
+         lambda m: f"tr{m[1]}.transition_tr{m[1]}_layer_{int(m[2]) + 1}.{'conv' if m[3] == '0' else 'norm'}."),
+        (r"^stage(\d)\.(\d)\.branches\.(\d)\.(\d)\.(conv|bn)(\d)\.",
+         lambda m: f"st{m[1]}.stage_st{m[1]}_{int(m[2]) + 1}.branches_func.bb_st{m[1]}_{int(m[2]) + 1}_branch_layer_"
+                   f"{int(m[3]) + 1}_{int(m[4]) + 1}.conv{m[6]}.{'conv' if m[5] == 'conv' else 'norm'}."),
+        (r"^stage(\d)\.(\d)\.fuse_layers\.(\d)\.(\d)\.(?:(\d)\.)?([01])\.",
+         lambda m: f"st{m[1]}.stage_st{m[1]}_{int(m[2]) + 1}.fuse_func.residual_st{m[1]}_{int(m[2]) + 1}_layer_"
+                   f"{int(m[3]) + 1}_{int(m[4]) + 1}{'' if m[5] is None else '_' + str(int(m[5]) + 1)}."
+                   f"{'conv' if m[6] == '0' else 'norm'}."),
+    ]
+    if key.startswith("final_layer."):
+        return key.replace("final_layer.", "final_conv.")
+    for pattern, repl in rules:
+        new, n = re.subn(pattern, repl, key)
+        if n:
+            return "backbone." + new
+    raise KeyError(f"no PaddleDetection name for '{key}'")
 
 
 def read_checkpoint(path, flag=None):

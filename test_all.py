@@ -2924,3 +2924,253 @@ def test_openvino_int8_computes_what_the_fake_quant_model_computes(tmp_path):
     assert run.describe() == "OpenVINO int8" and set(ex.openvino_conv_precisions(run)) <= {"i8", "u8"}
     expected = outputs(net, crops)
     assert np.abs(run(crops) - expected).max() < 1e-4 * np.abs(expected).max()
+
+
+# ---- issue 19: files never run code: loading checkpoints, URLs and configs safely
+
+import builtins  # noqa: E402
+import collections  # noqa: E402
+import pickle  # noqa: E402
+
+import distill as D  # noqa: E402
+
+
+class Command:
+    """A pickled call of function(*args): what a hostile file asks the unpickler to run."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+def hostile_files(folder):
+    """{gadget: (path, what the refusal names)}: each file, if opened with plain pickle, creates folder/ran.
+    'import' names a function in a module planted on the path, whose import alone creates the marker."""
+    marker = str(folder / "ran")
+    (folder / "planted.py").write_text(f"open({marker!r}, 'w').close()\ndef run(): pass\n")
+    system = Command(os.system, f"touch {marker}")
+    gadgets = {
+        "os.system": ({"model": system}, f"{os.system.__module__}.system", 2),
+        "builtins.exec": ({"model": Command(builtins.exec, f"open({marker!r}, 'w').close()")}, "builtins.exec", 4),
+        "import": (None, "planted.run", 2),
+        # an allowed call (OrderedDict) whose argument hides the hostile one, inside a plausible checkpoint
+        "nested __reduce__": ({"model": Command(collections.OrderedDict, [("w", system)]), "record": {}},
+                              f"{os.system.__module__}.system", 4),
+        # paddle.save's own eval('data', {'data': array}) is read; eval of anything else is not
+        "eval of code": ({"model": Command(builtins.eval, f"open({marker!r}, 'w').close()", {})},
+                         "builtins.eval on code of its own", 3),
+    }
+    files = {}
+    for name, (obj, refused, protocol) in gadgets.items():
+        path = folder / f"evil_{name.split()[0].replace('.', '_')}.pdparams"
+        path.write_bytes(b"\x80\x02cplanted\nrun\n)R." if obj is None else pickle.dumps(obj, protocol=protocol))
+        files[name] = (str(path), refused)
+    return files
+
+
+def refusal(source, refused):
+    return f"{source}: refused: the file asks to call {refused}; only weights and training state are read"
+
+
+def test_hostile_pickles_do_run_under_paddle_load(tmp_path, monkeypatch):
+    """The threat is real: paddle.load runs every gadget below (so the refusals tested after it mean something)."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name, (path, _) in hostile_files(tmp_path).items():
+        try:
+            paddle.load(path, return_numpy=True)
+        except Exception:
+            pass  # the gadget has run by the time paddle.load finds no checkpoint in what it returned
+        assert (tmp_path / "ran").exists(), name
+        os.remove(tmp_path / "ran")
+        sys.modules.pop("planted", None)
+
+
+def test_hostile_pickles_are_refused_by_every_reader_before_anything_runs(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    readers = [lambda path: M.read_paddle_file(path, f"--weights {path}"),
+               lambda path: M.read_checkpoint(path, "--weights"),
+               lambda path: M.load_weights(M.build_model("lite_hrnet_18"), path, flag="--weights"),
+               lambda path: M.load_checkpoint(path, "lite_hrnet_18", flag="--weights"),
+               lambda path: T.load_training_checkpoint(path)]
+    for name, (path, refused) in hostile_files(tmp_path).items():
+        for i, read in enumerate(readers):
+            flag = "--resume" if i == len(readers) - 1 else "--weights"
+            with pytest.raises(M.RefusedFile) as caught:
+                read(path)
+            assert str(caught.value) == refusal(f"{flag} {path}", refused), name
+            assert not (tmp_path / "ran").exists() and "planted" not in sys.modules, name
+
+
+def settings_for_entry_point(entry, evil, tmp_path):
+    """The command line of one entry point that reads evil (a path or URL); the flag named in its error."""
+    data = os.path.join(ASSETS, "coco_tiny")
+    return {
+        "evaluate.py --weights": (["evaluate.py", "--weights", evil, "--data", data], "--weights"),
+        "predict.py --weights": (["predict.py", "--weights", evil, "--input", os.path.join(ASSETS, "photos",
+                                 "hrnet_demo.jpg"), "--out", str(tmp_path / "out")], "--weights"),
+        "train.py --weights": (["train.py", "--weights", evil, "--data", data], "--weights"),
+        "train.py --resume": (["train.py", "--resume", evil, "--data", data], "--resume"),
+        "distill.py --teacher": (["distill.py", "--teacher", evil, "--data", data], "--teacher"),
+        "model.py --convert": (["model.py", "--convert", evil, str(tmp_path / "out.pdparams")], "--convert"),
+        "quantize.py --qat-weights": (["quantize.py", "--qat-weights", evil, "--data", data], "--qat-weights"),
+        "evaluate.py --weights URL": (["evaluate.py", "--weights", evil, "--data", data], "--weights"),
+    }[entry]
+
+
+ENTRY_POINTS = ["evaluate.py --weights", "predict.py --weights", "train.py --weights", "train.py --resume",
+                "distill.py --teacher", "model.py --convert", "quantize.py --qat-weights", "evaluate.py --weights URL"]
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_hostile_checkpoints_are_refused_by_every_script_with_one_line(entry, tmp_path):
+    """Through the real command line, one gadget per entry point in turn (all of them meet every reader in the
+    test above): rc != 0, one error line naming the file and what it asked for, no traceback, nothing ran."""
+    files = hostile_files(tmp_path)
+    name = list(files)[ENTRY_POINTS.index(entry) % len(files)]
+    path, refused = files[name]
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), HRNET_PADDLE_CACHE=str(tmp_path / "cache"))
+    server = None
+    if entry.endswith("URL"):
+        server = FileServer({"/evil.pdparams": open(path, "rb").read()})
+        evil = server.url + "/evil.pdparams"
+    else:
+        evil = path
+    args, flag = settings_for_entry_point(entry, evil, tmp_path)
+    r = subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True, timeout=900, env=env)
+    if server:
+        server.shutdown()
+        path = os.path.join(tmp_path, "cache", os.listdir(tmp_path / "cache")[0], "evil.pdparams")
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert errors == ["error: " + refusal(f"{flag} {path}", refused)], (name, r.stderr[-2000:])
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "out.pdparams").exists()
+
+
+def deep_equal(a, b, where="file"):
+    """The same nested structure, types, names of tensors (other than Paddle's generated ones) and values."""
+    if isinstance(a, paddle.Tensor):
+        assert isinstance(b, paddle.Tensor) and a.dtype == b.dtype, where
+        assert a.name == b.name or a.name.startswith("generated") and b.name.startswith("generated"), where
+        assert np.array_equal(a.numpy(), b.numpy()), where
+        return
+    assert type(a) is type(b), (where, type(a), type(b))
+    if isinstance(a, dict):
+        assert list(a) == list(b), where
+        for key in a:
+            deep_equal(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            deep_equal(x, y, f"{where}[{i}]")
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b), where
+    else:
+        assert a == b, (where, a, b)
+
+
+def genuine_files(folder):
+    """Files as Paddle and PaddleDetection write them: {name: path}."""
+    paddle.seed(0)
+    model = M.build_model("lite_hrnet_18")
+    optimizer = paddle.optimizer.Adam(paddle.optimizer.lr.PiecewiseDecay([1, 2], [1e-3, 1e-4, 1e-5]),
+                                      parameters=model.parameters())
+    model(paddle.randn([2, 3, 64, 64])).mean().backward()
+    optimizer.step()
+    files = {}
+
+    def save(name, obj, **kwargs):
+        files[name] = str(folder / name)
+        paddle.save(obj, files[name], **kwargs)
+
+    info = data.keypoint_info_from_category(data.COCO_PERSON_CATEGORY)
+    record = M.model_record("lite_hrnet_18", (64, 64), info)
+    for protocol in (2, 3, 4):  # 2: Paddle 2.0's default (bytes as _codecs.encode); 4: 2.1 onwards
+        save(f"state_p{protocol}.pdparams", model.state_dict(), protocol=protocol)
+        save(f"last_p{protocol}.pdparams", dict(model=model.state_dict(), record=record,
+                                                optimizer=optimizer.state_dict(), epoch=1, step=3,
+                                                best_ap=np.float64(0.25), args={"lr": 1e-3, "udp": None}),
+             protocol=protocol)
+    files["best.pdparams"] = str(folder / "best.pdparams")
+    M.save_checkpoint(dict(model=model.state_dict(), record=record), files["best.pdparams"])
+    save("paddledetection.pdparams", {M.paddledetection_key(k): v for k, v in model.state_dict().items()})
+    save("paddledetection.pdopt", dict(optimizer.state_dict(), last_epoch=1))
+    qat = M.build_model("lite_hrnet_18")
+    M.prepare_qat(qat, pact=True)
+    save("qat.pdparams", dict(model=qat.state_dict(), record=dict(record, qat=True)))
+    # written by hand as Paddle writes them: a static-graph tensor (eval('data', ...)), numpy 1.x's module
+    # path, and an array over 1 GB split by protocols 2-3 (here a small one, in the same layout)
+    weight = np.arange(10, dtype=np.float32).reshape(2, 5)
+    files["static.pdparams"] = str(folder / "static.pdparams")
+    with open(files["static.pdparams"], "wb") as f:
+        pickle.dump({"a": {"fc_0.w_0": Command(builtins.eval, "data", {"data": weight})}, "epoch": 1}, f, protocol=4)
+    files["numpy1.pdparams"] = str(folder / "numpy1.pdparams")
+    with open(files["state_p2.pdparams"], "rb") as f:
+        raw = f.read()
+    assert b"numpy._core.multiarray" in raw
+    (folder / "numpy1.pdparams").write_bytes(raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    files["split.pdparams"] = str(folder / "split.pdparams")
+    with open(files["split.pdparams"], "wb") as f:
+        pickle.dump({"w@@.0": weight.ravel()[:6], "w@@.1": weight.ravel()[6:], "b": np.ones(3, np.float32),
+                     "UnpackBigParamInfor@@": {"w": {"OriginShape": (2, 5), "slices": ["w@@.0", "w@@.1"]}},
+                     "StructuredToParameterName@@": {"w": "fc_0.w_0", "b": "fc_0.b_0"}}, f, protocol=2)
+    return files
+
+
+def test_genuine_paddle_files_read_exactly_as_paddle_load_reads_them(tmp_path):
+    for name, path in genuine_files(tmp_path).items():
+        for return_numpy in (True, False):
+            deep_equal(M.read_paddle_file(path, return_numpy=return_numpy),
+                       paddle.load(path, return_numpy=return_numpy), f"{name} return_numpy={return_numpy}")
+
+
+def test_genuine_checkpoints_load_and_resume_as_before(tmp_path):
+    files = genuine_files(tmp_path)
+    reference = M.build_model("lite_hrnet_18")
+    reference.set_state_dict(paddle.load(files["state_p4.pdparams"]))
+    x = np.random.RandomState(0).randn(1, 3, 64, 64).astype("float32")
+    expected = outputs(reference.eval(), x)
+    for name in ("state_p2.pdparams", "state_p3.pdparams", "numpy1.pdparams", "last_p2.pdparams",
+                 "best.pdparams", "paddledetection.pdparams"):
+        model = M.load_weights(M.build_model("lite_hrnet_18"), files[name])
+        np.testing.assert_array_equal(outputs(model.eval(), x), expected, err_msg=name)
+    model, record = M.load_checkpoint(files["qat.pdparams"])
+    assert record["qat"] and M.is_qat_model(model)
+    checkpoint = T.load_training_checkpoint(files["last_p4.pdparams"])
+    deep_equal(checkpoint, paddle.load(files["last_p4.pdparams"]))
+    optimizer = paddle.optimizer.Adam(paddle.optimizer.lr.PiecewiseDecay([1, 2], [1e-3, 1e-4, 1e-5]),
+                                      parameters=model.parameters())
+    T.resume(files["last_p4.pdparams"], M.build_model("lite_hrnet_18"), optimizer, "lite_hrnet_18",
+             data.keypoint_info_from_category(data.COCO_PERSON_CATEGORY), log=lambda *a: None)
+
+
+def test_url_pins_its_sha256_and_the_first_download_prints_it(tmp_path, capsys):
+    body = b"weights" * 100
+    digest = hashlib.sha256(body).hexdigest()
+    server = FileServer({"/w/model.pdparams": body})
+    url, cache = server.url + "/w/model.pdparams", str(tmp_path / "cache")
+    first = data.resolve_path_or_url(url, cache_dir=cache, what="--weights")
+    assert f"sha256 {digest}; pin it as {url}#sha256={digest}" in capsys.readouterr().err
+    assert data.resolve_path_or_url(f"{url}#sha256={digest.upper()}", cache_dir=cache) == first
+    assert len(server.requests) == 1  # the pinned URL is the same cached file, checked, not fetched again
+    wrong = "0" * 64
+    raises_one_line(ValueError, f"--weights {url}#sha256={wrong}: .*SHA256 {digest} does not match the expected "
+                    f"{wrong}; the corrupt download was deleted", data.resolve_path_or_url, f"{url}#sha256={wrong}",
+                    cache_dir=cache, what="--weights")
+    assert len(server.requests) == 2 and not os.path.exists(first) and not os.path.exists(first + ".part")
+    assert data.resolve_path_or_url(f"{url}#sha256={digest}", cache_dir=cache) == first
+    assert open(first, "rb").read() == body and "pin it" not in capsys.readouterr().err
+    raises_one_line(ValueError, "only URL fragment read is #sha256=", data.resolve_path_or_url, f"{url}#md5=00",
+                    what="--weights")
+    server.shutdown()
+
+
+def test_infer_cfg_yml_builds_no_python_objects(tmp_path):
+    config = tmp_path / "infer_cfg.yml"
+    config.write_text(f"Preprocess: !!python/object/apply:os.system ['touch {tmp_path / 'ran'}']\n")
+    raises_one_line(ValueError, "infer_cfg.yml: not the YAML PaddleDetection writes .*python/object/apply:os.system",
+                    pr.read_detector_config, str(config))
+    assert not (tmp_path / "ran").exists()
+    config.write_text("- just\n- a list\n")
+    raises_one_line(ValueError, "a mapping of settings", pr.read_detector_config, str(config))
