@@ -3174,3 +3174,15 @@ def test_infer_cfg_yml_builds_no_python_objects(tmp_path):
     assert not (tmp_path / "ran").exists()
     config.write_text("- just\n- a list\n")
     raises_one_line(ValueError, "a mapping of settings", pr.read_detector_config, str(config))
+
+
+def test_unreadable_files_are_one_line_errors(tmp_path):
+    files = genuine_files(tmp_path)
+    cut = tmp_path / "cut.pdparams"
+    cut.write_bytes(open(files["best.pdparams"], "rb").read()[:5000])
+    (tmp_path / "text.pdparams").write_text("not a checkpoint\n")
+    for path in (str(cut), str(tmp_path / "text.pdparams")):
+        raises_one_line(ValueError, f"--weights {re.escape(path)}: not a readable Paddle checkpoint",
+                        M.read_checkpoint, path, "--weights")
+        raises_one_line(ValueError, f"--resume {re.escape(path)}: not a readable Paddle checkpoint",
+                        T.load_training_checkpoint, path)
