@@ -3070,14 +3070,17 @@ def deep_equal(a, b, where="file"):
         assert a == b, (where, a, b)
 
 
-def genuine_files(folder):
+@pytest.fixture(scope="module")
+def genuine_files(tmp_path_factory):
     """Files as Paddle and PaddleDetection write them: {name: path}."""
+    folder = tmp_path_factory.mktemp("genuine")
     paddle.seed(0)
     model = M.build_model("lite_hrnet_18")
-    optimizer = paddle.optimizer.Adam(paddle.optimizer.lr.PiecewiseDecay([1, 2], [1e-3, 1e-4, 1e-5]),
-                                      parameters=model.parameters())
+    schedule = paddle.optimizer.lr.PiecewiseDecay([1, 2], [1e-3, 1e-4, 1e-5])
+    optimizer = paddle.optimizer.Adam(schedule, parameters=model.parameters())
     model(paddle.randn([2, 3, 64, 64])).mean().backward()
     optimizer.step()
+    schedule.step()
     files = {}
 
     def save(name, obj, **kwargs):
@@ -3118,31 +3121,35 @@ def genuine_files(folder):
     return files
 
 
-def test_genuine_paddle_files_read_exactly_as_paddle_load_reads_them(tmp_path):
-    for name, path in genuine_files(tmp_path).items():
+def test_genuine_paddle_files_read_exactly_as_paddle_load_reads_them(genuine_files):
+    for name, path in genuine_files.items():
         for return_numpy in (True, False):
             deep_equal(M.read_paddle_file(path, return_numpy=return_numpy),
                        paddle.load(path, return_numpy=return_numpy), f"{name} return_numpy={return_numpy}")
 
 
-def test_genuine_checkpoints_load_and_resume_as_before(tmp_path):
-    files = genuine_files(tmp_path)
+def test_genuine_checkpoints_load_and_resume_as_before(genuine_files):
+    files = genuine_files
     reference = M.build_model("lite_hrnet_18")
     reference.set_state_dict(paddle.load(files["state_p4.pdparams"]))
-    x = np.random.RandomState(0).randn(1, 3, 64, 64).astype("float32")
-    expected = outputs(reference.eval(), x)
-    for name in ("state_p2.pdparams", "state_p3.pdparams", "numpy1.pdparams", "last_p2.pdparams",
+    expected = {k: v.numpy() for k, v in reference.state_dict().items()}
+    for name in ("state_p2.pdparams", "state_p3.pdparams", "numpy1.pdparams", "last_p2.pdparams", "last_p4.pdparams",
                  "best.pdparams", "paddledetection.pdparams"):
-        model = M.load_weights(M.build_model("lite_hrnet_18"), files[name])
-        np.testing.assert_array_equal(outputs(model.eval(), x), expected, err_msg=name)
-    model, record = M.load_checkpoint(files["qat.pdparams"])
-    assert record["qat"] and M.is_qat_model(model)
-    checkpoint = T.load_training_checkpoint(files["last_p4.pdparams"])
-    deep_equal(checkpoint, paddle.load(files["last_p4.pdparams"]))
+        state, _ = M.convert_state_dict(M.read_checkpoint(files[name])[0], reference)
+        assert state.keys() == expected.keys() and all(np.array_equal(state[k], expected[k]) for k in expected), name
+    model = M.load_weights(M.build_model("lite_hrnet_18"), files["paddledetection.pdparams"])
+    x = np.random.RandomState(0).randn(1, 3, 64, 64).astype("float32")
+    np.testing.assert_array_equal(outputs(model.eval(), x), outputs(reference.eval(), x))
+    qat, record = M.load_checkpoint(files["qat.pdparams"])
+    assert record["qat"] and M.is_qat_model(qat)
+    saved = paddle.load(files["last_p4.pdparams"])
+    deep_equal(T.load_training_checkpoint(files["last_p4.pdparams"]), saved)
     optimizer = paddle.optimizer.Adam(paddle.optimizer.lr.PiecewiseDecay([1, 2], [1e-3, 1e-4, 1e-5]),
                                       parameters=model.parameters())
-    T.resume(files["last_p4.pdparams"], M.build_model("lite_hrnet_18"), optimizer, "lite_hrnet_18",
-             data.keypoint_info_from_category(data.COCO_PERSON_CATEGORY), log=lambda *a: None)
+    assert T.resume(files["last_p4.pdparams"], model, optimizer, "lite_hrnet_18",
+                    data.keypoint_info_from_category(data.COCO_PERSON_CATEGORY), log=lambda *a: None) == (1, 3, 0.25)
+    assert optimizer.state_dict()["LR_Scheduler"] == saved["optimizer"]["LR_Scheduler"] == dict(last_epoch=1,
+                                                                                             last_lr=1e-4)
 
 
 def test_url_pins_its_sha256_and_the_first_download_prints_it(tmp_path, capsys):
@@ -3176,10 +3183,9 @@ def test_infer_cfg_yml_builds_no_python_objects(tmp_path):
     raises_one_line(ValueError, "a mapping of settings", pr.read_detector_config, str(config))
 
 
-def test_unreadable_files_are_one_line_errors(tmp_path):
-    files = genuine_files(tmp_path)
+def test_unreadable_files_are_one_line_errors(genuine_files, tmp_path):
     cut = tmp_path / "cut.pdparams"
-    cut.write_bytes(open(files["best.pdparams"], "rb").read()[:5000])
+    cut.write_bytes(open(genuine_files["best.pdparams"], "rb").read()[:5000])
     (tmp_path / "text.pdparams").write_text("not a checkpoint\n")
     for path in (str(cut), str(tmp_path / "text.pdparams")):
         raises_one_line(ValueError, f"--weights {re.escape(path)}: not a readable Paddle checkpoint",
