@@ -1108,7 +1108,7 @@ def download_file(url, dest, expected_size=None, md5=None, retries=5, timeout=60
         if got != expected.lower():
             os.remove(part)
             raise ValueError(f"{dest}: {algorithm.upper()} {got} does not match the expected {expected}; "
-                             f"the corrupt download was deleted, run again")
+                             f"the download (corrupt, or not the expected file) was deleted")
     os.replace(part, dest)
     return dest
 
