@@ -698,10 +698,10 @@ PICKLE_GLOBALS = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("collections", "OrderedDict"): collections.OrderedDict,
-    **{(module, kind.__name__): kind for module in ("builtins", "__builtin__")  # __builtin__: protocol 2
-       for kind in (tuple, set, frozenset, complex)},
+    **{(module, name): value for module in ("builtins", "__builtin__")  # __builtin__: protocol 2
+       for name, value in (("tuple", tuple), ("set", set), ("frozenset", frozenset), ("complex", complex),
+                           ("eval", _paddle_static_tensor))},
     ("_codecs", "encode"): _latin1_bytes,
-    ("builtins", "eval"): _paddle_static_tensor,
 }
 
 

@@ -3104,9 +3104,11 @@ def genuine_files(tmp_path_factory):
     # written by hand as Paddle writes them: a static-graph tensor (eval('data', ...)), numpy 1.x's module
     # path, and an array over 1 GB split by protocols 2-3 (here a small one, in the same layout)
     weight = np.arange(10, dtype=np.float32).reshape(2, 5)
-    files["static.pdparams"] = str(folder / "static.pdparams")
-    with open(files["static.pdparams"], "wb") as f:
-        pickle.dump({"a": {"fc_0.w_0": Command(builtins.eval, "data", {"data": weight})}, "epoch": 1}, f, protocol=4)
+    for protocol in (2, 4):
+        files[f"static_p{protocol}.pdparams"] = str(folder / f"static_p{protocol}.pdparams")
+        with open(files[f"static_p{protocol}.pdparams"], "wb") as f:
+            pickle.dump({"a": {"fc_0.w_0": Command(builtins.eval, "data", {"data": weight})}, "epoch": 1}, f,
+                        protocol=protocol)
     files["numpy1.pdparams"] = str(folder / "numpy1.pdparams")
     with open(files["state_p2.pdparams"], "rb") as f:
         raw = f.read()
