@@ -22,8 +22,10 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -1049,6 +1051,69 @@ def make_synthetic_video(path, num_frames=100, num_people=3, size=(320, 240), fp
 
 
 # ----------------------------------------------------------------------------------------------------------
+# A COCO-sized annotation file from the repository's own images, and the memory a dataset costs (data.py scale-bench)
+
+# COCO train2017: 64,115 images show people; HRNet's cleaning keeps 149,813 person instances as training samples.
+COCO_TRAIN_PERSON_IMAGES, COCO_TRAIN_INSTANCES = 64115, 149813
+
+
+def make_coco_scale_file(out_dir, num_images=COCO_TRAIN_PERSON_IMAGES, num_instances=COCO_TRAIN_INSTANCES):
+    """Writes out_dir/annotations/person_keypoints_train2017.json as large as COCO train2017's people, and copies
+    the repository's COCO photos (assets/coco_mini_train, assets/coco_tiny) into out_dir/train2017: their usable
+    annotations (segmentation and all) repeated with new ids, spread over num_images image entries, each entry
+    one of the same few photos under a new id. Every annotation is a usable training sample."""
+    assets = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+    image_dir = os.path.join(out_dir, "train2017")
+    os.makedirs(image_dir, exist_ok=True)
+    photos, people = [], []  # template image dicts; (index of its photo, annotation)
+    for split_dir, split in (("coco_mini_train", "train2017"), ("coco_tiny", "val2017")):
+        coco = load_json(os.path.join(assets, split_dir, "annotations", f"person_keypoints_{split}.json"),
+                         "annotation file")
+        for image in coco["images"]:
+            anns = [a for a in coco["annotations"]
+                    if a["image_id"] == image["id"] and not a["iscrowd"] and a["num_keypoints"] > 0]
+            if anns:
+                shutil.copyfile(os.path.join(assets, split_dir, split, image["file_name"]),
+                                os.path.join(image_dir, image["file_name"]))
+                people += [(len(photos), ann) for ann in anns]
+                photos.append(image)
+    entries = [list(range(p, num_images, len(photos))) for p in range(len(photos))]  # image ids - 1 of photo p
+    used = [0] * len(photos)
+    images = [dict(photos[e % len(photos)], id=e + 1) for e in range(num_images)]
+    annotations = []
+    for k in range(num_instances):
+        photo, ann = people[k % len(people)]
+        annotations.append(dict(ann, id=k + 1, image_id=entries[photo][used[photo] % len(entries[photo])] + 1))
+        used[photo] += 1
+    coco = dict(info=dict(description=f"COCO-sized file of {num_instances} copies of assets/ annotations"),
+                licenses=[], images=images, annotations=annotations, categories=[COCO_PERSON_CATEGORY])
+    write_json_atomically(coco, os.path.join(out_dir, "annotations", "person_keypoints_train2017.json"))
+    return out_dir
+
+
+def process_memory_mb(pid="self"):
+    """{Rss, Pss, Private_Dirty, ...} of a process in MB, from Linux's /proc/PID/smaps_rollup, plus its peak
+    resident memory VmHWM from /proc/PID/status."""
+    memory = {}
+    for name in ("smaps_rollup", "status"):
+        with open(f"/proc/{pid}/{name}") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if value.strip().endswith("kB"):
+                    memory[key] = int(value.split()[0]) / 1024
+    return memory
+
+
+def child_pids():
+    """The processes this one started that are still running (a DataLoader's workers)."""
+    pids = []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as f:
+            pids += [int(pid) for pid in f.read().split()]
+    return pids
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Downloads: resumable (HTTP Range on a .part file), verified, renamed into place only when complete
 
 def download_file(url, dest, expected_size=None, md5=None, retries=5, timeout=60):
@@ -1303,6 +1368,47 @@ def _cmd_bench(args):
           f"{1000 * elapsed / args.n:.2f} ms/sample (JPEG decode alone {1000 * decode / args.n:.2f} ms)")
 
 
+def _cmd_scale_bench(args):
+    """Build time and memory of a COCO-sized training set, and how much memory each DataLoader worker makes its
+    own as it reads samples (a forked worker shares the dataset until something writes into its pages)."""
+    if args.steps < 12:
+        raise ValueError(f"--steps {args.steps}: expected at least 12 (memory is compared from step 10 on)")
+    ann_file, image_dir = _split_files(args.out, "train2017")
+    if not os.path.exists(ann_file):
+        start = time.time()
+        pool = Pool(1)  # in a child process, so this one's peak memory is the dataset's alone
+        pool.apply(make_coco_scale_file, (args.out,))
+        pool.close()
+        pool.join()
+        print(f"wrote {ann_file} ({os.path.getsize(ann_file) / 1e6:.0f} MB) in {time.time() - start:.1f}s")
+    before = process_memory_mb()
+    start, start_cpu = time.perf_counter(), time.process_time()
+    dataset = COCOKeypointDataset(ann_file, image_dir, args.input_size, train=True,
+                                  **augmentation_defaults("hrnet_w32"))
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    after = process_memory_mb()
+    print(f"built {len(dataset)} samples in {elapsed:.1f}s ({cpu:.1f}s CPU); main process resident "
+          f"{before['Rss']:.0f} MB before, peak {after['VmHWM']:.0f} MB while building, {after['Rss']:.0f} MB after")
+    loader = paddle.io.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                  num_workers=args.workers, worker_init_fn=exit_with_parent())
+    first, last = 10, args.steps - 1
+    start = time.perf_counter()
+    for step, _ in enumerate(loader):
+        if step == first:
+            workers = {pid: process_memory_mb(pid) for pid in child_pids()}
+            start = time.perf_counter()
+        if step == last:
+            for pid, early in workers.items():
+                late = process_memory_mb(pid)
+                print(f"worker {pid}: private dirty memory {early['Private_Dirty']:.1f} MB at step {first}, "
+                      f"{late['Private_Dirty']:.1f} MB at step {last} (+{late['Private_Dirty'] - early['Private_Dirty']:.1f} MB); "
+                      f"resident {late['Rss']:.0f} MB, proportional share {late['Pss']:.0f} MB")
+            break
+    print(f"{args.workers} workers, batch {args.batch_size} at {args.input_size}: "
+          f"{(last - first) * args.batch_size / (time.perf_counter() - start):.1f} samples/s from step {first} to {last}; "
+          f"main process resident {process_memory_mb()['Rss']:.0f} MB")
+
+
 def _cmd_show(args):
     """A grid of training crops with their target heatmaps and keypoints: the quickest check of a dataset."""
     ann_file, image_dir = _split_files(args.data, args.split)
@@ -1350,6 +1456,15 @@ def main(argv=None):
     bench = commands.choices["bench"]
     bench.add_argument("--n", type=int, default=500, help="samples to time")
     bench.add_argument("--udp", action="store_true", help="UDP warp and targets")
+    scale = commands.add_parser("scale-bench", help="build time and memory of a COCO-sized training set (made "
+                                "from assets/ if absent) and DataLoader workers' memory growth")
+    scale.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "hrnet_paddle_coco_scale"),
+                       help="folder of the COCO-sized file (annotations/, train2017/), written if absent")
+    scale.add_argument("--input-size", default="256x192", help="HEIGHTxWIDTH")
+    scale.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    scale.add_argument("--batch-size", type=int, default=32, help="samples per batch")
+    scale.add_argument("--steps", type=int, default=300, help="batches to read; memory is compared at step 10 and the last")
+    scale.set_defaults(func=_cmd_scale_bench)
     show = commands.choices["show"]
     show.add_argument("--out", default="samples.jpg", help="output image")
     show.add_argument("--n", type=int, default=8, help="number of crops")
