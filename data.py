@@ -1155,6 +1155,8 @@ def make_coco_scale_file(out_dir, num_images=COCO_TRAIN_PERSON_IMAGES, num_insta
                                 os.path.join(image_dir, image["file_name"]))
                 people += [(len(photos), ann) for ann in anns]
                 photos.append(image)
+    if num_images < len(photos):
+        raise ValueError(f"a COCO-sized file needs at least {len(photos)} images, one per photo of assets/")
     entries = [list(range(p, num_images, len(photos))) for p in range(len(photos))]  # image ids - 1 of photo p
     used = [0] * len(photos)
     images = [dict(photos[e % len(photos)], id=e + 1) for e in range(num_images)]
@@ -1170,16 +1172,34 @@ def make_coco_scale_file(out_dir, num_images=COCO_TRAIN_PERSON_IMAGES, num_insta
 
 
 def process_memory_mb(pid="self"):
-    """{Rss, Pss, Private_Dirty, ...} of a process in MB, from Linux's /proc/PID/smaps_rollup, plus its peak
-    resident memory VmHWM from /proc/PID/status."""
-    memory = {}
-    for name in ("smaps_rollup", "status"):
-        with open(f"/proc/{pid}/{name}") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if value.strip().endswith("kB"):
-                    memory[key] = int(value.split()[0]) / 1024
+    """Memory of a process in MB, from Linux's /proc/PID: Rss, Pss and Private_Dirty summed over its mappings but
+    the /dev/shm files that DataLoader workers hand batches over in (a batch counts as its worker's private memory
+    until the main process maps it, so they come and go with the batches in flight), and VmHWM, the peak resident
+    memory."""
+    memory, counted = {"Rss": 0.0, "Pss": 0.0, "Private_Dirty": 0.0}, True
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if not fields[0].endswith(":"):  # a mapping's first line: address range, ..., path
+                counted = not (len(fields) > 5 and fields[5].startswith("/dev/shm/"))
+            elif counted and fields[0][:-1] in memory:
+                memory[fields[0][:-1]] += int(fields[1]) / 1024
+    with open(f"/proc/{pid}/status") as f:
+        memory["VmHWM"] = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
     return memory
+
+
+def idle_memory_mb(pids, window=1.0):
+    """process_memory_mb of each process once none of them has used CPU for `window` seconds: DataLoader workers
+    whose batches wait in the prefetch queue, holding no half-made batch (whose buffers would count)."""
+    def cpu_ticks(pid):
+        with open(f"/proc/{pid}/stat") as f:
+            return sum(int(v) for v in f.read().rsplit(")", 1)[1].split()[11:13])  # utime + stime
+    while True:
+        before = {pid: cpu_ticks(pid) for pid in pids}
+        time.sleep(window)
+        if all(cpu_ticks(pid) - ticks <= 1 for pid, ticks in before.items()):
+            return {pid: process_memory_mb(pid) for pid in pids}
 
 
 def child_pids():
@@ -1470,20 +1490,20 @@ def _cmd_scale_bench(args):
     loader = paddle.io.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                   num_workers=args.workers, worker_init_fn=exit_with_parent())
     first, last = 10, args.steps - 1
-    start = time.perf_counter()
     for step, _ in enumerate(loader):
         if step == first:
-            workers = {pid: process_memory_mb(pid) for pid in child_pids()}
+            workers = idle_memory_mb(child_pids())
             start = time.perf_counter()
         if step == last:
-            for pid, early in workers.items():
-                late = process_memory_mb(pid)
+            elapsed = time.perf_counter() - start
+            for pid, late in idle_memory_mb(list(workers)).items():
+                early = workers[pid]
                 print(f"worker {pid}: private dirty memory {early['Private_Dirty']:.1f} MB at step {first}, "
-                      f"{late['Private_Dirty']:.1f} MB at step {last} (+{late['Private_Dirty'] - early['Private_Dirty']:.1f} MB); "
+                      f"{late['Private_Dirty']:.1f} MB at step {last} ({late['Private_Dirty'] - early['Private_Dirty']:+.1f} MB); "
                       f"resident {late['Rss']:.0f} MB, proportional share {late['Pss']:.0f} MB")
             break
     print(f"{args.workers} workers, batch {args.batch_size} at {args.input_size}: "
-          f"{(last - first) * args.batch_size / (time.perf_counter() - start):.1f} samples/s from step {first} to {last}; "
+          f"{(last - first) * args.batch_size / elapsed:.1f} samples/s from step {first} to {last}; "
           f"main process resident {process_memory_mb()['Rss']:.0f} MB")
 
 

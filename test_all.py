@@ -3028,3 +3028,54 @@ def test_samples_are_bit_identical_to_those_of_the_list_of_dicts_dataset():
     ]
     for dataset, epochs, digests in cases:
         assert getitem_digests(dataset, epochs) == digests
+
+
+def test_samples_are_numpy_columns_not_python_objects_per_sample():
+    dataset = data.COCOKeypointDataset(MINI_ANN, MINI_IMAGES, "256x192", train=True)
+    n = len(dataset)
+    for value in vars(dataset).values():  # a list or dict per sample is what forked workers end up copying
+        assert not (isinstance(value, (list, tuple, dict)) and len(value) >= n)
+    columns = (dataset.image_ids, dataset.image_index, dataset.centers, dataset.scales, dataset.joints,
+               dataset.scores, dataset.areas)
+    assert all(c.dtype != object and len(c) == n for c in columns)
+    assert dataset.image_file(5) == dataset.record(5)["image_file"] == dataset.image_files[int(dataset.image_index[5])]
+    assert os.path.isfile(dataset.image_file(5)) and dataset.image_file(5).startswith(MINI_IMAGES)
+    record = dataset.record(0)
+    record["center"][:] = 0  # a copy: the dataset keeps its own
+    assert dataset.centers[0].any()
+
+
+def test_packed_strings_give_back_every_string():
+    strings = ["a.jpg", "", "dir/ünïcode.png", "x" * 300, "\ud800odd"]
+    packed = data.PackedStrings(strings)
+    assert len(packed) == len(strings) and [packed[i] for i in range(len(strings))] == strings
+    assert isinstance(packed.buffer, np.ndarray) and packed.buffer.dtype == np.uint8
+
+
+def test_load_json_drops_keys_at_every_depth(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps({"segmentation": 1, "annotations": [{"id": 1, "segmentation": [[1, 2]]}], "x": [1]}))
+    assert data.load_json(str(path), "file", drop_keys=("segmentation",)) == {"annotations": [{"id": 1}], "x": [1]}
+    assert data.load_json(str(path), "file")["annotations"][0]["segmentation"] == [[1, 2]]
+
+
+def test_coco_scale_file_repeats_the_assets_people(tmp_path):
+    data.make_coco_scale_file(str(tmp_path), num_images=60, num_instances=200)
+    ann, images = str(tmp_path / "annotations" / "person_keypoints_train2017.json"), str(tmp_path / "train2017")
+    coco = json.load(open(ann))
+    assert len(coco["images"]) == 60 and len(coco["annotations"]) == 200
+    assert len({image["id"] for image in coco["images"]}) == 60 and "segmentation" in coco["annotations"][0]
+    dataset = data.COCOKeypointDataset(ann, images, "256x192", train=True)
+    assert_samples_equal(dataset, expected_gt_samples(ann, images))
+    assert len({dataset.joints[i].tobytes() for i in range(len(dataset))}) == 74 + 12  # each usable person of assets/
+
+
+def test_scale_bench_reports_build_and_worker_memory(tmp_path, capsys):
+    data.make_coco_scale_file(str(tmp_path), num_images=30, num_instances=100)
+    data.main(["scale-bench", "--out", str(tmp_path), "--input-size", "64x64", "--workers", "1", "--batch-size", "2",
+               "--steps", "12"])
+    printed = capsys.readouterr().out
+    assert re.search(r"built 100 samples in \S+s \(\S+s CPU\); main process resident \d+ MB before, peak \d+ MB", printed)
+    assert len(re.findall(r"worker \d+: private dirty memory \S+ MB at step 10, \S+ MB at step 11", printed)) == 1
+    with pytest.raises(SystemExit, match="--steps 5: expected at least 12"):
+        data.main(["scale-bench", "--out", str(tmp_path), "--steps", "5"])
