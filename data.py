@@ -9,6 +9,7 @@ otherwise; UDP is Huang et al. 2020 ("The Devil is in the Details").
     python data.py synth --out data/synth                # zero-download demo dataset in COCO format
     python data.py download --root data/coco            # official COCO 2017 (resumable, verified)
     python data.py bench --data data/coco                # training samples/s on one core
+    python data.py scale-bench                           # build time and memory of a COCO-sized set (from assets/)
     python data.py show --data data/synth --out crops.jpg
 """
 import argparse
@@ -536,11 +537,14 @@ def keypoint_category(coco, ann_file):
     return next((c for c in categories if c.get("id") == 1), categories[0])
 
 
+JSON_NUMBER_TYPES = {int, float}  # not bool: JSON's true is no coordinate
+
+
 def finite_numbers(values, count=None):
     """True if values is a list of `count` (any number if None) finite numbers, as JSON gives them. Plain Python:
     ~10x faster than through numpy on the short lists of an annotation file, read at every start."""
     return (isinstance(values, list) and (count is None or len(values) == count)
-            and all(type(v) in (int, float) for v in values) and math.isfinite(sum(values)))  # NaN/inf spread
+            and set(map(type, values)) <= JSON_NUMBER_TYPES and math.isfinite(sum(values)))  # NaN/inf spread
 
 
 def complete_annotations(coco, ann_file, category):
