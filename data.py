@@ -1193,17 +1193,20 @@ def process_memory_mb(pid="self"):
     return memory
 
 
-def idle_memory_mb(pids, window=1.0):
-    """process_memory_mb of each process once none of them has used CPU for `window` seconds: DataLoader workers
-    whose batches wait in the prefetch queue, holding no half-made batch (whose buffers would count)."""
-    def cpu_ticks(pid):
-        with open(f"/proc/{pid}/stat") as f:
-            return sum(int(v) for v in f.read().rsplit(")", 1)[1].split()[11:13])  # utime + stime
-    while True:
-        before = {pid: cpu_ticks(pid) for pid in pids}
+def _cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return sum(int(v) for v in f.read().rsplit(")", 1)[1].split()[11:13])  # utime + stime
+
+
+def idle_memory_mb(pids, window=1.0, patience=60):
+    """process_memory_mb of each process once none of them has used CPU for `window` seconds (or after `patience`
+    windows): DataLoader workers whose batches wait in the prefetch queue, holding no half-made batch."""
+    for _ in range(patience):
+        before = {pid: _cpu_ticks(pid) for pid in pids}
         time.sleep(window)
-        if all(cpu_ticks(pid) - ticks <= 1 for pid, ticks in before.items()):
-            return {pid: process_memory_mb(pid) for pid in pids}
+        if all(_cpu_ticks(pid) - ticks <= 1 for pid, ticks in before.items()):
+            break
+    return {pid: process_memory_mb(pid) for pid in pids}
 
 
 def child_pids():
