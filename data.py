@@ -690,7 +690,8 @@ def _detection_samples(det_file, coco, num_joints, category_id, aspect_ratio, sc
     return dict(image_ids=_id_array([det["image_id"] for det in kept]),
                 image_index=np.array([positions[det["image_id"]] for det in kept], np.int32), centers=centers,
                 scales=scales, scores=np.array([float(det["score"]) for det in kept]),
-                joints=np.zeros((len(kept), num_joints, 3), np.float32), areas=boxes[:, 2] * boxes[:, 3]), skipped + empty
+                joints=np.zeros((len(kept), num_joints, 3), np.float32),
+                areas=boxes[:, 2] * boxes[:, 3]), skipped + empty
 
 
 def release_freed_memory():
@@ -1504,9 +1505,9 @@ def _cmd_scale_bench(args):
         if step == last:
             elapsed = time.perf_counter() - start
             for pid, late in idle_memory_mb(list(workers)).items():
-                early = workers[pid]
-                print(f"worker {pid}: private dirty memory {early['Private_Dirty']:.1f} MB at step {first}, "
-                      f"{late['Private_Dirty']:.1f} MB at step {last} ({late['Private_Dirty'] - early['Private_Dirty']:+.1f} MB); "
+                early, late_dirty = workers[pid]["Private_Dirty"], late["Private_Dirty"]
+                print(f"worker {pid}: private dirty memory {early:.1f} MB at step {first}, "
+                      f"{late_dirty:.1f} MB at step {last} ({late_dirty - early:+.1f} MB); "
                       f"resident {late['Rss']:.0f} MB, proportional share {late['Pss']:.0f} MB")
             break
     print(f"{args.workers} workers, batch {args.batch_size} at {args.input_size}: "
@@ -1561,14 +1562,16 @@ def main(argv=None):
     bench = commands.choices["bench"]
     bench.add_argument("--n", type=int, default=500, help="samples to time")
     bench.add_argument("--udp", action="store_true", help="UDP warp and targets")
-    scale = commands.add_parser("scale-bench", help="build time and memory of a COCO-sized training set (made "
-                                "from assets/ if absent) and DataLoader workers' memory growth")
+    scale = commands.add_parser("scale-bench", formatter_class=HelpFormatter,
+                                help="build time and memory of a COCO-sized training set (made from assets/ if "
+                                     "absent) and DataLoader workers' memory growth")
     scale.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "hrnet_paddle_coco_scale"),
                        help="folder of the COCO-sized file (annotations/, train2017/), written if absent")
     scale.add_argument("--input-size", default="256x192", help="HEIGHTxWIDTH")
     scale.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     scale.add_argument("--batch-size", type=int, default=32, help="samples per batch")
-    scale.add_argument("--steps", type=int, default=300, help="batches to read; memory is compared at step 10 and the last")
+    scale.add_argument("--steps", type=int, default=300,
+                       help="batches to read; memory is compared at step 10 and the last")
     scale.set_defaults(func=_cmd_scale_bench)
     show = commands.choices["show"]
     show.add_argument("--out", default="samples.jpg", help="output image")

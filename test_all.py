@@ -2981,7 +2981,8 @@ def assert_samples_equal(dataset, expected):
 
 def test_gt_samples_are_the_official_ones():
     for ann, images in ((MINI_ANN, MINI_IMAGES), (TINY_ANN, TINY_IMAGES)):
-        assert_samples_equal(data.COCOKeypointDataset(ann, images, "256x192", train=True), expected_gt_samples(ann, images))
+        assert_samples_equal(data.COCOKeypointDataset(ann, images, "256x192", train=True),
+                             expected_gt_samples(ann, images))
 
 
 def test_detection_samples_are_the_file_boxes():
@@ -3075,7 +3076,8 @@ def test_scale_bench_reports_build_and_worker_memory(tmp_path, capsys):
     data.main(["scale-bench", "--out", str(tmp_path), "--input-size", "64x64", "--workers", "1", "--batch-size", "2",
                "--steps", "12"])
     printed = capsys.readouterr().out
-    assert re.search(r"built 100 samples in \S+s \(\S+s CPU\); main process resident \d+ MB before, peak \d+ MB", printed)
+    assert re.search(r"built 100 samples in \S+s \(\S+s CPU\); main process resident \d+ MB before, "
+                     r"peak \d+ MB", printed)
     assert len(re.findall(r"worker \d+: private dirty memory \S+ MB at step 10, \S+ MB at step 11", printed)) == 1
     with pytest.raises(SystemExit, match="--steps 5: expected at least 12"):
         data.main(["scale-bench", "--out", str(tmp_path), "--steps", "5"])
