@@ -9,6 +9,7 @@ otherwise; UDP is Huang et al. 2020 ("The Devil is in the Details").
     python data.py synth --out data/synth                # zero-download demo dataset in COCO format
     python data.py download --root data/coco            # official COCO 2017 (resumable, verified)
     python data.py bench --data data/coco                # training samples/s on one core
+    python data.py scale-bench                           # build time and memory of a COCO-sized set (from assets/)
     python data.py show --data data/synth --out crops.jpg
 """
 import argparse
@@ -22,8 +23,10 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -327,14 +330,12 @@ def keypoint_info_from_category(category, sigmas_file=None, flip_pairs=None):
 
 def box_to_center_scale(box_xywh, aspect_ratio, padding=1.25):
     """Box -> center and size (in units of 200 px), grown to the input aspect ratio, then padded by 1.25
-    so the whole person plus some context is in the crop."""
-    x, y, w, h = (float(v) for v in box_xywh[:4])
-    center = np.array([x + w * 0.5, y + h * 0.5], np.float32)
-    if w > aspect_ratio * h:
-        h = w / aspect_ratio
-    elif w < aspect_ratio * h:
-        w = h * aspect_ratio
-    scale = np.array([w / PIXEL_STD, h / PIXEL_STD], np.float32) * padding
+    so the whole person plus some context is in the crop. One box [x, y, w, h] gives (2,) arrays, an (N, 4)
+    array of boxes (N, 2) arrays; float64 arithmetic, as the official code's Python floats."""
+    x, y, w, h = np.moveaxis(np.asarray(box_xywh, np.float64)[..., :4], -1, 0)
+    center = np.stack([x + w * 0.5, y + h * 0.5], axis=-1).astype(np.float32)
+    w, h = (np.where(w < aspect_ratio * h, h * aspect_ratio, w), np.where(w > aspect_ratio * h, w / aspect_ratio, h))
+    scale = np.stack([w / PIXEL_STD, h / PIXEL_STD], axis=-1).astype(np.float32) * padding
     return center, scale
 
 
@@ -504,12 +505,20 @@ def augmentation_defaults(model_name):
     raise ValueError(f"--model: unknown model family {model_name!r} (expected hrnet_* or lite_hrnet_*)")
 
 
-def load_json(path, what):
+def _without_keys(keys, obj):
+    for key in keys:
+        obj.pop(key, None)
+    return obj
+
+
+def load_json(path, what, drop_keys=()):
+    """A JSON file; drop_keys are removed from each object as soon as it is read, so they never pile up in memory
+    (a COCO file's segmentation polygons are most of it, and keypoints need none)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} {path} not found")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            return json.load(f, object_hook=functools.partial(_without_keys, drop_keys) if drop_keys else None)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{what} {path} is not valid JSON ({err})") from None
     except OSError as err:  # e.g. no permission to read it
@@ -528,11 +537,14 @@ def keypoint_category(coco, ann_file):
     return next((c for c in categories if c.get("id") == 1), categories[0])
 
 
+JSON_NUMBER_TYPES = {int, float}  # not bool: JSON's true is no coordinate
+
+
 def finite_numbers(values, count=None):
     """True if values is a list of `count` (any number if None) finite numbers, as JSON gives them. Plain Python:
     ~10x faster than through numpy on the short lists of an annotation file, read at every start."""
     return (isinstance(values, list) and (count is None or len(values) == count)
-            and all(type(v) in (int, float) for v in values) and math.isfinite(sum(values)))  # NaN/inf spread
+            and set(map(type, values)) <= JSON_NUMBER_TYPES and math.isfinite(sum(values)))  # NaN/inf spread
 
 
 def complete_annotations(coco, ann_file, category):
@@ -574,9 +586,38 @@ def complete_annotations(coco, ann_file, category):
     return coco
 
 
-def _gt_records(coco, ann_file, image_dir, num_joints, category_id, aspect_ratio):
-    images = {image["id"]: image for image in coco["images"]}
-    by_image = {image_id: [] for image_id in images}
+class PackedStrings:
+    """Many strings as one numpy byte buffer and their offsets: a list of str is one Python object per string, and
+    reading one in a forked DataLoader worker writes its reference count, giving the worker its own copy of the
+    memory page it sits on. strings[i] gives back the i-th string."""
+
+    def __init__(self, strings):
+        encoded = [s.encode("utf-8", "surrogatepass") for s in strings]
+        self.offsets = np.cumsum([0] + [len(b) for b in encoded], dtype=np.int64)
+        self.buffer = np.frombuffer(b"".join(encoded), np.uint8)
+
+    def __len__(self):
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i):
+        return self.buffer[self.offsets[i]:self.offsets[i + 1]].tobytes().decode("utf-8", "surrogatepass")
+
+
+def _id_array(ids):
+    """COCO's image ids are integers: one int64 array. Other kinds (a few sets use strings) are kept as they are."""
+    return np.array(ids, np.int64) if all(type(i) is int for i in ids) else np.array(ids, object)
+
+
+def _image_positions(coco):
+    """{image id: its position in the file's 'images'} (the last entry, should an id repeat)."""
+    return {image["id"]: position for position, image in enumerate(coco["images"])}
+
+
+def _gt_samples(coco, ann_file, num_joints, category_id, aspect_ratio):
+    """The training samples of a COCO dict's GT person boxes, as numpy columns (see COCOKeypointDataset);
+    returns (columns, number of annotations skipped)."""
+    positions = _image_positions(coco)
+    by_image = {image_id: [] for image_id in positions}
     for ann in coco["annotations"]:
         if ann.get("category_id") != category_id:
             continue
@@ -584,10 +625,11 @@ def _gt_records(coco, ann_file, image_dir, num_joints, category_id, aspect_ratio
             raise ValueError(f"annotation file {ann_file}: annotation {ann.get('id')} refers to "
                              f"image {ann.get('image_id')}, which is not in 'images'")
         by_image[ann["image_id"]].append(ann)
-    records, skipped = [], {"crowd": 0, "bad_box": 0, "no_keypoints": 0}
+    kept, image_ids, image_index, boxes = [], [], [], []
+    skipped = {"crowd": 0, "bad_box": 0, "no_keypoints": 0}
     for image_id, anns in by_image.items():  # file order, as the official loader
-        # no size in the file: nothing to clip to
-        width, height = images[image_id].get("width", math.inf), images[image_id].get("height", math.inf)
+        image = coco["images"][positions[image_id]]
+        width, height = image.get("width", math.inf), image.get("height", math.inf)  # no size: nothing to clip to
         for ann in anns:
             if ann["iscrowd"]:
                 skipped["crowd"] += 1
@@ -602,25 +644,31 @@ def _gt_records(coco, ann_file, image_dir, num_joints, category_id, aspect_ratio
             if max(ann["keypoints"]) == 0:
                 skipped["no_keypoints"] += 1
                 continue
-            joints = np.array(ann["keypoints"], np.float32).reshape(num_joints, 3)
-            joints[:, 2] = np.minimum(joints[:, 2], 1)  # 1 = labelled (visible or occluded), 0 = not labelled
-            center, scale = box_to_center_scale([x1, y1, x2 - x1, y2 - y1], aspect_ratio)
-            records.append(dict(image_id=image_id, image_file=os.path.join(image_dir, images[image_id]["file_name"]),
-                                center=center, scale=scale, score=1.0, joints=joints, area=float(ann["area"])))
-    return records, sum(skipped.values())
+            kept.append(ann)
+            image_ids.append(image_id)
+            image_index.append(positions[image_id])
+            boxes.append([x1, y1, x2 - x1, y2 - y1])
+    joints = np.array([ann["keypoints"] for ann in kept], np.float32).reshape(len(kept), num_joints, 3)
+    joints[:, :, 2] = np.minimum(joints[:, :, 2], 1)  # 1 = labelled (visible or occluded), 0 = not labelled
+    centers, scales = box_to_center_scale(np.array(boxes, np.float64).reshape(-1, 4), aspect_ratio)
+    return dict(image_ids=_id_array(image_ids), image_index=np.array(image_index, np.int32), centers=centers,
+                scales=scales, scores=np.ones(len(kept)), joints=joints,
+                areas=np.array([float(ann["area"]) for ann in kept])), sum(skipped.values())
 
 
-def _detection_records(det_file, coco, image_dir, num_joints, category_id, aspect_ratio, score_thr):
+def _detection_samples(det_file, coco, num_joints, category_id, aspect_ratio, score_thr):
+    """The samples of a detection-results file's person boxes on a COCO dict's images, as numpy columns (no
+    joints: evaluation only); returns (columns, number of boxes skipped)."""
     detections = load_json(det_file, "detection file")
     if not isinstance(detections, list) or not detections:
         raise ValueError(f"detection file {det_file}: expected a non-empty JSON list of "
                          f"{{image_id, category_id, bbox, score}}")
-    images = {image["id"]: image for image in coco["images"]}
-    unknown = {d.get("image_id") for d in detections} - set(images)
+    positions = _image_positions(coco)
+    unknown = {d.get("image_id") for d in detections} - set(positions)
     if unknown:
         raise ValueError(f"detection file {det_file}: {len(unknown)} image ids (e.g. {sorted(map(str, unknown))[0]}) "
                          f"are not in the annotation file; do the two files belong to the same split?")
-    records, skipped, empty = [], 0, 0
+    kept, skipped, empty = [], 0, 0
     for det in detections:
         if det.get("category_id") != category_id or det["score"] < score_thr:
             skipped += 1
@@ -632,15 +680,26 @@ def _detection_records(det_file, coco, image_dir, num_joints, category_id, aspec
         if box[2] < 1 or box[3] < 1:  # no person in it; predict.py drops them too
             empty += 1
             continue
-        center, scale = box_to_center_scale(box, aspect_ratio)
-        records.append(dict(image_id=det["image_id"], image_file=os.path.join(image_dir, images[det["image_id"]]["file_name"]),
-                            center=center, scale=scale, score=float(det["score"]),
-                            joints=np.zeros((num_joints, 3), np.float32), area=float(box[2] * box[3])))
+        kept.append(det)
     if empty:
         warn_once(f"detection file {det_file}: skipped {empty} boxes less than 1 px wide or high")
-    if not records:
+    if not kept:
         raise ValueError(f"detection file {det_file}: no person boxes with score >= {score_thr}")
-    return records, skipped + empty
+    boxes = np.array([det["bbox"] for det in kept], np.float64)
+    centers, scales = box_to_center_scale(boxes, aspect_ratio)
+    return dict(image_ids=_id_array([det["image_id"] for det in kept]),
+                image_index=np.array([positions[det["image_id"]] for det in kept], np.int32), centers=centers,
+                scales=scales, scores=np.array([float(det["score"]) for det in kept]),
+                joints=np.zeros((len(kept), num_joints, 3), np.float32),
+                areas=boxes[:, 2] * boxes[:, 3]), skipped + empty
+
+
+def release_freed_memory():
+    """Hands the pages of freed objects back to the system: glibc's malloc keeps them for reuse unless asked, so
+    a parsed annotation file would stay in the process's resident memory (and in every forked worker's)."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None) if sys.platform.startswith("linux") else None
+    if trim:
+        trim(0)
 
 
 def _half_body_box(rng, joints, visible, is_upper, aspect_ratio):
@@ -683,7 +742,19 @@ def _end_with_parent(parent_pid, worker_id):
 class COCOKeypointDataset(paddle.io.Dataset):
     """Top-down samples from a COCO-format keypoint file: one sample per GT person box or detection box.
     __getitem__ returns (image (3,H,W), target (K,h,w), target_weight (K,1), index); an unreadable image gives
-    zeros and index -(i+1), so one bad file cannot kill a long run (the loops count and report these)."""
+    zeros and index -(i+1), so one bad file cannot kill a long run (the loops count and report these).
+
+    Sample i is record(i): image_ids[i], image_file(i), centers[i], scales[i], scores[i], joints[i], areas[i].
+    Each field is one numpy array over all N samples, not a dict per sample (as the official code keeps them): a
+    forked DataLoader worker reading a dict or its small arrays writes their reference counts, and with them
+    copies the memory pages they share with the main process, until, over an epoch, every worker holds its own
+    copy of the dataset. Reading a row of a numpy array writes nothing into the array.
+        image_ids (N,) int64       the COCO image id
+        image_index (N,) int32     which of image_files (PackedStrings: the file's images, in file order)
+        centers, scales (N, 2)     float32 box center and size / 200 px (box_to_center_scale)
+        joints (N, K, 3) float32   x, y, labelled (1) or not (0); zeros for detection boxes
+        scores, areas (N,)         float64 box score (1 for GT boxes) and area (COCO's, or the box's)
+    """
 
     def __init__(self, ann_file, image_dir, input_size, train, boxes="gt", det_score_thr=0.0, sigma=None, udp=False,
                  scale_factor=0.35, rot_factor=45, rot_prob=0.6, half_body_prob=0.3, num_joints_half_body=8,
@@ -697,7 +768,7 @@ class COCOKeypointDataset(paddle.io.Dataset):
         self.scale_factor, self.rot_factor, self.rot_prob = scale_factor, rot_factor, rot_prob
         self.half_body_prob, self.num_joints_half_body, self.flip_prob = half_body_prob, num_joints_half_body, flip_prob
         start = time.time()
-        coco = load_json(ann_file, "annotation file")
+        coco = load_json(ann_file, "annotation file", drop_keys=("segmentation",))
         if not os.path.isdir(image_dir):
             raise FileNotFoundError(f"image folder {image_dir} not found (the images of {ann_file})")
         category = keypoint_category(coco, ann_file)
@@ -706,30 +777,45 @@ class COCOKeypointDataset(paddle.io.Dataset):
             self.flip_prob = 0.0
         aspect_ratio = self.input_size[0] / self.input_size[1]
         source = ann_file if boxes == "gt" else resolve_path_or_url(boxes, what="detection file")
+        num_joints = self.info.num_joints
         try:
             complete_annotations(coco, ann_file, category)
             if boxes == "gt":
-                self.records, self.num_skipped = _gt_records(coco, ann_file, image_dir, self.info.num_joints,
-                                                             category["id"], aspect_ratio)
+                columns, self.num_skipped = _gt_samples(coco, ann_file, num_joints, category["id"], aspect_ratio)
             else:
-                self.records, self.num_skipped = _detection_records(source, coco, image_dir, self.info.num_joints,
-                                                                    category["id"], aspect_ratio, det_score_thr)
+                columns, self.num_skipped = _detection_samples(source, coco, num_joints, category["id"], aspect_ratio,
+                                                               det_score_thr)
+            self.image_files = PackedStrings([os.path.join(image_dir, image["file_name"]) for image in coco["images"]])
         except (KeyError, TypeError, IndexError) as err:
             raise ValueError(f"{source}: malformed entry ({type(err).__name__}: {err})") from None
-        if not self.records:
+        del coco, category
+        release_freed_memory()
+        self.image_ids, self.image_index = columns["image_ids"], columns["image_index"]
+        self.centers, self.scales, self.joints = columns["centers"], columns["scales"], columns["joints"]
+        self.scores, self.areas = columns["scores"], columns["areas"]
+        if not len(self):
             raise ValueError(f"annotation file {ann_file}: no usable person instances "
                              f"(non-crowd, with keypoints and a valid box)")
-        num_joints = self.info.num_joints
         self._flip_order = np.arange(num_joints)
         for left, right in self.info.flip_pairs:
             self._flip_order[left], self._flip_order[right] = right, left
         self._is_upper = np.isin(np.arange(num_joints), self.info.upper_body_ids)
-        print(f"{os.path.basename(ann_file)}: {len(self.records)} samples from "
+        print(f"{os.path.basename(ann_file)}: {len(self)} samples from "
               f"{'GT boxes' if boxes == 'gt' else 'detections'} ({self.num_skipped} skipped) "
               f"in {time.time() - start:.1f}s", file=sys.stderr)
 
     def __len__(self):
-        return len(self.records)
+        return len(self.centers)
+
+    def image_file(self, index):
+        return self.image_files[self.image_index[index]]
+
+    def record(self, index):
+        """Sample index as one dict: image_id, image_file, center, scale, score, joints, area (copies: changing
+        them leaves the dataset as it is)."""
+        return dict(image_id=self.image_ids.item(index), image_file=self.image_file(index),
+                    center=self.centers[index].copy(), scale=self.scales[index].copy(),
+                    score=float(self.scores[index]), joints=self.joints[index].copy(), area=float(self.areas[index]))
 
     def set_epoch(self, epoch):
         """Call before building each epoch's iterator: workers copy the dataset when they start."""
@@ -747,18 +833,17 @@ class COCOKeypointDataset(paddle.io.Dataset):
         return center, scale, float(rotation), rng.random() < self.flip_prob
 
     def __getitem__(self, index):
-        record = self.records[index]
         num_joints, (width, height), heatmap_size = self.info.num_joints, self.input_size, self.heatmap_size
         try:
-            image = read_image_bgr(record["image_file"])
+            image = read_image_bgr(self.image_file(index))
         except (FileNotFoundError, ValueError) as err:
             warnings.warn(f"skipping sample {index}: {err}")
             return (np.zeros((3, height, width), np.float32),
                     np.zeros((num_joints, heatmap_size[1], heatmap_size[0]), np.float32),
                     np.zeros((num_joints, 1), np.float32), np.array(-(index + 1), np.int64))
-        joints = record["joints"][:, :2].astype(np.float64)
-        vis = record["joints"][:, 2].copy()
-        center, scale, rotation, flip = record["center"].copy(), record["scale"].copy(), 0.0, False
+        joints = self.joints[index, :, :2].astype(np.float64)
+        vis = self.joints[index, :, 2].copy()
+        center, scale, rotation, flip = self.centers[index].copy(), self.scales[index].copy(), 0.0, False
         if self.train:
             rng = np.random.default_rng((self.seed, self.epoch, index))  # same sample with any number of workers
             center, scale, rotation, flip = self._augment(rng, joints, vis > 0, center, scale)
@@ -1049,6 +1134,92 @@ def make_synthetic_video(path, num_frames=100, num_people=3, size=(320, 240), fp
 
 
 # ----------------------------------------------------------------------------------------------------------
+# A COCO-sized annotation file from the repository's own images, and the memory a dataset costs (data.py scale-bench)
+
+# COCO train2017: 64,115 images show people; HRNet's cleaning keeps 149,813 person instances as training samples.
+COCO_TRAIN_PERSON_IMAGES, COCO_TRAIN_INSTANCES = 64115, 149813
+
+
+def make_coco_scale_file(out_dir, num_images=COCO_TRAIN_PERSON_IMAGES, num_instances=COCO_TRAIN_INSTANCES):
+    """Writes out_dir/annotations/person_keypoints_train2017.json as large as COCO train2017's people, and copies
+    the repository's COCO photos (assets/coco_mini_train, assets/coco_tiny) into out_dir/train2017: their usable
+    annotations (segmentation and all) repeated with new ids, spread over num_images image entries, each entry
+    one of the same few photos under a new id. Every annotation is a usable training sample."""
+    assets = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+    image_dir = os.path.join(out_dir, "train2017")
+    os.makedirs(image_dir, exist_ok=True)
+    photos, people = [], []  # template image dicts; (index of its photo, annotation)
+    for split_dir, split in (("coco_mini_train", "train2017"), ("coco_tiny", "val2017")):
+        coco = load_json(os.path.join(assets, split_dir, "annotations", f"person_keypoints_{split}.json"),
+                         "annotation file")
+        for image in coco["images"]:
+            anns = [a for a in coco["annotations"]
+                    if a["image_id"] == image["id"] and not a["iscrowd"] and a["num_keypoints"] > 0]
+            if anns:
+                shutil.copyfile(os.path.join(assets, split_dir, split, image["file_name"]),
+                                os.path.join(image_dir, image["file_name"]))
+                people += [(len(photos), ann) for ann in anns]
+                photos.append(image)
+    if num_images < len(photos):
+        raise ValueError(f"a COCO-sized file needs at least {len(photos)} images, one per photo of assets/")
+    entries = [list(range(p, num_images, len(photos))) for p in range(len(photos))]  # image ids - 1 of photo p
+    used = [0] * len(photos)
+    images = [dict(photos[e % len(photos)], id=e + 1) for e in range(num_images)]
+    annotations = []
+    for k in range(num_instances):
+        photo, ann = people[k % len(people)]
+        annotations.append(dict(ann, id=k + 1, image_id=entries[photo][used[photo] % len(entries[photo])] + 1))
+        used[photo] += 1
+    coco = dict(info=dict(description=f"COCO-sized file of {num_instances} copies of assets/ annotations"),
+                licenses=[], images=images, annotations=annotations, categories=[COCO_PERSON_CATEGORY])
+    write_json_atomically(coco, os.path.join(out_dir, "annotations", "person_keypoints_train2017.json"))
+    return out_dir
+
+
+def process_memory_mb(pid="self"):
+    """Memory of a process in MB, from Linux's /proc/PID: Rss, Pss and Private_Dirty summed over its mappings but
+    the /dev/shm files that DataLoader workers hand batches over in (a batch counts as its worker's private memory
+    until the main process maps it, so they come and go with the batches in flight), and VmHWM, the peak resident
+    memory."""
+    memory, counted = {"Rss": 0.0, "Pss": 0.0, "Private_Dirty": 0.0}, True
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if not fields[0].endswith(":"):  # a mapping's first line: address range, ..., path
+                counted = not (len(fields) > 5 and fields[5].startswith("/dev/shm/"))
+            elif counted and fields[0][:-1] in memory:
+                memory[fields[0][:-1]] += int(fields[1]) / 1024
+    with open(f"/proc/{pid}/status") as f:
+        memory["VmHWM"] = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+    return memory
+
+
+def _cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return sum(int(v) for v in f.read().rsplit(")", 1)[1].split()[11:13])  # utime + stime
+
+
+def idle_memory_mb(pids, window=1.0, patience=60):
+    """process_memory_mb of each process once none of them has used CPU for `window` seconds (or after `patience`
+    windows): DataLoader workers whose batches wait in the prefetch queue, holding no half-made batch."""
+    for _ in range(patience):
+        before = {pid: _cpu_ticks(pid) for pid in pids}
+        time.sleep(window)
+        if all(_cpu_ticks(pid) - ticks <= 1 for pid, ticks in before.items()):
+            break
+    return {pid: process_memory_mb(pid) for pid in pids}
+
+
+def child_pids():
+    """The processes this one started that are still running (a DataLoader's workers)."""
+    pids = []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as f:
+            pids += [int(pid) for pid in f.read().split()]
+    return pids
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Downloads: resumable (HTTP Range on a .part file), verified, renamed into place only when complete
 
 def file_digest(path, algorithm="sha256"):
@@ -1316,10 +1487,51 @@ def _cmd_bench(args):
     elapsed = time.perf_counter() - start
     start = time.perf_counter()
     for i in range(args.n):
-        read_image_bgr(dataset.records[i % len(dataset)]["image_file"])
+        read_image_bgr(dataset.image_file(i % len(dataset)))
     decode = time.perf_counter() - start
     print(f"{args.n} training samples at {args.input_size} on one core: {args.n / elapsed:.1f} samples/s, "
           f"{1000 * elapsed / args.n:.2f} ms/sample (JPEG decode alone {1000 * decode / args.n:.2f} ms)")
+
+
+def _cmd_scale_bench(args):
+    """Build time and memory of a COCO-sized training set, and how much memory each DataLoader worker makes its
+    own as it reads samples (a forked worker shares the dataset until something writes into its pages)."""
+    if args.steps < 12:
+        raise ValueError(f"--steps {args.steps}: expected at least 12 (memory is compared from step 10 on)")
+    ann_file, image_dir = _split_files(args.out, "train2017")
+    if not os.path.exists(ann_file):
+        start = time.time()
+        pool = Pool(1)  # in a child process, so this one's peak memory is the dataset's alone
+        pool.apply(make_coco_scale_file, (args.out,))
+        pool.close()
+        pool.join()
+        print(f"wrote {ann_file} ({os.path.getsize(ann_file) / 1e6:.0f} MB) in {time.time() - start:.1f}s")
+    before = process_memory_mb()
+    start, start_cpu = time.perf_counter(), time.process_time()
+    dataset = COCOKeypointDataset(ann_file, image_dir, args.input_size, train=True,
+                                  **augmentation_defaults("hrnet_w32"))
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    after = process_memory_mb()
+    print(f"built {len(dataset)} samples in {elapsed:.1f}s ({cpu:.1f}s CPU); main process resident "
+          f"{before['Rss']:.0f} MB before, peak {after['VmHWM']:.0f} MB while building, {after['Rss']:.0f} MB after")
+    loader = paddle.io.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                  num_workers=args.workers, worker_init_fn=exit_with_parent())
+    first, last = 10, args.steps - 1
+    for step, _ in enumerate(loader):
+        if step == first:
+            workers = idle_memory_mb(child_pids())
+            start = time.perf_counter()
+        if step == last:
+            elapsed = time.perf_counter() - start
+            for pid, late in idle_memory_mb(list(workers)).items():
+                early, late_dirty = workers[pid]["Private_Dirty"], late["Private_Dirty"]
+                print(f"worker {pid}: private dirty memory {early:.1f} MB at step {first}, "
+                      f"{late_dirty:.1f} MB at step {last} ({late_dirty - early:+.1f} MB); "
+                      f"resident {late['Rss']:.0f} MB, proportional share {late['Pss']:.0f} MB")
+            break
+    print(f"{args.workers} workers, batch {args.batch_size} at {args.input_size}: "
+          f"{(last - first) * args.batch_size / elapsed:.1f} samples/s from step {first} to {last}; "
+          f"main process resident {process_memory_mb()['Rss']:.0f} MB")
 
 
 def _cmd_show(args):
@@ -1369,6 +1581,17 @@ def main(argv=None):
     bench = commands.choices["bench"]
     bench.add_argument("--n", type=int, default=500, help="samples to time")
     bench.add_argument("--udp", action="store_true", help="UDP warp and targets")
+    scale = commands.add_parser("scale-bench", formatter_class=HelpFormatter,
+                                help="build time and memory of a COCO-sized training set (made from assets/ if "
+                                     "absent) and DataLoader workers' memory growth")
+    scale.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "hrnet_paddle_coco_scale"),
+                       help="folder of the COCO-sized file (annotations/, train2017/), written if absent")
+    scale.add_argument("--input-size", default="256x192", help="HEIGHTxWIDTH")
+    scale.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    scale.add_argument("--batch-size", type=int, default=32, help="samples per batch")
+    scale.add_argument("--steps", type=int, default=300,
+                       help="batches to read; memory is compared at step 10 and the last")
+    scale.set_defaults(func=_cmd_scale_bench)
     show = commands.choices["show"]
     show.add_argument("--out", default="samples.jpg", help="output image")
     show.add_argument("--n", type=int, default=8, help="number of crops")

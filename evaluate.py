@@ -425,7 +425,7 @@ def evaluate_model(model, dataset, batch_size=32, flip=True, decode="default", d
         skipped.extend(skipped_indices)
         seen += len(indices) + len(skipped_indices)
         if len(indices):
-            records = [dataset.records[i] for i in indices]
+            records = [dataset.record(i) for i in indices]
             centers = np.array([r["center"] for r in records])
             scales = np.array([r["scale"] for r in records])
             coords, maxvals = heatmaps_to_keypoints(heatmaps, centers, scales, decode, dark_kernel, udp)
@@ -447,7 +447,7 @@ def evaluate_model(model, dataset, batch_size=32, flip=True, decode="default", d
     scored_images = set(gt.getImgIds())
     if skipped:
         # score the images we could read: their unread ground truth would otherwise count as missed people
-        unread = {dataset.records[i]["image_id"] for i in skipped}
+        unread = {dataset.image_ids.item(i) for i in skipped}
         scored_images -= unread
         log(f"warning: skipped {len(skipped)} of {seen} samples: {len(unread)} images could not be read; "
             f"scoring the other {len(scored_images)} images only")

@@ -413,7 +413,7 @@ def test_detection_records_and_threshold():
         image, target, weight, index = dataset[0]
         assert image.shape == (3, 256, 192) and not target.any() and not weight.any() and index == 0
         first = next(d for d in dets if d["category_id"] == 1 and d["score"] >= thr)
-        assert dataset.records[0]["score"] == pytest.approx(first["score"])
+        assert dataset.record(0)["score"] == pytest.approx(first["score"])
 
 
 def test_box_cleaning_and_center_scale():
@@ -422,8 +422,8 @@ def test_box_cleaning_and_center_scale():
     dataset = data.COCOKeypointDataset(TINY_ANN, TINY_IMAGES, "256x192", train=False)
     x, y, w, h = ann["bbox"]  # inside the image: cleaning only drops 1 px of width and height (official quirk)
     center, scale = data.box_to_center_scale([x, y, w - 1, h - 1], 0.75)
-    np.testing.assert_array_equal(dataset.records[0]["center"], center)
-    np.testing.assert_array_equal(dataset.records[0]["scale"], scale)
+    np.testing.assert_array_equal(dataset.record(0)["center"], center)
+    np.testing.assert_array_equal(dataset.record(0)["scale"], scale)
     center, scale = data.box_to_center_scale([10, 20, 30, 80], 0.75)
     np.testing.assert_allclose(center, [25, 60])
     np.testing.assert_allclose(scale, [60 / 200 * 1.25, 80 / 200 * 1.25])
@@ -432,7 +432,7 @@ def test_box_cleaning_and_center_scale():
 
 def test_eval_crop_equals_crop_and_normalize():
     dataset = data.COCOKeypointDataset(TINY_ANN, TINY_IMAGES, "256x192", train=False)
-    record = dataset.records[3]
+    record = dataset.record(3)
     expected = data.crop_and_normalize(data.read_image_rgb(record["image_file"]), record["center"], record["scale"],
                                        0, (192, 256))
     np.testing.assert_array_equal(dataset[3][0], expected)
@@ -504,10 +504,10 @@ def test_augmented_targets_sit_on_their_own_joint(tmp_path, udp):
 def test_flip_twice_is_identity(tmp_path):
     """Mirror the image and its labels on disk, let the dataset flip again: same sample as the original."""
     plain = coded_dots_dataset(tmp_path / "a", train=True, **dict(NO_AUGMENT))
-    mirrored_joints = plain.records[0]["joints"].copy()
+    mirrored_joints = plain.record(0)["joints"].copy()
     mirrored_joints[:, 0] = 400 - mirrored_joints[:, 0] - 1
     mirrored_joints = mirrored_joints[plain._flip_order]
-    image = cv2.imread(plain.records[0]["image_file"])[:, ::-1]
+    image = cv2.imread(plain.record(0)["image_file"])[:, ::-1]
     x, y, w, h = 40, 20, 260, 330
     ann, images = write_coco(str(tmp_path / "b"), [image], [dict(
         image_id=1, bbox=[400 - x - w, y, w, h], num_keypoints=17,
@@ -1385,7 +1385,8 @@ class TargetsAsImages(paddle.io.Dataset):
     must find the ground-truth poses again (checks crop transform, target rendering and decoding agree)."""
 
     def __init__(self, dataset):
-        self.dataset, self.records, self.info, self.ann_file = dataset, dataset.records, dataset.info, dataset.ann_file
+        self.dataset, self.info, self.ann_file = dataset, dataset.info, dataset.ann_file
+        self.record, self.image_ids = dataset.record, dataset.image_ids
         self.udp = dataset.udp
 
     def __len__(self):
@@ -1406,7 +1407,7 @@ def test_evaluate_model_finds_the_ground_truth_from_perfect_heatmaps(decode, udp
     dataset = TargetsAsImages(tiny_dataset(udp=udp))
     logs = []
     results, stats = ev.evaluate_model(Identity(), dataset, batch_size=8, flip=False, decode=decode, log=logs.append)
-    assert len(results) == len(dataset.records) == 12
+    assert len(results) == len(dataset) == 12
     assert stats["AP"] > 0.95, stats
     assert any("samples/s" in line for line in logs)
 
@@ -2287,7 +2288,7 @@ def test_empty_detection_boxes_are_skipped_and_counted(tmp_path):
     with pytest.warns(UserWarning, match="dets_with_empty_boxes.json: skipped 3 boxes less than 1 px"):
         dirty = data.COCOKeypointDataset(TINY_ANN, TINY_IMAGES, "64x64", train=False, boxes=str(path))
     assert len(dirty) == len(clean) and dirty.num_skipped == clean.num_skipped + 3
-    assert [r["score"] for r in dirty.records] == [r["score"] for r in clean.records]
+    np.testing.assert_array_equal(dirty.scores, clean.scores)
     with pytest.raises(ValueError, match="dets_with_empty_boxes.json.*expected 4 finite numbers"):
         path.write_text(json.dumps(detections + [dict(detections[0], bbox=[1, 2, "x", 4])]))
         data.COCOKeypointDataset(TINY_ANN, TINY_IMAGES, "64x64", train=False, boxes=str(path))
@@ -3193,3 +3194,155 @@ def test_unreadable_files_are_one_line_errors(genuine_files, tmp_path):
                         M.read_checkpoint, path, "--weights")
         raises_one_line(ValueError, f"--resume {re.escape(path)}: not a readable Paddle checkpoint",
                         T.load_training_checkpoint, path)
+
+
+# ---- issue 22: COCO scale: samples held as numpy columns that forked DataLoader workers share
+
+def official_center_scale(x, y, w, h, aspect_ratio=0.75):
+    """HRNet's COCODataset._xywh2cs, in plain Python floats, for one box."""
+    center = np.array([x + w * 0.5, y + h * 0.5], np.float32)
+    if w > aspect_ratio * h:
+        h = w / aspect_ratio
+    elif w < aspect_ratio * h:
+        w = h * aspect_ratio
+    return center, np.array([w / 200, h / 200], np.float32) * 1.25
+
+
+def expected_gt_samples(ann_file, image_dir):
+    """Training samples straight from the JSON as the official loader makes them: images in file order, each with
+    its non-crowd annotations that have a keypoint and a box valid after clipping to the image (the clipped box
+    loses 1 px), visibility capped at 1."""
+    coco = json.load(open(ann_file))
+    samples = []
+    for image in coco["images"]:
+        for ann in coco["annotations"]:
+            if ann["image_id"] != image["id"] or ann["iscrowd"] or max(ann["keypoints"]) == 0:
+                continue
+            x, y, w, h = ann["bbox"]
+            x1, y1 = max(0, x), max(0, y)
+            x2, y2 = min(image["width"] - 1, x1 + max(0, w - 1)), min(image["height"] - 1, y1 + max(0, h - 1))
+            if ann["area"] <= 0 or x2 < x1 or y2 < y1:
+                continue
+            joints = np.array(ann["keypoints"], np.float32).reshape(-1, 3)
+            joints[:, 2] = joints[:, 2] > 0
+            center, scale = official_center_scale(x1, y1, x2 - x1, y2 - y1)
+            samples.append(dict(image_id=image["id"], image_file=os.path.join(image_dir, image["file_name"]),
+                                center=center, scale=scale, score=1.0, joints=joints, area=ann["area"]))
+    return samples
+
+
+def assert_samples_equal(dataset, expected):
+    assert len(dataset) == len(expected)
+    for i, want in enumerate(expected):
+        got = dataset.record(i)
+        assert set(got) == set(want)
+        for key, value in want.items():
+            if isinstance(value, np.ndarray):
+                assert got[key].dtype == value.dtype
+                np.testing.assert_array_equal(got[key], value, err_msg=f"sample {i} {key}")
+            else:
+                assert got[key] == value and type(got[key]) is type(value), (i, key, got[key], value)
+
+
+def test_gt_samples_are_the_official_ones():
+    for ann, images in ((MINI_ANN, MINI_IMAGES), (TINY_ANN, TINY_IMAGES)):
+        assert_samples_equal(data.COCOKeypointDataset(ann, images, "256x192", train=True),
+                             expected_gt_samples(ann, images))
+
+
+def test_detection_samples_are_the_file_boxes():
+    coco, dets = json.load(open(TINY_ANN)), json.load(open(TINY_DETS))
+    files = {image["id"]: os.path.join(TINY_IMAGES, image["file_name"]) for image in coco["images"]}
+    expected = []
+    for det in dets:
+        x, y, w, h = det["bbox"]
+        if det["category_id"] == 1 and det["score"] >= 0.3 and w >= 1 and h >= 1:
+            center, scale = official_center_scale(x, y, w, h)
+            expected.append(dict(image_id=det["image_id"], image_file=files[det["image_id"]], center=center,
+                                 scale=scale, score=det["score"], joints=np.zeros((17, 3), np.float32), area=w * h))
+    assert len(expected) > 10
+    assert_samples_equal(data.COCOKeypointDataset(TINY_ANN, TINY_IMAGES, "256x192", train=False, boxes=TINY_DETS,
+                                                  det_score_thr=0.3), expected)
+
+
+def getitem_digests(dataset, epochs):
+    crops, targets = hashlib.sha256(), hashlib.sha256()
+    for epoch in epochs:
+        dataset.set_epoch(epoch)
+        for i in range(len(dataset)):
+            image, target, weight, index = dataset[i]
+            crops.update(image.tobytes())
+            for array in (target, weight, index):
+                targets.update(array.tobytes())
+    return crops.hexdigest()[:16], targets.hexdigest()[:16]
+
+
+def test_samples_are_bit_identical_to_those_of_the_list_of_dicts_dataset():
+    """Digests of every __getitem__ output (the crops; the targets, weights and indices) recorded with the previous
+    implementation (a list of one dict per sample, commit 40dbe5e) on assets/: the storage changed, the samples must
+    not. Regression values of this environment (numpy 2.3.5, OpenCV 4.14 on x86-64): another numpy or OpenCV
+    build may round an exp or a warp differently, and then these need recording again with the old code."""
+    mini, tiny = (MINI_ANN, MINI_IMAGES), (TINY_ANN, TINY_IMAGES)
+    cases = [
+        (data.COCOKeypointDataset(*mini, "256x192", train=True, seed=1, **data.augmentation_defaults("hrnet_w32")),
+         (0, 3), ("eef61c047d790f76", "e8c4302ce4236d84")),
+        (data.COCOKeypointDataset(*mini, "128x96", train=True, udp=True, seed=2,
+                                  **data.augmentation_defaults("lite_hrnet_18")), (1,),
+         ("08e22babfd04fcec", "0de1cb9828bec80e")),
+        (data.COCOKeypointDataset(*tiny, "256x192", train=False, boxes=TINY_DETS), (0,),
+         ("d829402e992a9d99", "198bfb813e0c3a7d")),
+    ]
+    for dataset, epochs, digests in cases:
+        assert getitem_digests(dataset, epochs) == digests
+
+
+def test_samples_are_numpy_columns_not_python_objects_per_sample():
+    dataset = data.COCOKeypointDataset(MINI_ANN, MINI_IMAGES, "256x192", train=True)
+    n = len(dataset)
+    for value in vars(dataset).values():  # a list or dict per sample is what forked workers end up copying
+        assert not (isinstance(value, (list, tuple, dict)) and len(value) >= n)
+    columns = (dataset.image_ids, dataset.image_index, dataset.centers, dataset.scales, dataset.joints,
+               dataset.scores, dataset.areas)
+    assert all(c.dtype != object and len(c) == n for c in columns)
+    assert dataset.image_file(5) == dataset.record(5)["image_file"] == dataset.image_files[int(dataset.image_index[5])]
+    assert os.path.isfile(dataset.image_file(5)) and dataset.image_file(5).startswith(MINI_IMAGES)
+    record = dataset.record(0)
+    record["center"][:] = 0  # a copy: the dataset keeps its own
+    assert dataset.centers[0].any()
+
+
+def test_packed_strings_give_back_every_string():
+    strings = ["a.jpg", "", "dir/ünïcode.png", "x" * 300, "\ud800odd"]
+    packed = data.PackedStrings(strings)
+    assert len(packed) == len(strings) and [packed[i] for i in range(len(strings))] == strings
+    assert isinstance(packed.buffer, np.ndarray) and packed.buffer.dtype == np.uint8
+
+
+def test_load_json_drops_keys_at_every_depth(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps({"segmentation": 1, "annotations": [{"id": 1, "segmentation": [[1, 2]]}], "x": [1]}))
+    assert data.load_json(str(path), "file", drop_keys=("segmentation",)) == {"annotations": [{"id": 1}], "x": [1]}
+    assert data.load_json(str(path), "file")["annotations"][0]["segmentation"] == [[1, 2]]
+
+
+def test_coco_scale_file_repeats_the_assets_people(tmp_path):
+    data.make_coco_scale_file(str(tmp_path), num_images=60, num_instances=200)
+    ann, images = str(tmp_path / "annotations" / "person_keypoints_train2017.json"), str(tmp_path / "train2017")
+    coco = json.load(open(ann))
+    assert len(coco["images"]) == 60 and len(coco["annotations"]) == 200
+    assert len({image["id"] for image in coco["images"]}) == 60 and "segmentation" in coco["annotations"][0]
+    dataset = data.COCOKeypointDataset(ann, images, "256x192", train=True)
+    assert_samples_equal(dataset, expected_gt_samples(ann, images))
+    assert len({dataset.joints[i].tobytes() for i in range(len(dataset))}) == 74 + 12  # each usable person of assets/
+
+
+def test_scale_bench_reports_build_and_worker_memory(tmp_path, capsys):
+    data.make_coco_scale_file(str(tmp_path), num_images=30, num_instances=100)
+    data.main(["scale-bench", "--out", str(tmp_path), "--input-size", "64x64", "--workers", "1", "--batch-size", "2",
+               "--steps", "12"])
+    printed = capsys.readouterr().out
+    assert re.search(r"built 100 samples in \S+s \(\S+s CPU\); main process resident \d+ MB before, "
+                     r"peak \d+ MB", printed)
+    assert len(re.findall(r"worker \d+: private dirty memory \S+ MB at step 10, \S+ MB at step 11", printed)) == 1
+    with pytest.raises(SystemExit, match="--steps 5: expected at least 12"):
+        data.main(["scale-bench", "--out", str(tmp_path), "--steps", "5"])

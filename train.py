@@ -306,8 +306,10 @@ def save_prediction_picture(results, val_set, path, num_images=8):
     """The latest evaluation's skeletons on the first val images: the quickest look at what the model learned.
     Optional, so it never stops a run: unreadable images are left out, and their number returned."""
     image_files = {}
-    for record in val_set.records:
-        image_files.setdefault(record["image_id"], record["image_file"])
+    for i in range(len(val_set)):  # the first num_images images, in sample order
+        if len(image_files) == num_images:
+            break
+        image_files.setdefault(val_set.image_ids.item(i), val_set.image_file(i))
     drawings, unreadable = [], 0
     for image_id, image_file in list(image_files.items())[:num_images]:
         try:
