@@ -1517,9 +1517,10 @@ def _cmd_scale_bench(args):
     loader = paddle.io.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                   num_workers=args.workers, worker_init_fn=exit_with_parent())
     first, last = 10, args.steps - 1
+    others = set(child_pids())  # processes started before (in a test run, other loaders' workers)
     for step, _ in enumerate(loader):
         if step == first:
-            workers = idle_memory_mb(child_pids())
+            workers = idle_memory_mb([pid for pid in child_pids() if pid not in others])
             start = time.perf_counter()
         if step == last:
             elapsed = time.perf_counter() - start
