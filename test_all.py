@@ -287,7 +287,8 @@ def test_wrong_checkpoints_give_clear_errors(small_models, tmp_path):
     with pytest.raises(ValueError, match="missing"):
         M.load_weights(M.build_model("hrnet_w32"), path)
     r = run_script("model.py", "--model", "hrnet_w32", "--convert", path, str(tmp_path / "x.pdparams"), check=False)
-    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("error: checkpoint does not fit HRNet")
+    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith(f"error: weights file {path}: "
+                                                                               f"checkpoint does not fit HRNet")
     with pytest.raises(FileNotFoundError, match="nope.pdparams"):
         M.load_weights(target, str(tmp_path / "nope.pdparams"))
 
