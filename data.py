@@ -1325,6 +1325,8 @@ def keypoint_subset(coco, ann_file, keypoints, max_images=None, rename=None):
 
 
 def _cmd_subset(args):
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"--max-images {args.max_images}: expected 1 or more")
     keypoints = [name.strip() for name in args.keypoints.split(",") if name.strip()]
     rename = [name.strip() for name in args.rename.split(",")] if args.rename else None
     splits = [split for split in ("train2017", "val2017")
