@@ -2985,6 +2985,8 @@ def test_data_subset_keeps_named_joints_their_limbs_and_the_whole_val_set(synthe
     assert category["keypoints"] == ["p1", "p2", "p3", "p4"]
     with pytest.raises(SystemExit, match="--keypoints left_thumb: not a keypoint of .*nose, left_eye"):
         data.main(["subset", "--data", synthetic_root, "--keypoints", "left_thumb", "--out", str(named) + "x"])
+    with pytest.raises(SystemExit, match="--max-images 0: expected 1 or more"):
+        data.main(["subset", "--data", synthetic_root, "--keypoints", "nose", "--max-images", "0", "--out", "x"])
 
 
 def test_carried_rows_are_the_source_rows_in_the_targets_order_and_new_rows_a_fresh_heads(coco17_checkpoint):
