@@ -3023,6 +3023,10 @@ def test_a_file_without_record_has_cocos_names_or_the_models_and_another_network
     source = paddle.load(lite18_weights)["keypoint_head.final_layer.weight"].numpy()
     np.testing.assert_array_equal(model.keypoint_head.final_layer.weight.numpy(), source[[2, 0]])
     assert "2 of 2 joints carried by name (right_eye, nose), 0 new" in lines[0]
+    pd_path = os.path.join(os.path.dirname(lite18_weights), "pd.pdparams")  # PaddleDetection's names: final_conv
+    paddle.save({M.paddledetection_key(k): v for k, v in paddle.load(lite18_weights).items()}, pd_path)
+    model = M.load_weights(M.build_model("lite_hrnet_18", 4), pd_path, log=lines.append, keypoint_names=ARM4)
+    np.testing.assert_array_equal(model.keypoint_head.final_layer.weight.numpy(), source[[7, 8, 9, 10]])
     with pytest.raises(ValueError, match=r"--weights \S+lite18.pdparams: checkpoint does not fit HRNet"):
         M.load_weights(M.build_model("hrnet_w32", 4), lite18_weights, keypoint_names=ARM4, flag="--weights")
     path14 = os.path.join(os.path.dirname(lite18_weights), "k14.pdparams")
