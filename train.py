@@ -456,11 +456,10 @@ def build_parser(description=__doc__.split("\n\n")[0].strip(), recipes=RECIPES, 
         p.add_argument("--" + key.replace("_", "-"), type=kind, default=None,
                        help=f"{help_text} (default: hrnet {hrnet[key]}, lite_hrnet {lite[key]})")
     p.add_argument("--weights", default=None, help="initial weights (path or URL), any layout model.py reads")
-    p.add_argument("--freeze-backbone", action="store_true",
+    p.add_argument("--freeze-backbone", action="store_true", default=None,
                    help="train only the final layer, every other weight and BatchNorm statistic kept as --weights "
-                        "has them: ~0.6x the CPU time per step and no way to overfit the backbone, for a few dozen "
-                        "images or little time; on 300 images one epoch of full fine-tuning scored higher "
-                        "(README, Your own keypoints)")
+                        "has them: cheaper steps and no backbone to overfit, for a few dozen images or little time; "
+                        "with a few hundred images full fine-tuning scored higher (README, Your own keypoints)")
     p.add_argument("--pretrained", default=None, help="ImageNet backbone (path or URL); classifier keys skipped")
     p.add_argument("--resume", default=None, help="a last.pdparams to continue exactly where it stopped")
     p.add_argument("--amp", nargs="?", const="O1", choices=("O1", "O2"), default=None,
