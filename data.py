@@ -11,6 +11,7 @@ otherwise; UDP is Huang et al. 2020 ("The Devil is in the Details").
     python data.py bench --data data/coco                # training samples/s on one core
     python data.py scale-bench                           # build time and memory of a COCO-sized set (from assets/)
     python data.py show --data data/synth --out crops.jpg
+    python data.py subset --data data/synth --keypoints left_wrist,right_wrist --out data/wrists  # named joints
 """
 import argparse
 import colorsys
@@ -238,12 +239,26 @@ def flip_pairs_from_names(names):
 
 
 def _canonical_name(tokens, side=None):
-    """One spelling per joint: lowercase words joined by '_', side words as left/right, head-top aliases unified."""
+    """One spelling per joint: lowercase words joined by '_', the side first as left/right ('wrist_l' is
+    'left_wrist'), head-top aliases unified."""
     name = "_".join(tokens)
     if side:
         side_name, key = side
-        name = "_".join(side_name if t == "*" else t for t in key)
+        name = "_".join([side_name] + [t for t in key if t != "*"])
     return "head_top" if name in _HEAD_TOP else name
+
+
+def canonical_joint_names(names, flip_pairs=None):
+    """One spelling per joint, read the way flip pairs are found: 'LeftWrist', 'l_wrist', 'Left-wrist' ->
+    'left_wrist'; 'head', 'HeadTop' -> 'head_top'. A leading l/r glued to a word ('lwrist') counts as a side only
+    for joints in a flip pair (flip_pairs; default: those flip_pairs_from_names finds), as there. Sigmas of known
+    sets and the joints a checkpoint's head carries into another keypoint set are matched by these names."""
+    if flip_pairs is None:
+        flip_pairs = flip_pairs_from_names(names)[0]
+    paired = {i for pair in flip_pairs for i in pair}
+    tokens = [_name_tokens(name) for name in names]
+    return [_canonical_name(t, _side_of(t) or (_side_of(t, glued_letter=True) if i in paired else None))
+            for i, t in enumerate(tokens)]
 
 
 def parse_flip_pairs(texts, names):
@@ -289,7 +304,6 @@ def keypoint_info_from_category(category, sigmas_file=None, flip_pairs=None):
     names = category.get("keypoints")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise ValueError(f"category {category.get('name')!r} has no 'keypoints' list of names")
-    tokens = [_name_tokens(name) for name in names]
     if flip_pairs:
         pairs = parse_flip_pairs(flip_pairs, names)
     else:
@@ -299,9 +313,7 @@ def keypoint_info_from_category(category, sigmas_file=None, flip_pairs=None):
             warn_once(f"keypoints {names}: {why} in their names, so flipping would mislabel joints: training without "
                       f"flip augmentation and evaluating without flip test (--flip-pairs LEFT,RIGHT ... to set them)")
             pairs = []
-    paired = {i for pair in pairs for i in pair}
-    canonical = [_canonical_name(t, _side_of(t) or (_side_of(t, glued_letter=True) if i in paired else None))
-                 for i, t in enumerate(tokens)]
+    canonical = canonical_joint_names(names, pairs)
     skeleton = _valid_skeleton(category, len(names))
     lower = [name.lower() for name in names]
     upper_body_ids = [i for i, name in enumerate(lower) if not any(part in name for part in _LOWER_BODY_PARTS)]
@@ -1464,6 +1476,66 @@ def _split_files(data_dir, split):
     return os.path.join(data_dir, "annotations", f"person_keypoints_{split}.json"), os.path.join(data_dir, split)
 
 
+def keypoint_subset(coco, ann_file, keypoints, max_images=None, rename=None):
+    """A COCO keypoint dict cut down to the named joints, in the order named (names as canonical_joint_names reads
+    them: 'left_wrist' finds 'LeftWrist'), with its skeleton's limbs between kept joints, and to the first
+    max_images images that have one of them labelled. rename: new names for the kept joints. Other categories'
+    annotations are dropped with their images' people."""
+    category = keypoint_category(coco, ann_file)
+    complete_annotations(coco, ann_file, category)
+    names = category["keypoints"]
+    canonical = canonical_joint_names(names)
+    keep = []
+    for name in keypoints:
+        wanted = canonical_joint_names([name])[0]
+        if name not in names and wanted not in canonical:
+            raise ValueError(f"--keypoints {name}: not a keypoint of {ann_file} ({', '.join(names)})")
+        keep.append(names.index(name) if name in names else canonical.index(wanted))
+    if len(set(keep)) != len(keep):
+        raise ValueError(f"--keypoints {','.join(keypoints)}: a joint is named twice")
+    if rename is not None and len(rename) != len(keep):
+        raise ValueError(f"--rename {','.join(rename)}: expected {len(keep)} names, one per kept keypoint")
+    skeleton = [[keep.index(a) + 1, keep.index(b) + 1] for a, b in _valid_skeleton(category, len(names))
+                if a in keep and b in keep]
+    annotations, labelled = [], set()
+    for ann in coco["annotations"]:
+        if ann.get("category_id") != category["id"]:
+            continue
+        joints = np.asarray(ann["keypoints"], np.float64).reshape(len(names), 3)[keep]
+        ann = dict(ann, keypoints=[float(v) if i % 3 < 2 else int(v) for i, v in enumerate(joints.ravel())],
+                   num_keypoints=int((joints[:, 2] > 0).sum()))
+        annotations.append(ann)
+        if ann["num_keypoints"]:
+            labelled.add(ann["image_id"])
+    images = [image for image in coco["images"] if max_images is None or image["id"] in labelled][:max_images]
+    kept_ids = {image["id"] for image in images}
+    return dict(coco, images=images, annotations=[ann for ann in annotations if ann["image_id"] in kept_ids],
+                categories=[dict(category, keypoints=list(rename or [names[i] for i in keep]), skeleton=skeleton)])
+
+
+def _cmd_subset(args):
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"--max-images {args.max_images}: expected 1 or more")
+    keypoints = [name.strip() for name in args.keypoints.split(",") if name.strip()]
+    rename = [name.strip() for name in args.rename.split(",")] if args.rename else None
+    splits = [split for split in ("train2017", "val2017")
+              if os.path.exists(_split_files(args.data, split)[0])]
+    if not splits:
+        raise ValueError(f"--data {args.data}: no annotations/person_keypoints_{{train,val}}2017.json")
+    for split in splits:
+        ann_file, image_dir = _split_files(args.data, split)
+        coco = keypoint_subset(load_json(ann_file, "annotation file"), ann_file, keypoints,
+                               args.max_images if split == "train2017" else None, rename)
+        out_file, out_dir = _split_files(args.out, split)
+        for image in coco["images"]:  # copies, so that the subset stands alone
+            os.makedirs(os.path.dirname(os.path.join(out_dir, image["file_name"])), exist_ok=True)
+            shutil.copy2(os.path.join(image_dir, image["file_name"]), os.path.join(out_dir, image["file_name"]))
+        os.makedirs(os.path.dirname(out_file), exist_ok=True)
+        write_json_atomically(coco, out_file)
+        print(f"{out_file}: {len(coco['images'])} images, {len(coco['annotations'])} people, keypoints "
+              f"{', '.join(coco['categories'][0]['keypoints'])}")
+
+
 def _cmd_synth(args):
     width, height = parse_size(args.size, "--size")
     start = time.time()
@@ -1579,6 +1651,16 @@ def main(argv=None):
         sub.add_argument("--split", default=None, help="train2017 or val2017 (default: train2017 if present)")
         sub.add_argument("--input-size", default="256x192", help="HEIGHTxWIDTH")
         sub.set_defaults(func=func)
+    subset = commands.add_parser("subset", help="a COCO keypoint set cut down to named joints (and images)")
+    subset.add_argument("--data", required=True, help="COCO-layout folder (annotations/, train2017/, val2017/)")
+    subset.add_argument("--keypoints", required=True,
+                        help="comma-separated joints to keep, in the new order (e.g. left_wrist,right_wrist)")
+    subset.add_argument("--max-images", type=int, default=None,
+                        help="keep only the first N training images with a kept joint labelled (default: all); "
+                             "the val set keeps all its images")
+    subset.add_argument("--rename", default=None, help="comma-separated new names of the kept joints")
+    subset.add_argument("--out", required=True, help="output folder (COCO layout; images copied)")
+    subset.set_defaults(func=_cmd_subset)
     bench = commands.choices["bench"]
     bench.add_argument("--n", type=int, default=500, help="samples to time")
     bench.add_argument("--udp", action="store_true", help="UDP warp and targets")

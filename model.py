@@ -28,8 +28,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from data import (COCO_PERSON_CATEGORY, atomic_output, keypoint_info_from_category, parse_input_size,
-                  resolve_path_or_url, run_script)
+from data import (COCO_KEYPOINT_NAMES, COCO_PERSON_CATEGORY, atomic_output, canonical_joint_names,
+                  keypoint_info_from_category, parse_input_size, resolve_path_or_url, run_script)
 
 MODEL_NAMES = ("hrnet_w32", "hrnet_w48", "lite_hrnet_18", "lite_hrnet_30")
 
@@ -826,12 +826,9 @@ def read_checkpoint(path, flag=None):
     return state, record
 
 
-def convert_state_dict(state, model, pretrained=False):
-    """Rename a checkpoint's keys into this model's; return (state, skipped keys).
-
-    Raises ValueError naming counts and the first keys on any missing, unexpected or wrong-shaped entry.
-    With pretrained=True (ImageNet backbones) keys the model lacks are skipped and the head may be missing.
-    """
+def rename_to_model_keys(state, model):
+    """A checkpoint's keys -> this model's: DataParallel's 'module.' dropped, PyTorch BN buffer names and
+    PaddleDetection's names translated; keys that fit nothing are kept as they are (convert_state_dict names them)."""
     renamed = {}
     for key, value in state.items():
         if key.endswith("num_batches_tracked"):
@@ -843,7 +840,17 @@ def convert_state_dict(state, model, pretrained=False):
     # PaddleDetection names (with or without "backbone.", as in its ImageNet files) never collide with ours
     from_pd = {paddledetection_key(k): k for k in own}
     from_pd.update({k[len("backbone."):]: v for k, v in from_pd.items() if k.startswith("backbone.")})
-    renamed = {from_pd.get(k, k): v for k, v in renamed.items()}
+    return {from_pd.get(k, k): v for k, v in renamed.items()}
+
+
+def convert_state_dict(state, model, pretrained=False):
+    """Rename a checkpoint's keys into this model's; return (state, skipped keys).
+
+    Raises ValueError naming counts and the first keys on any missing, unexpected or wrong-shaped entry.
+    With pretrained=True (ImageNet backbones) keys the model lacks are skipped and the head may be missing.
+    """
+    own = model.state_dict()
+    renamed = rename_to_model_keys(state, model)
     unexpected = [k for k in renamed if k not in own]
     missing = [k for k in own if k not in renamed]
     wrong_shape = [f"{k} {list(renamed[k].shape)} vs {list(own[k].shape)}" for k in own
@@ -859,15 +866,65 @@ def convert_state_dict(state, model, pretrained=False):
     return {k: v for k, v in renamed.items() if k in own}, skipped
 
 
-def load_weights(model, path, pretrained=False, log=print, flag=None):
-    """Load a checkpoint (path or http(s) URL) into model, all or nothing. flag: the option that named the
-    file, for error messages."""
-    path = resolve_path_or_url(path, what=flag or "weights file")
-    return load_state(model, read_checkpoint(path, flag)[0], pretrained, log, path)
+def final_layer_name(model):
+    """The 1x1 conv from the last features to one heatmap per joint: the only layer whose shape depends on the
+    keypoint set (PaddleDetection calls it final_conv)."""
+    return "keypoint_head.final_layer" if isinstance(model, LiteHRNet) else "final_layer"
 
 
-def load_state(model, state, pretrained=False, log=print, source="checkpoint"):
-    """Load a state read by read_checkpoint into model, all or nothing (see convert_state_dict)."""
+def carry_joints_by_name(state, model, source_names, target_names):
+    """Fit a state for a head of source_names joints (this model's key names, see rename_to_model_keys) to
+    model's target_names: the final layer's weight and bias rows of every joint both sets name alike (as
+    data.canonical_joint_names reads them: 'LeftWrist' is 'left_wrist') move to the target's order; the other rows
+    are model's own, as build_model initialised them (init_weights). Returns (state, [(target, source) index
+    pairs carried]). A state whose final layer has other input channels is left as it is (a wrong-shaped
+    entry for convert_state_dict to name: another network)."""
+    source_canonical, target_canonical = canonical_joint_names(source_names), canonical_joint_names(target_names)
+    carried = [(i, source_canonical.index(name)) for i, name in enumerate(target_canonical)
+               if name in source_canonical]
+    own, state = model.state_dict(), dict(state)
+    for key in (f"{final_layer_name(model)}.weight", f"{final_layer_name(model)}.bias"):
+        if key not in state or state[key].shape[1:] != tuple(own[key].shape[1:]):
+            continue
+        if len(state[key]) != len(source_names):
+            raise ValueError(f"its final layer predicts {len(state[key])} keypoints, not the {len(source_names)} "
+                             f"its record names ({', '.join(source_names[:3])}, ...)")
+        rows = own[key].numpy().copy()
+        for target, source in carried:
+            rows[target] = state[key][source]
+        state[key] = rows
+    return state, carried
+
+
+def load_weights(model, path, pretrained=False, log=print, keypoint_names=None, flag="weights file"):
+    """Load a checkpoint (path or http(s) URL) into model, all or nothing. keypoint_names: the joints model
+    predicts, when they may differ from the file's (training from --weights on another keypoint set): the final
+    layer is then carried by name (see load_state). flag: the option that named the file, for error messages."""
+    path = resolve_path_or_url(path, what=flag)
+    state, record = read_checkpoint(path, flag)
+    keypoints = None
+    if keypoint_names is not None:
+        keypoints = (record["keypoint_names"] if record else None, list(keypoint_names))
+    try:
+        return load_state(model, state, pretrained, log, f"{flag} {path}", keypoints)
+    except ValueError as err:
+        raise ValueError(f"{flag} {path}: {err}") from None
+
+
+def load_state(model, state, pretrained=False, log=print, source="checkpoint", keypoints=None):
+    """Load a state read by read_checkpoint into model, all or nothing (see convert_state_dict).
+    keypoints = (the checkpoint's joint names, or None if it does not say; model's joint names): every entry but
+    the final layer must fit, and the final layer's rows are carried by name (carry_joints_by_name), said in one
+    line unless the two keypoint sets are the same. A file that does not say has COCO's 17 joints, or, with
+    another number of heatmaps than 17, model's (as files were read before records existed)."""
+    if keypoints is not None:
+        source_names, target_names = keypoints
+        state = rename_to_model_keys(state, model)
+        if source_names is None:
+            rows = state.get(f"{final_layer_name(model)}.bias")
+            source_names = (target_names if rows is not None and len(rows) == len(target_names) != 17
+                            else COCO_KEYPOINT_NAMES)
+        state, carried = carry_joints_by_name(state, model, list(source_names), target_names)
     state, skipped = convert_state_dict(state, model, pretrained)
     own = model.state_dict()
     with warnings.catch_warnings():  # an ImageNet backbone has no head: counted once below, not per key
@@ -876,7 +933,16 @@ def load_state(model, state, pretrained=False, log=print, source="checkpoint"):
     if skipped:
         log(f"{source}: loaded {len(state)} backbone entries, skipped {len(skipped)} not in this model "
             f"(classifier etc., e.g. {', '.join(skipped[:3])})")
+    if keypoints is not None and carried != [(i, i) for i in range(len(source_names))]:
+        new = [name for i, name in enumerate(target_names) if i not in dict(carried)]
+        log(f"{source}: every layer but the final one loaded; final layer: {len(carried)} of {len(target_names)} "
+            f"joints carried by name{joint_list([target_names[i] for i, _ in carried])}, {len(new)} new"
+            f"{joint_list(new)}")
     return model
+
+
+def joint_list(names, shown=6):
+    return f" ({', '.join(names[:shown])}{', ...' if len(names) > shown else ''})" if names else ""
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -206,7 +206,7 @@ def main(argv=None):
         else:
             model = build_model(args.model, num_joints)
             if args.weights and not args.resume:
-                load_weights(model, args.weights, flag="--weights")
+                load_weights(model, args.weights, keypoint_names=val_set.info.names, flag="--weights")
                 _, stats = evaluate_model(model, val_set, args.batch_size, args.flip, num_workers=args.workers)
                 float_ap = stats["AP"]
                 print(f"float model {args.weights}: AP {float_ap:.3f}")

@@ -287,7 +287,8 @@ def test_wrong_checkpoints_give_clear_errors(small_models, tmp_path):
     with pytest.raises(ValueError, match="missing"):
         M.load_weights(M.build_model("hrnet_w32"), path)
     r = run_script("model.py", "--model", "hrnet_w32", "--convert", path, str(tmp_path / "x.pdparams"), check=False)
-    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("error: checkpoint does not fit HRNet")
+    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith(f"error: weights file {path}: "
+                                                                               f"checkpoint does not fit HRNet")
     with pytest.raises(FileNotFoundError, match="nope.pdparams"):
         M.load_weights(target, str(tmp_path / "nope.pdparams"))
 
@@ -3346,3 +3347,165 @@ def test_scale_bench_reports_build_and_worker_memory(tmp_path, capsys):
     assert len(re.findall(r"worker \d+: private dirty memory \S+ MB at step 10, \S+ MB at step 11", printed)) == 1
     with pytest.raises(SystemExit, match="--steps 5: expected at least 12"):
         data.main(["scale-bench", "--out", str(tmp_path), "--steps", "5"])
+
+
+# ---- issue 18: your own keypoints: fine-tuning that carries joints by name
+ARM4 = ["left_elbow", "right_elbow", "left_wrist", "right_wrist"]
+
+
+@pytest.fixture(scope="module")
+def coco17_checkpoint(tmp_path_factory):
+    """A random lite_hrnet_18 (settled BatchNorm) saved with its record: COCO's 17 joints at 128x96."""
+    paddle.seed(2)
+    model = settle_batch_norm(M.build_model("lite_hrnet_18"), (2, 3, 128, 96))
+    path = str(tmp_path_factory.mktemp("coco17") / "best.pdparams")
+    M.save_checkpoint(dict(model=model.state_dict(), record=M.model_record("lite_hrnet_18", (96, 128), COCO_INFO)),
+                      path)
+    return path, model
+
+
+@pytest.fixture(scope="module")
+def arm4(synthetic_root, tmp_path_factory):
+    """data.py subset: the synthetic set's elbows and wrists (COCO names), and the same joints renamed p1..p4."""
+    root = tmp_path_factory.mktemp("arm4")
+    data.main(["subset", "--data", synthetic_root, "--keypoints", ",".join(ARM4), "--max-images", "10",
+               "--out", str(root / "named")])
+    data.main(["subset", "--data", synthetic_root, "--keypoints", ",".join(ARM4), "--max-images", "10",
+               "--rename", "p1,p2,p3,p4", "--out", str(root / "unknown")])
+    return str(root / "named"), str(root / "unknown")
+
+
+def test_canonical_joint_names_read_every_naming_style_alike():
+    names = ["left_wrist", "l_wrist", "LeftWrist", "Left-wrist", "wrist_l", "Left Wrist", "LWrist"]
+    assert data.canonical_joint_names(names) == ["left_wrist"] * 7
+    assert data.canonical_joint_names(["head", "HeadTop", "p1", "lwrist", "rwrist"]) == \
+        ["head_top", "head_top", "p1", "left_wrist", "right_wrist"]
+    assert data.canonical_joint_names(["lwrist"]) == ["lwrist"]  # a glued l/r is a side only with its counterpart
+
+
+def test_data_subset_keeps_named_joints_their_limbs_and_the_whole_val_set(synthetic_root, arm4):
+    named, unknown = arm4
+    for split, max_images in (("train2017", 10), ("val2017", None)):
+        src = json.load(open(os.path.join(synthetic_root, "annotations", f"person_keypoints_{split}.json")))
+        out = json.load(open(os.path.join(named, "annotations", f"person_keypoints_{split}.json")))
+        category = out["categories"][0]
+        assert category["keypoints"] == ARM4 and category["skeleton"] == [[1, 3], [2, 4]]  # COCO's 8-10, 9-11
+        assert len(out["images"]) == (max_images or len(src["images"]))
+        kept = {image["id"] for image in out["images"]}
+        by_id = {ann["id"]: ann for ann in src["annotations"]}
+        assert len(out["annotations"]) == sum(ann["image_id"] in kept for ann in src["annotations"])
+        for ann in out["annotations"]:
+            joints = np.array(by_id[ann["id"]]["keypoints"]).reshape(17, 3)[[7, 8, 9, 10]]
+            assert ann["keypoints"] == joints.ravel().tolist()
+            assert ann["num_keypoints"] == int((joints[:, 2] > 0).sum())
+        assert all(os.path.isfile(os.path.join(named, split, image["file_name"])) for image in out["images"])
+    category = json.load(open(os.path.join(unknown, "annotations", "person_keypoints_val2017.json")))["categories"][0]
+    assert category["keypoints"] == ["p1", "p2", "p3", "p4"]
+    with pytest.raises(SystemExit, match="--keypoints left_thumb: not a keypoint of .*nose, left_eye"):
+        data.main(["subset", "--data", synthetic_root, "--keypoints", "left_thumb", "--out", str(named) + "x"])
+    with pytest.raises(SystemExit, match="--max-images 0: expected 1 or more"):
+        data.main(["subset", "--data", synthetic_root, "--keypoints", "nose", "--max-images", "0", "--out", "x"])
+
+
+def test_carried_rows_are_the_source_rows_in_the_targets_order_and_new_rows_a_fresh_heads(coco17_checkpoint):
+    path, source = coco17_checkpoint
+    names = ["RightWrist", "neck", "l_elbow", "head", "left_wrist"]  # COCO 10, new, 7, new, 9
+    paddle.seed(7)
+    fresh = M.build_model("lite_hrnet_18", len(names)).keypoint_head.final_layer
+    paddle.seed(7)
+    lines = []
+    model = M.load_weights(M.build_model("lite_hrnet_18", len(names)), path, log=lines.append,
+                           keypoint_names=names, flag="--weights")
+    layer, source_layer = model.keypoint_head.final_layer, source.keypoint_head.final_layer
+    for target, row in ((0, 10), (2, 7), (4, 9)):
+        np.testing.assert_array_equal(layer.weight.numpy()[target], source_layer.weight.numpy()[row])
+        np.testing.assert_array_equal(layer.bias.numpy()[target], source_layer.bias.numpy()[row])
+    for target in (1, 3):  # build_model's init_weights: N(0, 0.001), zero bias
+        np.testing.assert_array_equal(layer.weight.numpy()[target], fresh.weight.numpy()[target])
+        assert layer.bias.numpy()[target] == 0
+    new_rows = layer.weight.numpy()[[1, 3]]
+    assert abs(new_rows.std() - 0.001) < 0.0002 and abs(new_rows.mean()) < 0.0002
+    for key, value in source.backbone.state_dict().items():
+        np.testing.assert_array_equal(model.backbone.state_dict()[key].numpy(), value.numpy())
+    assert lines == [f"--weights {path}: every layer but the final one loaded; final layer: 3 of 5 joints carried "
+                     f"by name (RightWrist, l_elbow, left_wrist), 2 new (neck, head)"]
+    lines.clear()  # the same keypoint set: loaded as it is, nothing to say
+    M.load_weights(M.build_model("lite_hrnet_18"), path, log=lines.append, keypoint_names=COCO_INFO.names)
+    assert lines == []
+
+
+def test_a_file_without_record_has_cocos_names_or_the_models_and_another_network_is_an_error(lite18_weights):
+    lines = []
+    model = M.load_weights(M.build_model("lite_hrnet_18", 2), lite18_weights, log=lines.append,
+                           keypoint_names=["right_eye", "nose"], flag="--weights")
+    source = paddle.load(lite18_weights)["keypoint_head.final_layer.weight"].numpy()
+    np.testing.assert_array_equal(model.keypoint_head.final_layer.weight.numpy(), source[[2, 0]])
+    assert "2 of 2 joints carried by name (right_eye, nose), 0 new" in lines[0]
+    pd_path = os.path.join(os.path.dirname(lite18_weights), "pd.pdparams")  # PaddleDetection's names: final_conv
+    paddle.save({M.paddledetection_key(k): v for k, v in paddle.load(lite18_weights).items()}, pd_path)
+    model = M.load_weights(M.build_model("lite_hrnet_18", 4), pd_path, log=lines.append, keypoint_names=ARM4)
+    np.testing.assert_array_equal(model.keypoint_head.final_layer.weight.numpy(), source[[7, 8, 9, 10]])
+    with pytest.raises(ValueError, match=r"--weights \S+lite18.pdparams: checkpoint does not fit HRNet"):
+        M.load_weights(M.build_model("hrnet_w32", 4), lite18_weights, keypoint_names=ARM4, flag="--weights")
+    path14 = os.path.join(os.path.dirname(lite18_weights), "k14.pdparams")
+    paddle.save(M.build_model("lite_hrnet_18", 14).state_dict(), path14)
+    with pytest.raises(ValueError, match="its final layer predicts 14 keypoints, not the 17 its record names"):
+        M.load_weights(M.build_model("lite_hrnet_18", 4), path14, keypoint_names=ARM4)
+
+
+def test_zero_step_carried_head_predicts_the_source_models_keypoints_on_a_named_subset(coco17_checkpoint,
+                                                                                        synthetic_root, arm4):
+    path, source = coco17_checkpoint
+    model = M.load_weights(M.build_model("lite_hrnet_18", 4), path, log=lambda *a: None, keypoint_names=ARM4)
+    keypoints = {}
+    for net, root in ((source, synthetic_root), (model, arm4[0])):
+        val = data.COCOKeypointDataset(os.path.join(root, "annotations", "person_keypoints_val2017.json"),
+                                       os.path.join(root, "val2017"), (96, 128), train=False)
+        loader = paddle.io.DataLoader(val, batch_size=16, shuffle=False)
+        batches = [(heatmaps, [val.records[i] for i in indices]) for heatmaps, indices, _ in
+                   ev.predict_heatmaps(net, loader, flip=True, flip_pairs=val.info.flip_pairs)]
+        keypoints[root] = np.concatenate([ev.heatmaps_to_keypoints(
+            heatmaps, np.array([r["center"] for r in records]), np.array([r["scale"] for r in records]))[0]
+            for heatmaps, records in batches])
+    np.testing.assert_allclose(keypoints[arm4[0]], keypoints[synthetic_root][:, [7, 8, 9, 10]], atol=1e-3)
+
+
+def test_fine_tuned_run_records_the_datasets_keypoints_and_unknown_names_start_a_new_head(coco17_checkpoint, arm4,
+                                                                                          tmp_path, capsys):
+    path, source = coco17_checkpoint
+    T.train(tiny_run_args(arm4[0], tmp_path / "named", "--epochs", "1", "--weights", path))
+    assert "final layer: 4 of 4 joints carried by name (left_elbow, right_elbow, left_wrist, right_wrist), 0 new" \
+        in capsys.readouterr().out
+    record = paddle.load(str(tmp_path / "named" / "best.pdparams"))["record"]
+    assert record["keypoint_names"] == ARM4 and record["flip_pairs"] == [[0, 1], [2, 3]]
+    assert record["skeleton"] == [[0, 2], [1, 3]] and record["sigmas"] == [0.072, 0.072, 0.062, 0.062]
+    model, _ = M.load_checkpoint(str(tmp_path / "named" / "best.pdparams"))  # --weights alone from here on
+    assert model.keypoint_head.final_layer.weight.shape == [4, 40, 1, 1]
+    with pytest.warns(UserWarning):  # p1..p4: no flip pairs, no sigmas
+        T.train(tiny_run_args(arm4[1], tmp_path / "unknown", "--epochs", "1", "--weights", path))
+    assert "final layer: 0 of 4 joints carried by name, 4 new (p1, p2, p3, p4)" in capsys.readouterr().out
+    assert paddle.load(str(tmp_path / "unknown" / "best.pdparams"))["record"]["keypoint_names"] == ["p1", "p2", "p3",
+                                                                                                     "p4"]
+
+
+def test_freeze_backbone_trains_only_the_final_layer_and_keeps_batch_norm_statistics(coco17_checkpoint, arm4,
+                                                                                       tmp_path):
+    path, source = coco17_checkpoint
+    T.train(tiny_run_args(arm4[0], tmp_path, "--epochs", "1", "--weights", path, "--freeze-backbone"))
+    state, _ = M.read_checkpoint(str(tmp_path / "last.pdparams"))
+    for key, value in source.backbone.state_dict().items():  # weights and BatchNorm running statistics
+        np.testing.assert_array_equal(state["backbone." + key], value.numpy())
+    rows = source.keypoint_head.final_layer.weight.numpy()[[7, 8, 9, 10]]
+    assert np.abs(state["keypoint_head.final_layer.weight"] - rows).max() > 0
+
+
+def test_a_crowdpose_style_set_fine_tunes_from_a_17_joint_checkpoint_with_weights_alone(coco17_checkpoint, tmp_path,
+                                                                                          capsys):
+    folder = public_style_set(tmp_path, "crowdpose")
+    with pytest.warns(UserWarning):  # CrowdPose's own sigmas; COCO's skeleton dropped
+        T.main(["--data", folder, "--weights", coco17_checkpoint[0], "--input-size", "64x64",
+                "--epochs", "1", "--batch-size", "4", "--workers", "0", "--no-flip", "--out", str(tmp_path / "run")])
+    printed = capsys.readouterr().out
+    assert ("final layer: 12 of 14 joints carried by name (left_shoulder, right_shoulder, left_elbow, right_elbow, "
+            "left_wrist, right_wrist, ...), 2 new (head, neck)") in printed
+    assert paddle.load(str(tmp_path / "run" / "best.pdparams"))["record"]["num_joints"] == 14

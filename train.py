@@ -34,8 +34,8 @@ from data import (COCOKeypointDataset, HelpFormatter, augmentation_defaults, dra
                   image_grid, make_synthetic_dataset, parse_input_size, progress_printer, read_image_bgr,
                   resolve_path_or_url, run_script, write_image_atomically)
 from evaluate import STAT_NAMES, evaluate_model
-from model import (MODEL_NAMES, build_from_checkpoint, build_model, is_qat_model, load_weights, model_record,
-                   read_checkpoint, read_paddle_file, save_checkpoint, set_device)
+from model import (MODEL_NAMES, build_from_checkpoint, build_model, final_layer_name, is_qat_model, load_weights,
+                   model_record, read_checkpoint, read_paddle_file, save_checkpoint, set_device)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SYNTHETIC_DIR = os.path.join(HERE, "data", "synthetic")
@@ -157,6 +157,23 @@ def training_step(net, optimizer, loss_fn, images, targets, target_weight, scale
     return loss_value
 
 
+def freeze_backbone(model):
+    """--freeze-backbone: every parameter but the final layer's stops learning. Returns the parameters still
+    learning; keep_backbone_statistics must follow every model.train()."""
+    head = {id(p) for p in dict(model.named_sublayers())[final_layer_name(model)].parameters()}
+    for p in model.parameters():
+        p.stop_gradient = p.stop_gradient or id(p) not in head
+    return [p for p in model.parameters() if not p.stop_gradient]
+
+
+def keep_backbone_statistics(model):
+    """A frozen backbone's BatchNorms normalise with the running statistics they were trained with and leave
+    them as they are: batch statistics of a few hundred new images would shift the features the head is fitted to."""
+    for layer in model.sublayers():
+        if isinstance(layer, paddle.nn.BatchNorm2D):
+            layer.eval()
+
+
 def train(args, model=None, loss_fn=None, datasets=None):
     """The training run. quantize.py passes a prepared (fake-quantized) model, distill.py a loss_fn(heatmaps,
     images, targets, target_weight) that adds the teacher's term; datasets = (train, val) if already built.
@@ -183,11 +200,12 @@ def _train(args, model, loss_fn, datasets):
     loss_fn = loss_fn or heatmap_loss(args)
     if model is None:
         model = build_model(args.model, train_set.info.num_joints)
-        if args.weights and not args.resume:
-            load_weights(model, args.weights, log=log, flag="--weights")
+        if args.weights and not args.resume:  # another keypoint set: the joints both name alike are carried
+            load_weights(model, args.weights, log=log, keypoint_names=train_set.info.names, flag="--weights")
         elif args.pretrained and not args.resume:
             load_weights(model, args.pretrained, pretrained=True, log=log, flag="--pretrained")
-    optimizer = paddle.optimizer.Adam(learning_rate=args.lr, parameters=model.parameters(),
+    parameters = freeze_backbone(model) if args.freeze_backbone else model.parameters()
+    optimizer = paddle.optimizer.Adam(learning_rate=args.lr, parameters=parameters,
                                       weight_decay=args.weight_decay or None)
     start_epoch, step, best_ap = 0, 0, -1.0
     if args.resume:
@@ -223,6 +241,8 @@ def _train(args, model, loss_fn, datasets):
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
         net.train()
+        if args.freeze_backbone:
+            keep_backbone_statistics(model)
         epoch_loss, skipped, window_start, window_samples = 0.0, 0, time.time(), 0
         for i, (images, targets, target_weight, indices) in enumerate(loader):
             lr = learning_rate(args, epoch + i / steps_per_epoch, step)
@@ -435,6 +455,10 @@ def build_parser(description=__doc__.split("\n\n")[0].strip(), recipes=RECIPES, 
         p.add_argument("--" + key.replace("_", "-"), type=kind, default=None,
                        help=f"{help_text} (default: hrnet {hrnet[key]}, lite_hrnet {lite[key]})")
     p.add_argument("--weights", default=None, help="initial weights (path or URL), any layout model.py reads")
+    p.add_argument("--freeze-backbone", action="store_true", default=None,
+                   help="train only the final layer, every other weight and BatchNorm statistic kept as --weights "
+                        "has them: cheaper steps and no backbone to overfit, for a few dozen images or little time; "
+                        "with a few hundred images full fine-tuning scored higher (README, Your own keypoints)")
     p.add_argument("--pretrained", default=None, help="ImageNet backbone (path or URL); classifier keys skipped")
     p.add_argument("--resume", default=None, help="a last.pdparams to continue exactly where it stopped")
     p.add_argument("--amp", nargs="?", const="O1", choices=("O1", "O2"), default=None,
