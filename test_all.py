@@ -287,7 +287,7 @@ def test_wrong_checkpoints_give_clear_errors(small_models, tmp_path):
     with pytest.raises(ValueError, match="missing"):
         M.load_weights(M.build_model("hrnet_w32"), path)
     r = run_script("model.py", "--model", "hrnet_w32", "--convert", path, str(tmp_path / "x.pdparams"), check=False)
-    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith(f"error: weights file {path}: "
+    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith(f"error: --convert {path}: "
                                                                                f"checkpoint does not fit HRNet")
     with pytest.raises(FileNotFoundError, match="nope.pdparams"):
         M.load_weights(target, str(tmp_path / "nope.pdparams"))
@@ -3462,11 +3462,9 @@ def test_zero_step_carried_head_predicts_the_source_models_keypoints_on_a_named_
         val = data.COCOKeypointDataset(os.path.join(root, "annotations", "person_keypoints_val2017.json"),
                                        os.path.join(root, "val2017"), (96, 128), train=False)
         loader = paddle.io.DataLoader(val, batch_size=16, shuffle=False)
-        batches = [(heatmaps, [val.records[i] for i in indices]) for heatmaps, indices, _ in
-                   ev.predict_heatmaps(net, loader, flip=True, flip_pairs=val.info.flip_pairs)]
-        keypoints[root] = np.concatenate([ev.heatmaps_to_keypoints(
-            heatmaps, np.array([r["center"] for r in records]), np.array([r["scale"] for r in records]))[0]
-            for heatmaps, records in batches])
+        keypoints[root] = np.concatenate([ev.heatmaps_to_keypoints(heatmaps, val.centers[indices], val.scales[indices])[0]
+                                          for heatmaps, indices, _ in
+                                          ev.predict_heatmaps(net, loader, flip=True, flip_pairs=val.info.flip_pairs)])
     np.testing.assert_allclose(keypoints[arm4[0]], keypoints[synthetic_root][:, [7, 8, 9, 10]], atol=1e-3)
 
 
