@@ -131,13 +131,14 @@ class Int8Conv2D(nn.Layer):
 
 class FoldedConv2D(nn.Layer):
     """The float twin of Int8Conv2D, for the quantized export's float program: the same folded weights, the
-    int8 codes times their scales (the weights the QAT model computes with), in float32, and float inputs.
+    int8 codes times their steps (the weights the QAT model computes with), in float32, and float inputs.
     It differs from the int8 program only by the rounding of the inputs."""
 
     def __init__(self, layer, bn):
         super().__init__()
         codes, abs_max, bias = fold_conv_bn(layer, bn)
-        self.register_buffer("weight", paddle.to_tensor((codes * abs_max[:, None, None, None]).astype(np.float32)))
+        weight = codes * (abs_max / QMAX)[:, None, None, None]  # the step of a code is scale / 127
+        self.register_buffer("weight", paddle.to_tensor(weight.astype(np.float32)))
         self.register_buffer("bias", paddle.to_tensor(bias.astype(np.float32)))
         self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, layer.groups
 
