@@ -532,7 +532,8 @@ def cached_choice(model_dir, machine, batch):
             cache = json.load(f)
         if cache["programs"] != _programs_fingerprint(model_dir):
             return None
-        return cache["choices"][machine][str(batch)]
+        choice = cache["choices"][machine][str(batch)]
+        return choice if choice["precision"] in ("int8", "fp32") and _is_number(choice["int8_vs_float"]) else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -545,7 +546,8 @@ def remember_choice(model_dir, machine, batch, choice):
     try:
         with open(path, encoding="utf-8") as f:
             cache = json.load(f)
-        if not isinstance(cache, dict) or cache.get("programs") != fingerprint:
+        if (not isinstance(cache, dict) or cache.get("programs") != fingerprint
+                or not isinstance(cache.get("choices"), dict)):
             raise ValueError
     except (OSError, ValueError):
         cache = {"programs": fingerprint, "choices": {}}
@@ -590,7 +592,7 @@ def auto_precision(build, model_dir, backend, threads, input_size, log=None):
             f"{threads} threads: running {'int8' if chosen[size] == 'int8' else 'the float program'} {where}")
 
     def run(batch):
-        size = min(OPENVINO_MAX_BATCH, 1 << len(batch).bit_length() - 1)
+        size = min(OPENVINO_MAX_BATCH, 1 << max(len(batch).bit_length() - 1, 0))
         if size not in chosen:
             choose(size)
         return program(chosen[size])(batch)
