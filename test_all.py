@@ -3058,3 +3058,15 @@ def test_a_quantized_export_without_a_float_program_runs_int8(qat_run, tmp_path)
     raises_one_line(ValueError, "on OpenVINO a quantized program runs in int8", ex.create_predictor,
                     str(tmp_path), "openvino", "cpu", precision="fp32")
     assert not os.path.exists(tmp_path / ex.AUTO_CACHE_FILE)
+
+
+def test_quantize_scores_both_programs_of_its_export(qat_run, synthetic_root, tmp_path, capsys):
+    out = str(tmp_path / "int8")
+    Q.main(["--data", synthetic_root, "--qat-weights", qat_run["qat"], "--export", out, "--workers", "0",
+            "--no-flip", "--device", "cpu", "--batch-size", "8"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    scores = re.fullmatch(r"AP QAT \(fake-quant\) (\S+)  int8 (\S+)  float program (\S+)", lines[-2])
+    assert scores and lines[-1] == f"AP: {scores.group(2)}", lines[-2:]
+    assert all(0 <= float(ap) <= 1 for ap in scores.groups())
+    assert sorted(os.listdir(out)) == ["float.pdiparams", "float.pdmodel", "model.pdiparams", "model.pdmodel",
+                                       "pose.json"]
