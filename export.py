@@ -25,10 +25,12 @@ import argparse
 import contextlib
 import io
 import json
+import platform
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -51,6 +53,9 @@ POSE_KEYS = ("model", "input_size", "heatmap_size", "mean", "std", "color", "key
 # the same network in the legacy program format, for OpenVINO (null when not written; absent in older exports)
 LEGACY_KEYS = ("legacy_model_file", "legacy_params_file")
 LEGACY_FILES = ("legacy.pdmodel", "legacy.pdiparams")
+# a quantized export's float program (quantize.py: the same folded weights in float, a legacy program); present
+# only in quantized exports that carry one
+FLOAT_KEYS = ("float_model_file", "float_params_file")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -58,8 +63,9 @@ LEGACY_FILES = ("legacy.pdmodel", "legacy.pdiparams")
 
 
 def pose_metadata(model_name, input_size, info, udp=False, quantized=False, model_file="model.json",
-                  params_file="model.pdiparams", legacy_files=(None, None)):
-    """The content of pose.json. input_size: (width, height) or 'HxW'; info: data.KeypointInfo."""
+                  params_file="model.pdiparams", legacy_files=(None, None), float_files=None):
+    """The content of pose.json. input_size: (width, height) or 'HxW'; info: data.KeypointInfo; float_files:
+    (program, params) of a quantized export's float program."""
     width, height = size_wh(input_size)
     return {
         "model": model_name,
@@ -77,14 +83,15 @@ def pose_metadata(model_name, input_size, info, udp=False, quantized=False, mode
         "model_file": model_file,
         "params_file": params_file,
         **dict(zip(LEGACY_KEYS, legacy_files)),
+        **({} if float_files is None else dict(zip(FLOAT_KEYS, float_files))),
     }
 
 
 def write_pose_json(out_dir, model_name, input_size, info, udp=False, quantized=False, model_file="model.json",
-                    params_file="model.pdiparams", legacy_files=(None, None)):
+                    params_file="model.pdiparams", legacy_files=(None, None), float_files=None):
     path = os.path.join(out_dir, POSE_FILE)
     write_json_atomically(pose_metadata(model_name, input_size, info, udp, quantized, model_file, params_file,
-                                        legacy_files), path)
+                                        legacy_files, float_files), path)
     return path
 
 
@@ -327,18 +334,23 @@ OPENVINO_MAX_BATCH = 8  # OpenVINO runs larger batches in chunks of this many cr
 @dataclass
 class Predictor:
     """An export's network: float32 N x 3 x H x W numpy crops -> N x K x h x w numpy heatmaps, on backend
-    ('paddle' or 'openvino') at precision; engine: the paddle.inference predictor, or OpenVINO's network
-    compiled for batch 1."""
+    ('paddle' or 'openvino') at precision ('auto': a quantized export's int8 or float program, whichever ran
+    faster, chosen per batch size: chosen maps batch sizes to 'int8' / 'fp32'); engine: the paddle.inference
+    predictor, or OpenVINO's network compiled for batch 1 (of the program chosen at batch 1)."""
     run: Callable
     backend: str
     precision: str
     engine: Any
+    chosen: dict = field(default_factory=dict)
 
     def __call__(self, batch):
         return self.run(np.ascontiguousarray(batch, dtype=np.float32))
 
     def describe(self):
-        return f"{'OpenVINO' if self.backend == 'openvino' else 'paddle.inference'} {self.precision}"
+        runtime = "OpenVINO" if self.backend == "openvino" else "paddle.inference"
+        if self.precision != "auto":
+            return f"{runtime} {self.precision}"
+        return f"{runtime} auto: " + ", ".join(f"{p} at batch {b}" for b, p in sorted(self.chosen.items()))
 
 
 def import_openvino():
@@ -350,18 +362,19 @@ def import_openvino():
     return openvino
 
 
-def _model_files(model_dir, legacy=False):
-    """(program, params) of an export: the ones pose.json names (its legacy-format pair with legacy), else
-    model.json (PIR) or model.pdmodel (legacy)."""
+def _model_files(model_dir, legacy=False, float_program=False):
+    """(program, params) of an export: the ones pose.json names (its legacy-format pair with legacy, a quantized
+    export's float program with float_program), else model.json (PIR) or model.pdmodel (legacy)."""
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"exported model folder {model_dir} not found")
     if os.path.isfile(os.path.join(model_dir, POSE_FILE)):
         pose = read_pose_json(model_dir)
-        candidates = [tuple(pose.get(key) for key in LEGACY_KEYS) if legacy else (pose["model_file"],
-                                                                                  pose["params_file"])]
+        keys = FLOAT_KEYS if float_program else LEGACY_KEYS if legacy else ("model_file", "params_file")
+        candidates = [tuple(pose.get(key) for key in keys)]
         if None in candidates[0]:
-            raise FileNotFoundError(f"{model_dir} has no legacy-format program, the one OpenVINO reads: export it "
-                                    f"again with this export.py, or use --backend paddle")
+            raise FileNotFoundError(f"{model_dir} has no float program: export it again with this quantize.py"
+                                    if float_program else f"{model_dir} has no legacy-format program, the one "
+                                    f"OpenVINO reads: export it again with this export.py, or use --backend paddle")
     else:
         candidates = ([] if legacy else [("model.json", "model.pdiparams")]) + [("model.pdmodel", "model.pdiparams")]
     for program, params in candidates:
@@ -395,43 +408,197 @@ def native_output_held(verbose=False):
 
 
 def create_predictor(model_dir, backend="auto", device=None, threads=None, precision=None, onednn=True,
-                     verbose=False):
+                     verbose=False, log=None):
     """A Predictor of an export: float32 N x 3 x H x W numpy -> N x K x h x w numpy heatmaps.
 
     backend: 'paddle' (paddle.inference), 'openvino' (CPU only; reads the legacy-format program) or 'auto':
     OpenVINO on CPU when it is installed and can run the export at that precision, paddle.inference otherwise.
     device: 'cpu', 'gpu' or 'gpu:N' (default: the GPU when Paddle has CUDA); threads: CPU threads (default:
     all cores); precision: 'fp32', 'bf16' (OpenVINO, on a CPU with bf16 instructions) or 'int8' (a quantized
-    export, quantize.py); default 'int8' for a quantized export (unless oneDNN is off), else 'fp32'.
-    onednn: paddle.inference's oneDNN kernels on CPU; verbose: show what Paddle's passes print while they build
-    it. With a pose.json beside the model, one warm-up run checks that the network takes the input size it
-    states and gives the heatmaps it states."""
+    export, quantize.py). A quantized export runs 'int8' as int8 and 'fp32' / 'bf16' with its float program (older
+    exports without one: on paddle.inference, the int8 program's fake quantization in float). Default: 'fp32'
+    for a float export; for a quantized export on CPU that carries a float program, whichever of the two runs
+    faster on this machine (auto_precision: int8 only where it is clearly faster), else 'int8' (unless oneDNN
+    is off). onednn: paddle.inference's oneDNN kernels on CPU; verbose: show what Paddle's passes print while
+    they build it; log: where the auto choice is reported (default: a line on stderr). With a pose.json beside
+    the model, one warm-up run checks that the network takes the input size it states and gives the heatmaps
+    it states."""
     pose = read_pose_json(model_dir) if os.path.isfile(os.path.join(model_dir, POSE_FILE)) else None
     quantized = bool(pose and pose["quantized"])
-    precision = precision or ("int8" if quantized and onednn else "fp32")
-    if precision not in PRECISIONS:
+    float_program = quantized and None not in (pose.get(key) for key in FLOAT_KEYS)
+    device = device or ("gpu" if paddle.is_compiled_with_cuda() else "cpu")
+    if precision is None:
+        precision = ("auto" if float_program and device == "cpu" else
+                     "int8" if quantized and onednn else "fp32")
+    elif precision not in PRECISIONS:
         raise ValueError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
     if precision == "int8" and not quantized:
         raise ValueError(f"--precision int8: {model_dir} is a float export; int8 needs a quantized one "
                          f"(quantize.py --export)")
-    device = device or ("gpu" if paddle.is_compiled_with_cuda() else "cpu")
-    if backend == "auto":  # a quantized export in float (its fake-quant program) runs on paddle.inference only
+    if backend == "auto":  # a quantized export without a float program runs in float on paddle.inference only
         has_legacy = pose is not None and None not in (pose.get(key) for key in LEGACY_KEYS)
-        openvino_can = device == "cpu" and has_legacy and quantized == (precision == "int8")
+        openvino_can = device == "cpu" and (float_program if precision in ("fp32", "bf16") and quantized else
+                                            has_legacy)
         backend = "openvino" if openvino_can and import_openvino() else "paddle"
-    if backend == "openvino":
-        if device != "cpu":
-            raise ValueError(f"--backend openvino runs on the CPU, not --device {device}")
-        predictor = openvino_predictor(model_dir, threads, precision, quantized)
-    elif backend == "paddle":
-        with native_output_held(verbose):
-            predictor = paddle_predictor(model_dir, device, threads, onednn, precision)
-    else:
+    if backend not in ("paddle", "openvino"):
         raise ValueError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
+    if backend == "openvino" and device != "cpu":
+        raise ValueError(f"--backend openvino runs on the CPU, not --device {device}")
+    if precision == "auto" and backend == "paddle" and not onednn:
+        precision = "fp32"  # paddle.inference's int8 kernels are oneDNN's
+
+    def build(precision):  # a quantized export: int8 runs its int8 program, fp32 / bf16 its float program
+        use_float_program = float_program and precision != "int8"
+        if backend == "openvino":
+            program, _ = _model_files(model_dir, legacy=True, float_program=use_float_program)
+            return openvino_predictor(program, threads, precision, quantized and not use_float_program)
+        with native_output_held(verbose):
+            return paddle_predictor(_model_files(model_dir, float_program=use_float_program), device, threads,
+                                    onednn, precision)
+
+    if precision == "auto":
+        predictor = auto_precision(build, model_dir, backend, threads, pose["input_size"], log)
+    else:
+        predictor = build(precision)
     if pose is not None:
         with native_output_held(verbose):
             _check_against_pose_json(predictor, model_dir, pose)
     return predictor
+
+
+# ----------------------------------------------------------------------------------------------------
+# A quantized export's int8 or float program, whichever is faster here. int8 pays where dense convolutions
+# dominate (HRNet-W32: ~3x); Lite-HRNet's time is in ~1,000 small depthwise, shuffle and pooling ops, where the
+# quantize / dequantize steps only add work and int8 ran 0.89-1.12x as fast as float. Which one wins depends on
+# the network, the batch size, the threads and the CPU, so it is measured where it runs, once.
+
+AUTO_CACHE_FILE = "auto_precision.json"
+# int8 only when clearly faster: a brief timing on shared cores scatters by a few percent, and the float
+# program is the one that can never be slower than the float export
+AUTO_MIN_GAIN = 1.03
+
+
+def choose_precision(int8_seconds, float_seconds, min_gain=AUTO_MIN_GAIN):
+    """('int8' or 'fp32', int8's speed as a multiple of float's) from interleaved timings of both programs:
+    the ratio of the medians; int8 when it reaches min_gain."""
+    ratio = float(np.median(float_seconds) / np.median(int8_seconds))
+    return ("int8" if ratio >= min_gain else "fp32"), ratio
+
+
+def time_interleaved(runs, batch, warmup=2, min_rounds=7, max_rounds=30, budget=1.5):
+    """{name: [seconds per call]} of each run(batch) of runs ({name: callable}), called in turn, in alternating
+    order, so that load changes on a shared CPU hit all alike; warm-up rounds (compilation, caches) not kept.
+    At least min_rounds, then more until budget seconds have passed, at most max_rounds."""
+    times = {name: [] for name in runs}
+    names = list(runs)
+    started = None
+    for i in range(warmup + max_rounds):
+        if i == warmup:
+            started = time.perf_counter()
+        for name in names if i % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            runs[name](batch)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+        if i + 1 >= warmup + min_rounds and time.perf_counter() - started > budget:
+            break
+    return times
+
+
+def machine_key(backend, threads):
+    """What the choice depends on besides the export and the batch size: this machine (host name, CPU model,
+    core count), the runtime and its version, the threads."""
+    cpu = platform.processor() or platform.machine()
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    runtime = f"openvino {import_openvino().__version__}" if backend == "openvino" else f"paddle {paddle.__version__}"
+    return f"{platform.node()} | {cpu} | {os.cpu_count()} cpus | {runtime} | {threads} threads"
+
+
+def _programs_fingerprint(model_dir):
+    """Names, sizes and modification times of the export's program files: a new export invalidates the cache."""
+    pose = read_pose_json(model_dir)
+    names = sorted({pose[key] for key in ("model_file", "params_file") + FLOAT_KEYS if pose.get(key)})
+    stats = [os.stat(os.path.join(model_dir, name)) for name in names]
+    return [[name, st.st_size, st.st_mtime_ns] for name, st in zip(names, stats)]
+
+
+def cached_choice(model_dir, machine, batch):
+    """The choice remembered in model_dir/auto_precision.json for this machine key and batch size, or None (none
+    yet, another export since, unreadable)."""
+    try:
+        with open(os.path.join(model_dir, AUTO_CACHE_FILE), encoding="utf-8") as f:
+            cache = json.load(f)
+        if cache["programs"] != _programs_fingerprint(model_dir):
+            return None
+        choice = cache["choices"][machine][str(batch)]
+        return choice if choice["precision"] in ("int8", "fp32") and _is_number(choice["int8_vs_float"]) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def remember_choice(model_dir, machine, batch, choice):
+    """Add a choice to model_dir/auto_precision.json (dropping those of older programs); False when the folder
+    is not writable (the choice then holds for this process only)."""
+    path = os.path.join(model_dir, AUTO_CACHE_FILE)
+    fingerprint = _programs_fingerprint(model_dir)
+    try:
+        with open(path, encoding="utf-8") as f:
+            cache = json.load(f)
+        if (not isinstance(cache, dict) or cache.get("programs") != fingerprint
+                or not isinstance(cache.get("choices"), dict)):
+            raise ValueError
+    except (OSError, ValueError):
+        cache = {"programs": fingerprint, "choices": {}}
+    cache["choices"].setdefault(machine, {})[str(batch)] = choice
+    try:
+        write_json_atomically(cache, path)
+    except OSError:
+        return False
+    return True
+
+
+def auto_precision(build, model_dir, backend, threads, input_size, log=None):
+    """A Predictor running a quantized export's int8 or float program (build(precision) -> Predictor), whichever
+    runs faster at each batch size (1, 2, 4, 8: OpenVINO's compiled sizes; larger batches as 8). The first batch
+    of a size times both programs on random crops (time_interleaved, choose_precision) and remembers the choice
+    in the export folder per machine_key; later runs read it. Batch 1 is chosen here. One line per choice."""
+    log = log or (lambda line: print(line, file=sys.stderr))
+    threads = int(threads or os.cpu_count() or 1)
+    machine = machine_key(backend, threads)
+    built, chosen = {}, {}
+
+    def program(precision):
+        if precision not in built:
+            built[precision] = build(precision)
+        return built[precision]
+
+    def choose(size):
+        choice = cached_choice(model_dir, machine, size)
+        where = f"(cached in {os.path.join(model_dir, AUTO_CACHE_FILE)})"
+        if choice is None:
+            crops = np.random.RandomState(size).randn(size, 3, *input_size).astype(np.float32)
+            times = time_interleaved({"int8": program("int8"), "fp32": program("fp32")}, crops)
+            precision, ratio = choose_precision(times["int8"], times["fp32"])
+            choice = {"precision": precision, "int8_vs_float": round(ratio, 3), "rounds": len(times["int8"]),
+                      "int8_ms": round(1000 * float(np.median(times["int8"])), 3),
+                      "float_ms": round(1000 * float(np.median(times["fp32"])), 3)}
+            where = (f"(measured, {choice['rounds']} interleaved rounds; remembered in the export folder)"
+                     if remember_choice(model_dir, machine, size, choice) else
+                     f"(measured, {choice['rounds']} interleaved rounds; not remembered: {model_dir} is read-only)")
+        chosen[size] = choice["precision"]
+        log(f"auto: int8 runs {choice['int8_vs_float']:.2f}x as fast as float on this machine at batch {size}, "
+            f"{threads} threads: running {'int8' if chosen[size] == 'int8' else 'the float program'} {where}")
+
+    def run(batch):
+        size = min(OPENVINO_MAX_BATCH, 1 << max(len(batch).bit_length() - 1, 0))
+        if size not in chosen:
+            choose(size)
+        return program(chosen[size])(batch)
+
+    choose(1)
+    return Predictor(run, backend, "auto", program(chosen[1]).engine, chosen)
 
 
 def paddle_inference(program, params, device, threads, onednn, int8=False, source=None):
@@ -464,11 +631,12 @@ def paddle_inference(program, params, device, threads, onednn, int8=False, sourc
         raise ValueError(f"{source or program}: paddle.inference cannot load it ({error_gist(err)})") from None
 
 
-def paddle_predictor(model_dir, device, threads, onednn, precision):
-    """paddle.inference: oneDNN (int8 kernels for a quantized export) on CPU, or CUDA on a GPU."""
+def paddle_predictor(files, device, threads, onednn, precision):
+    """paddle.inference of an export's (program, params): oneDNN (int8 kernels at precision int8) on CPU, or
+    CUDA on a GPU."""
     if precision == "bf16":
         raise ValueError("--precision bf16 runs on OpenVINO (pip install openvino; --backend openvino)")
-    program, params = _model_files(model_dir)
+    program, params = files
     predictor = paddle_inference(program, params, device, threads, onednn, precision == "int8")
     image = predictor.get_input_handle(predictor.get_input_names()[0])
     heatmaps = predictor.get_output_handle(predictor.get_output_names()[0])
@@ -482,17 +650,17 @@ def paddle_predictor(model_dir, device, threads, onednn, precision):
     return Predictor(run, "paddle", precision, predictor)
 
 
-def openvino_predictor(model_dir, threads, precision, quantized):
-    """OpenVINO on the CPU, from the export's legacy-format program. A quantized export runs its convolutions
-    in int8 (OpenVINO reads the quantize/dequantize pairs); bf16 needs a CPU with bf16 instructions."""
+def openvino_predictor(program, threads, precision, quantized):
+    """OpenVINO on the CPU, from a legacy-format program of an export (it finds the .pdiparams of the same
+    name). A quantized program runs its convolutions in int8 (OpenVINO reads the quantize/dequantize pairs);
+    bf16 needs a CPU with bf16 instructions."""
     openvino = import_openvino()
     if openvino is None:
         raise ValueError("--backend openvino: OpenVINO is not installed (pip install openvino), or use --backend "
                          "paddle")
     if quantized != (precision == "int8"):
-        raise ValueError(f"--precision {precision}: on OpenVINO a quantized export runs in int8 and a float one "
+        raise ValueError(f"--precision {precision}: on OpenVINO a quantized program runs in int8 and a float one "
                          f"in fp32 or bf16")
-    program, _ = _model_files(model_dir, legacy=True)  # OpenVINO finds the .pdiparams of the same name
     if precision == "bf16" and not openvino_has_bf16():
         raise ValueError("--precision bf16: this CPU has no bf16 instructions (avx512_bf16 or AMX); use fp32")
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(threads or os.cpu_count() or 1),

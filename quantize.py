@@ -80,25 +80,39 @@ def _quant_op(kind, x, scale, zero_point, axis):
                       "round_type": 1}, output="Y")
 
 
+def fold_conv_bn(layer, bn):
+    """(int8 weight codes, per-output-channel scale, bias) of a QuantConv2D with the BatchNorm that follows it
+    (or None) folded in. Folding is exact for per-channel scales: BN multiplies channel c by k_c, which only
+    rescales that channel's codes' scale (and flips their sign when k_c < 0)."""
+    weight = layer.weight.numpy().astype(np.float64)
+    abs_max = channel_abs_max(layer.weight).numpy().reshape(-1).astype(np.float64)
+    codes = np.round(np.clip(weight / abs_max[:, None, None, None], -1, 1) * QMAX)
+    bias = np.zeros(len(abs_max)) if layer.bias is None else layer.bias.numpy().astype(np.float64)
+    if bn is not None:
+        k = bn.weight.numpy() / np.sqrt(bn._variance.numpy() + bn._epsilon)
+        bias = (bias - bn._mean.numpy()) * k + bn.bias.numpy()
+        codes, abs_max = codes * np.sign(k)[:, None, None, None], abs_max * np.abs(k)
+    return codes, abs_max, bias
+
+
+def conv_with_channel_bias(layer, x, weight):
+    # the classic per-channel bias add (axis 1) that oneDNN fuses into the conv; F.conv2d's reshaped
+    # bias is not recognised, leaving an extra op per conv and a 25 s graph optimisation
+    x = F.conv2d(x, weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+    return append_op("elementwise_add", {"X": [x], "Y": [layer.bias]}, {"axis": 1})
+
+
 class Int8Conv2D(nn.Layer):
-    """The exported form of a QuantConv2D, with the following BatchNorm (if any) folded in: int8 weight
-    codes stored as int8 (a quarter of the float file), a float scale and bias per output channel, the
-    input scale. Folding is exact for per-channel scales: BN multiplies channel c by k_c, which only
-    rescales that channel's codes' scale (and flips their sign when k_c < 0).
+    """The exported form of a QuantConv2D, with the following BatchNorm (if any) folded in (fold_conv_bn): int8
+    weight codes stored as int8 (a quarter of the float file), a float scale and bias per output channel, the
+    input scale.
 
     PACT is left out, as in the seed's export: the quantizer clips inputs to [-scale, scale] anyway, so
     clip(x, -alpha, alpha) before it changes nothing when scale <= alpha (export_int8 checks)."""
 
     def __init__(self, layer, bn, zeros):
         super().__init__()
-        weight = layer.weight.numpy().astype(np.float64)
-        abs_max = channel_abs_max(layer.weight).numpy().reshape(-1).astype(np.float64)
-        codes = np.round(np.clip(weight / abs_max[:, None, None, None], -1, 1) * QMAX)
-        bias = np.zeros(len(abs_max)) if layer.bias is None else layer.bias.numpy().astype(np.float64)
-        if bn is not None:
-            k = bn.weight.numpy() / np.sqrt(bn._variance.numpy() + bn._epsilon)
-            bias = (bias - bn._mean.numpy()) * k + bn.bias.numpy()
-            codes, abs_max = codes * np.sign(k)[:, None, None, None], abs_max * np.abs(k)
+        codes, abs_max, bias = fold_conv_bn(layer, bn)
         self.register_buffer("weight_int8", paddle.to_tensor(codes.astype(np.int8)))
         self.register_buffer("weight_scale", paddle.to_tensor(abs_max.astype(np.float32)))
         self.register_buffer("input_scale", layer.input_scale.clone())
@@ -112,39 +126,67 @@ class Int8Conv2D(nn.Layer):
         x = _quant_op("quantize_linear", x, self.input_scale, self.input_zero_point, -1)
         x = _quant_op("dequantize_linear", x, self.input_scale, self.input_zero_point, -1)
         weight = _quant_op("dequantize_linear", self.weight_int8, self.weight_scale, self.weight_zero_point, 0)
-        x = F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, self.groups)
-        # the classic per-channel bias add (axis 1) that oneDNN fuses into the conv; F.conv2d's reshaped
-        # bias is not recognised, leaving an extra op per conv and a 25 s graph optimisation
-        return append_op("elementwise_add", {"X": [x], "Y": [self.bias]}, {"axis": 1})
+        return conv_with_channel_bias(self, x, weight)
 
 
-def export_int8(model, out_dir, model_name, input_size, info, udp=False):
+class FoldedConv2D(nn.Layer):
+    """The float twin of Int8Conv2D, for the quantized export's float program: the same folded weights, the
+    int8 codes times their steps (the weights the QAT model computes with), in float32, and float inputs.
+    It differs from the int8 program only by the rounding of the inputs."""
+
+    def __init__(self, layer, bn):
+        super().__init__()
+        codes, abs_max, bias = fold_conv_bn(layer, bn)
+        weight = codes * (abs_max / QMAX)[:, None, None, None]  # the step of a code is scale / 127
+        self.register_buffer("weight", paddle.to_tensor(weight.astype(np.float32)))
+        self.register_buffer("bias", paddle.to_tensor(bias.astype(np.float32)))
+        self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, layer.groups
+
+    def forward(self, x):
+        return conv_with_channel_bias(self, x, self.weight)
+
+
+def export_int8(model, out_dir, model_name, input_size, info, udp=False, float_program=True):
     """Write out_dir/model.pdmodel + model.pdiparams (the int8 program) and pose.json for a trained QAT model
-    (left unchanged). input_size = (width, height). Returns {"files": {name: bytes}, "folded_bn": count}."""
+    (left unchanged); with float_program also float.pdmodel + float.pdiparams, the same folded weights in
+    float (FoldedConv2D), which export.create_predictor runs where int8 is not faster (Lite-HRNet: its time is
+    in small non-convolution ops that int8 does not speed up, and quantizing adds ops). input_size = (width,
+    height). Returns {"files": {name: bytes}, "folded_bn": count}."""
     over = {name: s / a - 1 for name, (s, a) in quantized_inputs(model).items() if a is not None and s > a}
     if over:
         name = max(over, key=over.get)
         print(f"warning: {len(over)} quantized inputs have a scale above their PACT alpha (at most {over[name]:.2%}, "
               f"{name}); the int8 model clips them at the scale, the QAT model at alpha")
-    twin = copy.deepcopy(model)
-    twin.eval()
-    pairs = conv_bn_pairs(twin, input_size)
-    layers = dict(twin.named_sublayers())
+    probe = copy.deepcopy(model)
+    probe.eval()
+    pairs = conv_bn_pairs(probe, input_size)
+    folded = set(pairs.values())
     shared = {}
 
     def zeros(n):  # int32 zeros of length n, one buffer per length
         return shared.setdefault(n, paddle.zeros([n], "int32"))
 
-    replace_layers(twin, QuantConv2D, lambda layer, name: Int8Conv2D(layer, layers.get(pairs.get(name)), zeros))
-    folded = set(pairs.values())
-    replace_layers(twin, nn.BatchNorm2D, lambda bn, name: nn.Identity() if name in folded else bn)
+    def folded_twin(make_conv):  # a copy in eval mode, every conv with its BatchNorm folded in by make_conv
+        twin = copy.deepcopy(probe)
+        layers = dict(twin.named_sublayers())
+        replace_layers(twin, QuantConv2D, lambda layer, name: make_conv(layer, layers.get(pairs.get(name))))
+        replace_layers(twin, nn.BatchNorm2D, lambda bn, name: nn.Identity() if name in folded else bn)
+        return twin
+
+    programs = [("model", lambda layer, bn: Int8Conv2D(layer, bn, zeros))]
+    if float_program:
+        programs.append(("float", FoldedConv2D))
+    names = [prefix + ext for prefix, _ in programs for ext in (".pdmodel", ".pdiparams")]
     # model.pdiparams.info, which only paddle.jit.load reads, is left behind in the staging folder
-    with staged_files(out_dir, ("model.pdmodel", "model.pdiparams", "pose.json")) as staging:
-        save_legacy_program(twin, os.path.join(staging, "model"), input_size, [sys.modules[__name__]])
-        # the one program serves paddle.inference (oneDNN int8) and OpenVINO (legacy_files) alike
+    with staged_files(out_dir, names + ["pose.json"]) as staging:
+        for prefix, make_conv in programs:
+            save_legacy_program(folded_twin(make_conv), os.path.join(staging, prefix), input_size,
+                                [sys.modules[__name__]])
+        # the int8 program serves paddle.inference (oneDNN int8) and OpenVINO (legacy_files) alike
         write_pose_json(staging, model_name, input_size, info, udp, quantized=True, model_file="model.pdmodel",
-                        params_file="model.pdiparams", legacy_files=("model.pdmodel", "model.pdiparams"))
-    files = {f: os.path.getsize(os.path.join(out_dir, f)) for f in ("model.pdmodel", "model.pdiparams")}
+                        params_file="model.pdiparams", legacy_files=("model.pdmodel", "model.pdiparams"),
+                        float_files=tuple(names[2:]) if float_program else None)
+    files = {f: os.path.getsize(os.path.join(out_dir, f)) for f in names}
     return {"files": files, "folded_bn": len(folded)}
 
 
@@ -172,8 +214,11 @@ def build_parser():
     p.add_argument("--pact-init", type=float, default=100.0, help="initial PACT clip alpha")
     p.add_argument("--pact-lr", type=float, default=1000.0, help="learning-rate multiplier of the PACT alphas")
     p.add_argument("--moving-rate", type=float, default=0.9, help="decay of the activation scales' moving average")
+    p.add_argument("--float-program", action=argparse.BooleanOptionalAction, default=True,
+                   help="also export the folded QAT weights as a float program (float.pdmodel), which "
+                        "--model-dir runs where int8 is not faster on the machine (precision auto)")
     p.add_argument("--eval-int8", action=argparse.BooleanOptionalAction, default=True,
-                   help="score the exported int8 model on val (on CPU, with --backend)")
+                   help="score the exported int8 model (and the float program) on val (on CPU, with --backend)")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="runtime of that score: openvino, paddle (oneDNN int8) or auto (OpenVINO if installed)")
     return p
@@ -220,20 +265,23 @@ def main(argv=None):
         if alphas:
             print(f"PACT alphas: min {min(alphas):.3g}, median {float(np.median(alphas)):.3g}, max {max(alphas):.3g}")
         size = parse_input_size(args.input_size)
-        result = export_int8(model, export_dir, args.model, size, val_set.info, args.udp)
+        result = export_int8(model, export_dir, args.model, size, val_set.info, args.udp, args.float_program)
         print(f"int8 model: {export_dir} ({', '.join(f'{k} {v / 1e6:.2f} MB' for k, v in result['files'].items())}; "
               f"{result['folded_bn']} BatchNorms folded)")
-        int8_ap = None
-        if args.eval_int8:
-            int8 = PredictorModel(create_predictor(export_dir, args.backend, "cpu", precision="int8",
-                                                   verbose=args.verbose))
-            _, stats = evaluate_model(int8, val_set, args.batch_size, args.flip, num_workers=args.workers)
-            int8_ap = stats["AP"]
+        exported_ap = {}  # precision -> AP of the export run so (fp32: its float program)
+        for precision in (["int8"] + ["fp32"] * args.float_program) if args.eval_int8 else []:
+            run = PredictorModel(create_predictor(export_dir, args.backend, "cpu", precision=precision,
+                                                  verbose=args.verbose))
+            _, stats = evaluate_model(run, val_set, args.batch_size, args.flip, num_workers=args.workers)
+            exported_ap[precision] = stats["AP"]
     except (ValueError, OSError) as err:
         raise SystemExit("error: " + " ".join(str(err).split()))
     line = "" if float_ap is None else f"float {float_ap:.3f}  "
-    print(f"AP {line}QAT (fake-quant) {qat_ap:.3f}" + ("" if int8_ap is None else f"  int8 {int8_ap:.3f}"))
-    print(f"AP: {qat_ap if int8_ap is None else int8_ap:.3f}")
+    line += f"QAT (fake-quant) {qat_ap:.3f}"
+    line += "".join(f"  {what} {exported_ap[p]:.3f}" for p, what in (("int8", "int8"), ("fp32", "float program"))
+                    if p in exported_ap)
+    print(f"AP {line}")
+    print(f"AP: {exported_ap.get('int8', qat_ap):.3f}")
 
 
 if __name__ == "__main__":

@@ -1942,7 +1942,9 @@ def test_qat_run_reports_and_saves_checkpoint_and_export(qat_run):
     assert sum(k.endswith(".pact_alpha") for k in state["model"]) == 301
     meta = json.load(open(os.path.join(qat_run["export"], "pose.json")))
     assert meta["quantized"] is True and meta["model_file"] == "model.pdmodel" and meta["input_size"] == [64, 64]
-    assert sorted(os.listdir(qat_run["export"])) == ["model.pdiparams", "model.pdmodel", "pose.json"]
+    assert meta["float_model_file"] == "float.pdmodel" and meta["float_params_file"] == "float.pdiparams"
+    assert sorted(os.listdir(qat_run["export"])) == ["float.pdiparams", "float.pdmodel", "model.pdiparams",
+                                                     "model.pdmodel", "pose.json"]
     assert state["record"]["qat"] and state["record"]["model"] == "lite_hrnet_18"  # the checkpoint says what it is
     with pytest.raises(ValueError, match="--model lite_hrnet_30: .* holds a lite_hrnet_18; leave --model out"):
         Q.load_qat_model(qat_run["qat"], "lite_hrnet_30")
@@ -1972,8 +1974,9 @@ def test_int8_predictor_runs_int8_convolutions_and_matches_the_fake_quant_model(
     model.eval()
     x = val_crops(synthetic_root)
     expected = outputs(model, x)
-    # the program itself (float kernels): BatchNorm folding, int8 codes and scales reproduce the QAT model
-    exported = Q.PredictorModel(Q.create_predictor(qat_run["export"], "paddle", onednn=False))(
+    # the int8 program itself (float kernels): BatchNorm folding, int8 codes and scales reproduce the QAT model
+    int8_program = [os.path.join(qat_run["export"], name) for name in ("model.pdmodel", "model.pdiparams")]
+    exported = Q.PredictorModel(ex.paddle_predictor(int8_program, "cpu", None, False, "fp32"))(
         paddle.to_tensor(x)).numpy()
     # Folding BatchNorm changes the order of float operations, so an input lying on a rounding tie may land one
     # level over in some sample, and that change cascades through the sample. A wrong fold, code or scale would
@@ -2869,16 +2872,14 @@ def test_evaluate_scores_an_export_as_it_scores_the_checkpoint(qat_run, syntheti
 
 
 def test_int8_export_runs_every_convolution_in_int8_on_openvino(qat_run, synthetic_root, capsys):
-    run = ex.create_predictor(qat_run["export"], device="cpu")  # auto: OpenVINO, the export's own int8
+    run = ex.create_predictor(qat_run["export"], device="cpu", precision="int8")  # auto backend: OpenVINO
     assert (run.backend, run.precision) == ("openvino", "int8")
     precisions = ex.openvino_conv_precisions(run)
     assert sum(precisions.get(kind, 0) for kind in ("i8", "u8")) == sum(precisions.values()) == 301
     qat_ap = float(re.search(r"QAT \(fake-quant\) (\S+)", qat_run["log"]).group(1))
     int8_ap, first_line = evaluated_ap(["--data", synthetic_root, "--workers", "0", "--no-flip", "--device", "cpu",
-                                        "--model-dir", qat_run["export"]], capsys)
+                                        "--model-dir", qat_run["export"], "--precision", "int8"], capsys)
     assert "(OpenVINO int8)" in first_line and int8_ap >= qat_ap - 0.01, (int8_ap, qat_ap)
-    raises_one_line(ValueError, "on OpenVINO a quantized export runs in int8", ex.create_predictor,
-                    qat_run["export"], "openvino", "cpu", precision="fp32")
 
 
 def test_without_openvino_everything_runs_on_paddle_inference(lite_export, lite18_weights, monkeypatch):
@@ -2922,7 +2923,7 @@ def test_openvino_int8_computes_what_the_fake_quant_model_computes(tmp_path):
         net(paddle.to_tensor(crops))  # export.openvino_int8_graph on the one step below -scale)
     net.eval()
     Q.export_int8(net, str(tmp_path), "tiny", (64, 64), COCO_INFO)
-    run = ex.create_predictor(str(tmp_path), device="cpu")
+    run = ex.create_predictor(str(tmp_path), device="cpu", precision="int8")
     assert run.describe() == "OpenVINO int8" and set(ex.openvino_conv_precisions(run)) <= {"i8", "u8"}
     expected = outputs(net, crops)
     assert np.abs(run(crops) - expected).max() < 1e-4 * np.abs(expected).max()
@@ -3507,3 +3508,142 @@ def test_a_crowdpose_style_set_fine_tunes_from_a_17_joint_checkpoint_with_weight
     assert ("final layer: 12 of 14 joints carried by name (left_shoulder, right_shoulder, left_elbow, right_elbow, "
             "left_wrist, right_wrist, ...), 2 new (head, neck)") in printed
     assert paddle.load(str(tmp_path / "run" / "best.pdparams"))["record"]["num_joints"] == 14
+
+
+# ---- issue 21: a quantized export is never slower than its float export
+
+
+@pytest.fixture
+def qat_export_copy(qat_run, tmp_path):
+    """A private copy of qat_run's export: the auto choice is remembered in the export folder."""
+    folder = str(tmp_path / "int8")
+    shutil.copytree(qat_run["export"], folder)
+    return folder
+
+
+def fake_timings(seconds_by_batch):
+    """A stand-in for export.time_interleaved: {batch size: (int8 seconds, float seconds)} as 7 rounds each,
+    one int8 round an outlier (the median ignores it); records the batch sizes it was asked for."""
+    asked = []
+
+    def timings(runs, batch):
+        asked.append(len(batch))
+        for run in runs.values():  # the programs are built and run, as the real timing does
+            assert run(batch).shape[0] == len(batch)
+        int8, fp32 = seconds_by_batch[len(batch)]
+        return {"int8": [int8] * 6 + [100 * int8], "fp32": [fp32] * 7}
+
+    return timings, asked
+
+
+def test_choose_precision_takes_int8_only_when_clearly_faster():
+    assert ex.choose_precision([1.0] * 5, [2.0] * 5) == ("int8", 2.0)
+    precision, ratio = ex.choose_precision([1.0] * 5, [1.02] * 5)  # within noise: the float program
+    assert precision == "fp32" and ratio == pytest.approx(1.02)
+    assert ex.choose_precision([1.0, 1.0, 9.0], [1.1, 1.1, 0.1])[0] == "int8"  # medians: 1.1 / 1.0
+    assert ex.choose_precision([1.0] * 3, [1.05] * 3, min_gain=1.1)[0] == "fp32"
+    assert ex.choose_precision([1.0] * 3, [0.5] * 3) == ("fp32", 0.5)
+
+
+def test_time_interleaved_alternates_and_keeps_rounds_after_warmup():
+    calls = []
+    times = ex.time_interleaved({"a": lambda b: calls.append("a"), "b": lambda b: calls.append("b")}, None,
+                                warmup=2, min_rounds=3, max_rounds=3, budget=0)
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b"]  # 2 warm-up + 3 rounds, order alternating
+    assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3}
+
+
+def test_quantized_export_float_program_is_the_qat_model_without_input_rounding(qat_run, synthetic_root,
+                                                                                monkeypatch):
+    pose = ex.read_pose_json(qat_run["export"])
+    assert (pose["float_model_file"], pose["float_params_file"]) == ("float.pdmodel", "float.pdiparams")
+    x = val_crops(synthetic_root)
+    model = Q.load_qat_model(qat_run["qat"])
+    model.eval()
+    quantized_inputs = outputs(model, x)
+    monkeypatch.setattr(M.QuantConv2D, "quantize_input", lambda self, inputs: inputs)
+    expected = outputs(model, x)  # fake-quantized weights, float inputs: what the float program computes
+    for backend in ("openvino", "paddle"):
+        run = ex.create_predictor(qat_run["export"], backend, "cpu", precision="fp32")
+        got = run(x)
+        # BatchNorm folded into the weights: float sums in another order, no rounding that could flip
+        assert np.abs(got - expected).max() < 1e-4 * np.abs(expected).max(), backend
+    assert set(ex.openvino_conv_precisions(ex.create_predictor(qat_run["export"], "openvino", "cpu",
+                                                               precision="fp32"))) == {"f32"}
+    # and it is not the int8 program: the input rounding changes this barely trained model's flat heatmaps
+    # (how much AP it costs or gains is measured on the teaching model: README, Quantization)
+    assert np.abs(got - quantized_inputs).max() > 1e-3 * np.abs(quantized_inputs).max()
+
+
+def test_auto_runs_the_program_measured_faster_and_remembers_it(qat_export_copy, monkeypatch):
+    timings, asked = fake_timings({1: (0.001, 0.002), 8: (0.004, 0.0039), 2: (0.001, 0.001)})
+    monkeypatch.setattr(ex, "time_interleaved", timings)
+    logs = []
+    run = ex.create_predictor(qat_export_copy, device="cpu", threads=1, log=logs.append)
+    assert asked == [1] and (run.backend, run.precision, run.chosen) == ("openvino", "auto", {1: "int8"})
+    assert set(ex.openvino_conv_precisions(run)) <= {"i8", "u8"}  # the engine of batch 1 is the int8 program
+    assert logs[0].startswith("auto: int8 runs 2.00x as fast as float on this machine at batch 1, 1 threads: "
+                              "running int8 (measured")
+    x = np.random.RandomState(0).randn(11, 3, 64, 64).astype("float32")
+    float_program = ex.create_predictor(qat_export_copy, device="cpu", threads=1, precision="fp32")
+    np.testing.assert_allclose(run(x[:8]), float_program(x[:8]), rtol=0, atol=1e-6)  # 0.98x: the float program
+    assert asked == [1, 8] and run.chosen == {1: "int8", 8: "fp32"}
+    assert "running the float program" in logs[1] and run.describe() == "OpenVINO auto: int8 at batch 1, fp32 at batch 8"
+    assert run(x[:3]).shape[0] == 3 and asked == [1, 8, 2] and run.chosen[2] == "fp32"  # 3 crops: as batch 2
+    assert run(x).shape[0] == 11 and asked == [1, 8, 2]  # 11 crops: as batch 8 (OpenVINO runs 8, 2 and 1)
+    # explicit int8 runs int8 whatever was measured
+    assert ex.create_predictor(qat_export_copy, device="cpu", threads=1, precision="int8").describe() == "OpenVINO int8"
+
+    monkeypatch.setattr(ex, "time_interleaved", None)  # a second predictor reads the choices, times nothing
+    logs.clear()
+    again = ex.create_predictor(qat_export_copy, device="cpu", threads=1, log=logs.append)
+    again(x[:8])
+    assert again.chosen == {1: "int8", 8: "fp32"} and len(logs) == 2 and all("(cached in " in line for line in logs)
+
+
+def test_auto_choice_cache_belongs_to_machine_threads_and_programs(qat_export_copy, monkeypatch):
+    one_thread, two_threads = ex.machine_key("openvino", 1), ex.machine_key("openvino", 2)
+    assert one_thread != two_threads and ex.cached_choice(qat_export_copy, one_thread, 1) is None
+    choice = {"precision": "fp32", "int8_vs_float": 0.9}
+    assert ex.remember_choice(qat_export_copy, one_thread, 1, choice)
+    assert ex.remember_choice(qat_export_copy, one_thread, 8, dict(choice, precision="int8"))
+    assert ex.cached_choice(qat_export_copy, one_thread, 1) == choice
+    assert ex.cached_choice(qat_export_copy, one_thread, 8)["precision"] == "int8"
+    assert ex.cached_choice(qat_export_copy, two_threads, 1) is None  # other threads: measured again
+    assert ex.cached_choice(qat_export_copy, one_thread.replace("cpus", "cpus (another)"), 1) is None
+    timings, asked = fake_timings({1: (0.002, 0.001)})
+    monkeypatch.setattr(ex, "time_interleaved", timings)
+    monkeypatch.setattr(ex, "machine_key", lambda backend, threads: "another machine")
+    assert ex.create_predictor(qat_export_copy, device="cpu", threads=1, log=[].append).chosen == {1: "fp32"}
+    assert asked == [1]
+    # a new export (the program files rewritten) makes every remembered choice stale
+    program = os.path.join(qat_export_copy, "float.pdmodel")
+    os.utime(program, ns=(os.stat(program).st_atime_ns, os.stat(program).st_mtime_ns + 10**9))
+    assert ex.cached_choice(qat_export_copy, one_thread, 1) is None
+    (open(os.path.join(qat_export_copy, ex.AUTO_CACHE_FILE), "w")).write("{not json")
+    assert ex.cached_choice(qat_export_copy, one_thread, 1) is None  # unreadable: measured again, then rewritten
+    assert ex.remember_choice(qat_export_copy, one_thread, 1, choice)
+    assert ex.cached_choice(qat_export_copy, one_thread, 1) == choice
+
+
+def test_a_quantized_export_without_a_float_program_runs_int8(qat_run, tmp_path):
+    model = Q.load_qat_model(qat_run["qat"])
+    Q.export_int8(model, str(tmp_path), "lite_hrnet_18", (64, 64), COCO_INFO, float_program=False)
+    assert "float_model_file" not in ex.read_pose_json(str(tmp_path))
+    assert not os.path.exists(tmp_path / "float.pdmodel")
+    assert ex.create_predictor(str(tmp_path), device="cpu").describe() == "OpenVINO int8"
+    raises_one_line(ValueError, "on OpenVINO a quantized program runs in int8", ex.create_predictor,
+                    str(tmp_path), "openvino", "cpu", precision="fp32")
+    assert not os.path.exists(tmp_path / ex.AUTO_CACHE_FILE)
+
+
+def test_quantize_scores_both_programs_of_its_export(qat_run, synthetic_root, tmp_path, capsys):
+    out = str(tmp_path / "int8")
+    Q.main(["--data", synthetic_root, "--qat-weights", qat_run["qat"], "--export", out, "--workers", "0",
+            "--no-flip", "--device", "cpu", "--batch-size", "8"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    scores = re.fullmatch(r"AP QAT \(fake-quant\) (\S+)  int8 (\S+)  float program (\S+)", lines[-2])
+    assert scores and lines[-1] == f"AP: {scores.group(2)}", lines[-2:]
+    assert all(0 <= float(ap) <= 1 for ap in scores.groups())
+    assert sorted(os.listdir(out)) == ["float.pdiparams", "float.pdmodel", "model.pdiparams", "model.pdmodel",
+                                       "pose.json"]
