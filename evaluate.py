@@ -343,8 +343,9 @@ def load_ground_truth(ann_file):
     return gt, category
 
 
-def coco_keypoint_stats(ann_file_or_coco, results, sigmas=None, image_ids=None):
-    """Score COCO keypoint results with pycocotools; returns {name: value} for the 10 STAT_NAMES.
+def matched_cocoeval(ann_file_or_coco, results, sigmas=None, image_ids=None):
+    """pycocotools' COCOeval of keypoint results after its evaluate(): every image's predictions matched to its
+    ground truth at each OKS threshold, nothing accumulated yet.
 
     sigmas: per-joint OKS sigmas; default: those data.py picks for an annotation file's keypoints (COCO's for
     COCO's 17), needed with a COCO object of another keypoint set.
@@ -387,9 +388,50 @@ def coco_keypoint_stats(ann_file_or_coco, results, sigmas=None, image_ids=None):
         if sigmas.shape != default.shape or not np.allclose(sigmas, default):
             coco_eval.params.kpt_oks_sigmas = sigmas
     _quietly(coco_eval.evaluate)
+    return coco_eval
+
+
+def coco_keypoint_stats(ann_file_or_coco, results, sigmas=None, image_ids=None):
+    """Score COCO keypoint results with pycocotools; returns {name: value} for the 10 STAT_NAMES (arguments as
+    matched_cocoeval's)."""
+    coco_eval = matched_cocoeval(ann_file_or_coco, results, sigmas, image_ids)
     _quietly(coco_eval.accumulate)
     _quietly(coco_eval.summarize)
     return {name: float(value) for name, value in zip(STAT_NAMES, coco_eval.stats)}
+
+
+def per_joint_scores(coco_eval, pck_oks=0.5):
+    """Which joints are hard: per keypoint, over the prediction-GT pairs COCOeval matched at its loosest OKS
+    threshold (0.5, all areas) and the joints labelled in the GT, the mean of the joint's own OKS term
+    exp(-d^2 / (2 area (2 sigma)^2)) and the share of joints where that term is >= pck_oks (a PCK whose radius
+    is the joint's COCO sigma scaled by the person's size). Returns (mean OKS (K,), PCK (K,), joints counted (K,))."""
+    variances = (2 * np.asarray(coco_eval.params.kpt_oks_sigmas, np.float64)) ** 2
+    oks_sum, hits, counts = np.zeros(len(variances)), np.zeros(len(variances)), np.zeros(len(variances))
+    all_areas = coco_eval.params.areaRng[0]
+    for image in coco_eval.evalImgs:
+        if image is None or image["aRng"] != all_areas:
+            continue
+        for dt_id, gt_id, ignored in zip(image["dtIds"], image["dtMatches"][0], image["dtIgnore"][0]):
+            if gt_id == 0 or ignored:
+                continue
+            gt, dt = coco_eval.cocoGt.anns[int(gt_id)], coco_eval.cocoDt.anns[dt_id]
+            g, d = np.reshape(gt["keypoints"], (-1, 3)), np.reshape(dt["keypoints"], (-1, 3))
+            labelled = g[:, 2] > 0
+            squared = ((d[:, :2] - g[:, :2]) ** 2).sum(axis=1)
+            oks = np.exp(-squared / variances / (gt["area"] + np.spacing(1)) / 2)  # COCOeval.computeOks's terms
+            oks_sum += np.where(labelled, oks, 0)
+            hits += labelled & (oks >= pck_oks)
+            counts += labelled
+    with np.errstate(invalid="ignore"):
+        return oks_sum / counts, hits / counts, counts.astype(int)
+
+
+def print_per_joint_table(coco_eval, names, pck_oks=0.5):
+    """The per_joint_scores table, hardest joint last."""
+    mean_oks, pck, counts = per_joint_scores(coco_eval, pck_oks)
+    print(f"{'joint':<15} {'OKS':>6} {f'PCK@{pck_oks:g}':>8} {'joints':>7}")
+    for k in sorted(range(len(names)), key=lambda k: -np.nan_to_num(mean_oks[k], nan=-1)):
+        print(f"{names[k]:<15} {mean_oks[k]:6.3f} {pck[k]:8.3f} {counts[k]:7d}")
 
 
 # -----------------------------------------------------------------------------
@@ -567,7 +609,7 @@ def _predict(args, ann_file):
     if args.out:
         write_json_atomically(results, args.out)
         print(f"wrote {len(results)} results to {args.out}")
-    return stats
+    return results, stats
 
 
 def main(argv=None):
@@ -584,11 +626,14 @@ def main(argv=None):
             except ValueError as e:
                 raise ValueError(f"--results {args.results}: {e}") from None
         else:
-            stats = _predict(args, ann_file)
+            results, stats = _predict(args, ann_file)
+        gt, category = load_ground_truth(ann_file)
+        coco_eval = matched_cocoeval(gt, results, keypoint_info_from_category(category).sigmas)
     except (ValueError, OSError) as e:  # bad input found by data.py or here: one line, no traceback
         raise SystemExit("error: " + " ".join(str(e).split()))
     for name, value in stats.items():
         print(f"{name:<7}: {value:.4f}")
+    print_per_joint_table(coco_eval, keypoint_info_from_category(category).names)
     print(f"AP: {stats['AP']:.3f}")
 
 
