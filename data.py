@@ -1244,6 +1244,20 @@ def draw_poses(image_bgr, people, skeleton, flip_pairs=(), kpt_thr=0.3):
     return canvas
 
 
+def crop_to_bgr(image_chw):
+    """A network input (normalized float 3xHxW RGB, as crop_and_normalize makes it) back to a uint8 BGR picture."""
+    crop = np.clip((image_chw.transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN) * 255, 0, 255).astype(np.uint8)
+    return cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)
+
+
+def heatmap_overlay(crop_bgr, heatmap, opacity=0.8):
+    """A heatmap (values 0..1, a target's peak height; the rest clipped) in the JET colours, resized to the crop
+    and blended over it in proportion to its value: the crop shows through where the heatmap is 0."""
+    heat = np.clip(cv2.resize(heatmap.astype(np.float32), crop_bgr.shape[1::-1]), 0, 1)[..., None]
+    colours = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    return (crop_bgr * (1 - opacity * heat) + colours * (opacity * heat)).astype(np.uint8)
+
+
 def image_grid(images, columns=4, height=None):
     """Images side by side, `columns` per row, each resized to one height (default: the first's); blank padding."""
     height = height or images[0].shape[0]
@@ -1310,11 +1324,7 @@ def _cmd_show(args):
     tiles = []
     for i in np.linspace(0, len(dataset) - 1, args.n).astype(int):
         image, target, weight, _ = dataset[i]
-        crop = np.clip((image.transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN) * 255, 0, 255).astype(np.uint8)
-        crop = cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)
-        heat = cv2.applyColorMap((cv2.resize(target.max(axis=0), crop.shape[1::-1]) * 255).astype(np.uint8),
-                                 cv2.COLORMAP_JET)
-        tile = cv2.addWeighted(crop, 0.7, heat, 0.3, 0)
+        tile = heatmap_overlay(crop_to_bgr(image), target.max(axis=0))
         peaks = [np.unravel_index(t.argmax(), t.shape)[::-1] for t in target]  # each target's centre
         keypoints = [(x * HEATMAP_STRIDE, y * HEATMAP_STRIDE, float(w > 0 and t.max() > 0))
                      for (x, y), w, t in zip(peaks, weight[:, 0], target)]
