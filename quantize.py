@@ -157,8 +157,8 @@ QAT_RECIPES = {
     family: dict(train.RECIPES[family], epochs=50, milestones=[40, 45], lr=1e-3, warmup_steps=500)
     for family in ("hrnet", "lite_hrnet")}
 # on the synthetic set (after `python train.py`): one epoch at the float run's final learning rate
-QAT_RECIPES["synthetic"] = dict(train.RECIPES["synthetic"], epochs=1, milestones=[], lr=4e-4, warmup_steps=20,
-                                eval_every=1)
+QAT_RECIPES["synthetic"] = dict(train.RECIPES["synthetic"], epochs=1, schedule="step", milestones=[], lr=4e-4,
+                                warmup_steps=20, eval_every=1)
 
 
 def build_parser():
