@@ -387,15 +387,17 @@ def predict_image(run, image_rgb, boxes, pose, box_padding=1.25, flip=False, dec
 
 def draw_heatmaps(people, names, tile_height=192, columns=6):
     """What the network sees and says: per person its input crop, then each of the K predicted heatmaps blended
-    over it, labelled with the joint's name and peak score; people one block of rows after the other."""
+    over it, scaled to its own peak (a faint, unsure heatmap shows where it looks too), labelled with the joint's
+    name and that peak; people one block of rows after the other."""
     blocks = []
     for person in people:
         crop = cv2.resize(person["crop"], (round(person["crop"].shape[1] * tile_height / person["crop"].shape[0]),
                                            tile_height))
         tiles = [crop]
         for name, heatmap in zip(names, person["heatmaps"]):
-            tile = heatmap_overlay(crop, heatmap)
-            label = f"{name} {max(0.0, float(heatmap.max())):.2f}"
+            peak = max(0.0, float(heatmap.max()))
+            tile = heatmap_overlay(crop, heatmap / max(peak, 1e-6))
+            label = f"{name} {peak:.2f}"
             cv2.rectangle(tile, (0, 0), (tile.shape[1], 14), (0, 0, 0), -1)
             cv2.putText(tile, label, (2, 10), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (255, 255, 255), 1, cv2.LINE_AA)
             tiles.append(tile)
