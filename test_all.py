@@ -3074,3 +3074,15 @@ def test_the_synthetic_default_launches_one_process_per_core_only_on_a_cpu_machi
         T.processes_to_launch(args, synthetic=True)
     args.device = "cpu"
     assert T.processes_to_launch(args, synthetic=True) == 2
+
+
+def test_cosine_schedule_falls_from_lr_to_zero_after_the_warmup():
+    args = T.build_parser().parse_args(["--schedule", "cosine", "--lr", "4e-3", "--warmup-steps", "20",
+                                        "--epochs", "2"])
+    assert T.learning_rate(args, 0.0, 0) == pytest.approx(4e-6)  # warmup from 0.001 x lr
+    assert T.learning_rate(args, 0.0, 20) == pytest.approx(4e-3)
+    assert T.learning_rate(args, 1.0, 500) == pytest.approx(2e-3)  # half-way: half the rate
+    assert T.learning_rate(args, 2.0, 1000) == pytest.approx(0, abs=1e-12)
+    args.schedule, args.milestones = "step", [1.5]
+    assert T.learning_rate(args, 1.0, 500) == pytest.approx(4e-3)
+    assert T.learning_rate(args, 1.6, 800) == pytest.approx(4e-4)
