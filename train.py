@@ -360,6 +360,7 @@ def draw_panel(canvas, box, xs, ys, x_range, title, colour, dots=False):
 
 
 def draw_curve(canvas, box, xs, ys, x_range, colour, dots):
+    """The y ticks and the polyline of draw_panel, the y range being the data's with a tenth of margin."""
     x0, y0, x1, y1 = box
     grey, font = (200, 200, 200), cv2.FONT_HERSHEY_SIMPLEX
     low, high = min(ys), max(ys)
