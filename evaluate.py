@@ -32,6 +32,7 @@ from collections import defaultdict
 import cv2
 import numpy as np
 import paddle
+import paddle.distributed as dist
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -451,15 +452,19 @@ class PredictorModel(paddle.nn.Layer):
 
 
 def evaluate_model(model, dataset, batch_size=32, flip=True, decode="default", dark_kernel=3,
-                   in_vis_thre=0.2, oks_thre=0.9, soft_nms=False, num_workers=0, log=print):
+                   in_vis_thre=0.2, oks_thre=0.9, soft_nms=False, num_workers=0, log=print, data_parallel=False):
     """Predict every person box of a COCOKeypointDataset, decode, rescore + OKS-NMS and score with pycocotools.
+    data_parallel: every process of a paddle.distributed run calls this, each predicts every world-size-th box,
+    and all score the gathered predictions (the model must be the same in all: BatchNorm statistics too).
     Returns (COCO results list, stats dict)."""
     if len(dataset) == 0:
         raise ValueError(f"no person boxes to evaluate for {dataset.ann_file}")
     flip = flip and dataset.info.flip  # keypoint names without left/right: data.py said so once
-    loader = paddle.io.DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
+    world, rank = (dist.get_world_size(), dist.get_rank()) if data_parallel else (1, 0)
+    samples = dataset if world == 1 else paddle.io.Subset(dataset, range(rank, len(dataset), world))
+    loader = paddle.io.DataLoader(samples, batch_size=batch_size, shuffle=False, drop_last=False,
                                   num_workers=num_workers, worker_init_fn=exit_with_parent())
-    people, skipped, seen = [], [], 0
+    people, people_indices, skipped, seen = [], [], [], 0
     start = last_report = time.time()
     udp = dataset.udp  # UDP crops need the matching inverse transform and no flip shift
     for heatmaps, indices, skipped_indices in predict_heatmaps(model, loader, flip, dataset.info.flip_pairs,
@@ -471,14 +476,17 @@ def evaluate_model(model, dataset, batch_size=32, flip=True, decode="default", d
             centers = np.array([r["center"] for r in records])
             scales = np.array([r["scale"] for r in records])
             coords, maxvals = heatmaps_to_keypoints(heatmaps, centers, scales, decode, dark_kernel, udp)
+            people_indices.extend(indices)
             for record, xy, joint_scores in zip(records, coords, maxvals):
                 people.append({"image_id": record["image_id"], "keypoints": np.concatenate([xy, joint_scores], axis=1),
                                "center": record["center"], "scale": record["scale"], "score": record["score"]})
         now = time.time()
-        if now - last_report > 10 and seen < len(dataset):
+        if now - last_report > 10 and seen < len(samples):
             rate = seen / (now - start)
-            log(f"eval {seen}/{len(dataset)} samples, {rate:.1f} samples/s, ETA {(len(dataset) - seen) / rate:.0f} s")
+            log(f"eval {seen}/{len(samples)} samples, {rate:.1f} samples/s, ETA {(len(samples) - seen) / rate:.0f} s")
             last_report = now
+    if world > 1:
+        people, skipped, seen = gather_predictions(people, people_indices, skipped, seen)
     elapsed = time.time() - start
     log(f"predicted {seen} samples in {elapsed:.1f} s ({seen / max(elapsed, 1e-9):.1f} samples/s, "
         f"flip test {'on' if flip else 'off'})")
@@ -494,6 +502,16 @@ def evaluate_model(model, dataset, batch_size=32, flip=True, decode="default", d
         log(f"warning: skipped {len(skipped)} of {seen} samples: {len(unread)} images could not be read; "
             f"scoring the other {len(scored_images)} images only")
     return results, coco_keypoint_stats(gt, results, dataset.info.sigmas, scored_images)
+
+
+def gather_predictions(people, people_indices, skipped, seen):
+    """Every process's (people, skipped, seen) of evaluate_model's data-parallel prediction, the people in the
+    order of their dataset indices, as one process makes them (OKS-NMS keeps the first of equal scores)."""
+    parts = []
+    dist.all_gather_object(parts, (people_indices, people, skipped, seen))
+    ordered = sorted(((i, person) for part in parts for i, person in zip(part[0], part[1])), key=lambda p: p[0])
+    return ([person for _, person in ordered], sorted(i for part in parts for i in part[2]),
+            sum(part[3] for part in parts))
 
 
 # -----------------------------------------------------------------------------

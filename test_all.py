@@ -3086,3 +3086,46 @@ def test_cosine_schedule_falls_from_lr_to_zero_after_the_warmup():
     args.schedule, args.milestones = "step", [1.5]
     assert T.learning_rate(args, 1.0, 500) == pytest.approx(4e-3)
     assert T.learning_rate(args, 1.6, 800) == pytest.approx(4e-4)
+
+
+SPLIT_EVALUATION_SCRIPT = """
+import json, sys
+sys.path.insert(0, {here!r})
+import numpy as np, paddle, paddle.distributed as dist
+import evaluate, model, train
+from data import COCOKeypointDataset
+dist.init_parallel_env()
+paddle.seed(0)
+net = model.build_model("lite_hrnet_18")
+if dist.get_rank() == 1:  # BatchNorm statistics of its own, as after data-parallel training
+    for name, value in net.state_dict().items():
+        if name.endswith("_mean"):
+            value.set_value(paddle.full_like(value, 0.5))
+train.share_buffers(net)
+dataset = COCOKeypointDataset({ann!r}, {images!r}, train=False, input_size=(64, 64), udp=True)
+results, stats = evaluate.evaluate_model(net, dataset, batch_size=1, flip=True, log=lambda *a: None,
+                                         data_parallel=True)
+with open({out!r} + str(dist.get_rank()), "w") as f:
+    json.dump(dict(results=[[r["image_id"], np.asarray(r["keypoints"]).ravel().tolist(), r["score"]]
+                            for r in results], AP=stats["AP"]), f)
+"""
+
+
+def test_two_processes_split_the_evaluation_and_score_what_one_process_scores(synthetic_root, tmp_path):
+    ann = os.path.join(synthetic_root, "annotations", "person_keypoints_val2017.json")
+    images = os.path.join(synthetic_root, "val2017")
+    script = tmp_path / "split_eval.py"
+    script.write_text(SPLIT_EVALUATION_SCRIPT.format(here=HERE, ann=ann, images=images, out=str(tmp_path / "rank")))
+    r = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
+                        "--log_dir", str(tmp_path / "log"), str(script)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (tmp_path / "log" / "workerlog.1").read_text()[-2000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}").read_text()) for rank in (0, 1)]
+    paddle.seed(0)
+    net = M.build_model("lite_hrnet_18")
+    dataset = data.COCOKeypointDataset(ann, images, train=False, input_size=(64, 64), udp=True)
+    results, stats = ev.evaluate_model(net, dataset, batch_size=1, flip=True, log=lambda *a: None)
+    assert len(ranks[0]["results"]) == len(results) > 0 and ranks[0]["results"] == ranks[1]["results"]
+    for (image_id, keypoints, score), expected in zip(ranks[0]["results"], results):
+        assert image_id == expected["image_id"] and score == pytest.approx(expected["score"], rel=1e-4)
+        np.testing.assert_allclose(keypoints, np.asarray(expected["keypoints"]).ravel(), rtol=1e-4, atol=1e-3)
+    assert ranks[0]["AP"] == ranks[1]["AP"] == pytest.approx(stats["AP"], abs=1e-6)

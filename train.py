@@ -93,6 +93,14 @@ def parameter_checksum(model):
     return digest.hexdigest()
 
 
+def share_buffers(model):
+    """Rank 0's values of the tensors no gradient updates (BatchNorm statistics) in every rank: DataParallel keeps
+    the weights identical, but each rank's BatchNorm averages its own crops."""
+    for value in model.state_dict().values():
+        if value.stop_gradient:
+            dist.broadcast(value, src=0)
+
+
 def format_seconds(s):
     return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m" if s >= 3600 else f"{int(s // 60)}m{int(s % 60):02d}s"
 
@@ -269,21 +277,25 @@ def _train(args, model, loss_fn, datasets):
                  steps_per_epoch - 1)
         metrics = dict(epoch=epoch + 1, step=step, loss=epoch_loss / steps_per_epoch, lr=lr, skipped=skipped)
         results = None
-        if rank == 0 and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            if world > 1:  # every rank predicts a share of val with rank 0's model (its own BatchNorm statistics)
+                share_buffers(model)
             results, stats = evaluate_model(model, val_set, batch_size=args.batch_size, flip=args.flip,
-                                            num_workers=args.workers, log=log)
+                                            num_workers=args.workers, log=log, data_parallel=world > 1)
             metrics.update(stats)
             log("  ".join(f"{k} {stats[k]:.3f}" for k in STAT_NAMES))
             if stats["AP"] > best_ap:
                 best_ap = stats["AP"]
-                save_checkpoint(dict(model=model.state_dict(), record=model_info), os.path.join(args.out, "best.pdparams"))
+                if rank == 0:
+                    save_checkpoint(dict(model=model.state_dict(), record=model_info),
+                                    os.path.join(args.out, "best.pdparams"))
         if rank == 0:  # the epoch is kept before anything optional runs
             save_checkpoint(dict(model=model.state_dict(), record=model_info, optimizer=optimizer.state_dict(),
                                  epoch=epoch + 1, step=step, best_ap=best_ap, args=vars(args)),
                             os.path.join(args.out, "last.pdparams"))
             with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(metrics) + "\n")
-        if results is not None:
+        if rank == 0 and results is not None:
             unreadable = save_prediction_picture(results, val_set, os.path.join(args.out, "predictions.jpg"))
             if unreadable:
                 log(f"predictions.jpg: skipped {unreadable} unreadable val images")
