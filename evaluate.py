@@ -32,6 +32,7 @@ from collections import defaultdict
 import cv2
 import numpy as np
 import paddle
+import paddle.distributed as dist
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -343,8 +344,9 @@ def load_ground_truth(ann_file):
     return gt, category
 
 
-def coco_keypoint_stats(ann_file_or_coco, results, sigmas=None, image_ids=None):
-    """Score COCO keypoint results with pycocotools; returns {name: value} for the 10 STAT_NAMES.
+def matched_cocoeval(ann_file_or_coco, results, sigmas=None, image_ids=None):
+    """pycocotools' COCOeval of keypoint results after its evaluate(): every image's predictions matched to its
+    ground truth at each OKS threshold, nothing accumulated yet.
 
     sigmas: per-joint OKS sigmas; default: those data.py picks for an annotation file's keypoints (COCO's for
     COCO's 17), needed with a COCO object of another keypoint set.
@@ -387,9 +389,50 @@ def coco_keypoint_stats(ann_file_or_coco, results, sigmas=None, image_ids=None):
         if sigmas.shape != default.shape or not np.allclose(sigmas, default):
             coco_eval.params.kpt_oks_sigmas = sigmas
     _quietly(coco_eval.evaluate)
+    return coco_eval
+
+
+def coco_keypoint_stats(ann_file_or_coco, results, sigmas=None, image_ids=None):
+    """Score COCO keypoint results with pycocotools; returns {name: value} for the 10 STAT_NAMES (arguments as
+    matched_cocoeval's)."""
+    coco_eval = matched_cocoeval(ann_file_or_coco, results, sigmas, image_ids)
     _quietly(coco_eval.accumulate)
     _quietly(coco_eval.summarize)
     return {name: float(value) for name, value in zip(STAT_NAMES, coco_eval.stats)}
+
+
+def per_joint_scores(coco_eval, pck_oks=0.5):
+    """Which joints are hard: per keypoint, over the prediction-GT pairs COCOeval matched at its loosest OKS
+    threshold (0.5, all areas) and the joints labelled in the GT, the mean of the joint's own OKS term
+    exp(-d^2 / (2 area (2 sigma)^2)) and the share of joints where that term is >= pck_oks (a PCK whose radius
+    is the joint's COCO sigma scaled by the person's size). Returns (mean OKS (K,), PCK (K,), joints counted (K,))."""
+    variances = (2 * np.asarray(coco_eval.params.kpt_oks_sigmas, np.float64)) ** 2
+    oks_sum, hits, counts = np.zeros(len(variances)), np.zeros(len(variances)), np.zeros(len(variances))
+    all_areas = coco_eval.params.areaRng[0]
+    for image in coco_eval.evalImgs:
+        if image is None or image["aRng"] != all_areas:
+            continue
+        for dt_id, gt_id, ignored in zip(image["dtIds"], image["dtMatches"][0], image["dtIgnore"][0]):
+            if gt_id == 0 or ignored:
+                continue
+            gt, dt = coco_eval.cocoGt.anns[int(gt_id)], coco_eval.cocoDt.anns[dt_id]
+            g, d = np.reshape(gt["keypoints"], (-1, 3)), np.reshape(dt["keypoints"], (-1, 3))
+            labelled = g[:, 2] > 0
+            squared = ((d[:, :2] - g[:, :2]) ** 2).sum(axis=1)
+            oks = np.exp(-squared / variances / (gt["area"] + np.spacing(1)) / 2)  # COCOeval.computeOks's terms
+            oks_sum += np.where(labelled, oks, 0)
+            hits += labelled & (oks >= pck_oks)
+            counts += labelled
+    with np.errstate(invalid="ignore"):
+        return oks_sum / counts, hits / counts, counts.astype(int)
+
+
+def print_per_joint_table(coco_eval, names, pck_oks=0.5):
+    """The per_joint_scores table, hardest joint last."""
+    mean_oks, pck, counts = per_joint_scores(coco_eval, pck_oks)
+    print(f"{'joint':<15} {'OKS':>6} {f'PCK@{pck_oks:g}':>8} {'joints':>7}")
+    for k in sorted(range(len(names)), key=lambda k: -np.nan_to_num(mean_oks[k], nan=-1)):
+        print(f"{names[k]:<15} {mean_oks[k]:6.3f} {pck[k]:8.3f} {counts[k]:7d}")
 
 
 # -----------------------------------------------------------------------------
@@ -409,15 +452,19 @@ class PredictorModel(paddle.nn.Layer):
 
 
 def evaluate_model(model, dataset, batch_size=32, flip=True, decode="default", dark_kernel=3,
-                   in_vis_thre=0.2, oks_thre=0.9, soft_nms=False, num_workers=0, log=print):
+                   in_vis_thre=0.2, oks_thre=0.9, soft_nms=False, num_workers=0, log=print, data_parallel=False):
     """Predict every person box of a COCOKeypointDataset, decode, rescore + OKS-NMS and score with pycocotools.
+    data_parallel: every process of a paddle.distributed run calls this, each predicts every world-size-th box,
+    and all score the gathered predictions (the model must be the same in all: BatchNorm statistics too).
     Returns (COCO results list, stats dict)."""
     if len(dataset) == 0:
         raise ValueError(f"no person boxes to evaluate for {dataset.ann_file}")
     flip = flip and dataset.info.flip  # keypoint names without left/right: data.py said so once
-    loader = paddle.io.DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
+    world, rank = (dist.get_world_size(), dist.get_rank()) if data_parallel else (1, 0)
+    samples = dataset if world == 1 else paddle.io.Subset(dataset, range(rank, len(dataset), world))
+    loader = paddle.io.DataLoader(samples, batch_size=batch_size, shuffle=False, drop_last=False,
                                   num_workers=num_workers, worker_init_fn=exit_with_parent())
-    people, skipped, seen = [], [], 0
+    people, people_indices, skipped, seen = [], [], [], 0
     start = last_report = time.time()
     udp = dataset.udp  # UDP crops need the matching inverse transform and no flip shift
     for heatmaps, indices, skipped_indices in predict_heatmaps(model, loader, flip, dataset.info.flip_pairs,
@@ -429,14 +476,17 @@ def evaluate_model(model, dataset, batch_size=32, flip=True, decode="default", d
             centers = np.array([r["center"] for r in records])
             scales = np.array([r["scale"] for r in records])
             coords, maxvals = heatmaps_to_keypoints(heatmaps, centers, scales, decode, dark_kernel, udp)
+            people_indices.extend(indices)
             for record, xy, joint_scores in zip(records, coords, maxvals):
                 people.append({"image_id": record["image_id"], "keypoints": np.concatenate([xy, joint_scores], axis=1),
                                "center": record["center"], "scale": record["scale"], "score": record["score"]})
         now = time.time()
-        if now - last_report > 10 and seen < len(dataset):
+        if now - last_report > 10 and seen < len(samples):
             rate = seen / (now - start)
-            log(f"eval {seen}/{len(dataset)} samples, {rate:.1f} samples/s, ETA {(len(dataset) - seen) / rate:.0f} s")
+            log(f"eval {seen}/{len(samples)} samples, {rate:.1f} samples/s, ETA {(len(samples) - seen) / rate:.0f} s")
             last_report = now
+    if world > 1:
+        people, skipped, seen = gather_predictions(people, people_indices, skipped, seen)
     elapsed = time.time() - start
     log(f"predicted {seen} samples in {elapsed:.1f} s ({seen / max(elapsed, 1e-9):.1f} samples/s, "
         f"flip test {'on' if flip else 'off'})")
@@ -452,6 +502,16 @@ def evaluate_model(model, dataset, batch_size=32, flip=True, decode="default", d
         log(f"warning: skipped {len(skipped)} of {seen} samples: {len(unread)} images could not be read; "
             f"scoring the other {len(scored_images)} images only")
     return results, coco_keypoint_stats(gt, results, dataset.info.sigmas, scored_images)
+
+
+def gather_predictions(people, people_indices, skipped, seen):
+    """Every process's (people, skipped, seen) of evaluate_model's data-parallel prediction, the people in the
+    order of their dataset indices, as one process makes them (OKS-NMS keeps the first of equal scores)."""
+    parts = []
+    dist.all_gather_object(parts, (people_indices, people, skipped, seen))
+    ordered = sorted(((i, person) for part in parts for i, person in zip(part[0], part[1])), key=lambda p: p[0])
+    return ([person for _, person in ordered], sorted(i for part in parts for i in part[2]),
+            sum(part[3] for part in parts))
 
 
 # -----------------------------------------------------------------------------
@@ -568,7 +628,7 @@ def _predict(args, ann_file):
     if args.out:
         write_json_atomically(results, args.out)
         print(f"wrote {len(results)} results to {args.out}")
-    return stats
+    return results, stats
 
 
 def main(argv=None):
@@ -585,11 +645,14 @@ def main(argv=None):
             except ValueError as e:
                 raise ValueError(f"--results {args.results}: {e}") from None
         else:
-            stats = _predict(args, ann_file)
+            results, stats = _predict(args, ann_file)
+        gt, category = load_ground_truth(ann_file)
+        coco_eval = matched_cocoeval(gt, results, keypoint_info_from_category(category).sigmas)
     except (ValueError, OSError) as e:  # bad input found by data.py or here: one line, no traceback
         raise SystemExit("error: " + " ".join(str(e).split()))
     for name, value in stats.items():
         print(f"{name:<7}: {value:.4f}")
+    print_per_joint_table(coco_eval, keypoint_info_from_category(category).names)
     print(f"AP: {stats['AP']:.3f}")
 
 

@@ -37,9 +37,9 @@ import paddle
 import yaml
 
 from data import (COCO_PERSON_CATEGORY, HelpFormatter, IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD, box_iou,
-                  box_to_center_scale, crop_and_normalize, draw_poses, keypoint_info_from_record, load_json,
-                  parse_input_size, read_image_bgr, run_script, temporary_path, write_image_atomically,
-                  write_json_atomically)
+                  box_to_center_scale, crop_and_normalize, crop_to_bgr, draw_poses, heatmap_overlay, image_grid,
+                  keypoint_info_from_record, load_json, parse_input_size, read_image_bgr, run_script,
+                  temporary_path, write_image_atomically, write_json_atomically)
 from evaluate import heatmaps_to_keypoints, oks_iou, oks_nms, person_score, predict_batch
 from export import (BACKENDS, PRECISIONS, create_predictor, native_output_held, paddle_inference, pose_metadata,
                     read_pose_json)
@@ -309,13 +309,14 @@ def box_source(args, kind):
 
 
 def predict_image(run, image_rgb, boxes, pose, box_padding=1.25, flip=False, decode="default", dark_kernel=3,
-                  batch_size=8, in_vis_thre=0.2, nms_thr=0.9):
+                  batch_size=8, in_vis_thre=0.2, nms_thr=0.9, keep_heatmaps=False):
     """Top-down pose estimation of the people in boxes [((x, y, w, h), box score), ...] of one RGB image.
 
     run: the network (see load_model); pose: its pose.json dict. Each box is grown to the input's aspect ratio,
     padded by box_padding and cropped; crops go through run batch_size at a time. Returns people, best first,
     after OKS-NMS at nms_thr (1 keeps all): dicts with box, box_score, keypoints (K, 3) as (x, y, score) in image
-    pixels, score (box score x mean confident joint score, as in evaluation), center, scale and area."""
+    pixels, score (box score x mean confident joint score, as in evaluation), center, scale and area; with
+    keep_heatmaps also the network's input crop (BGR picture) and its output heatmaps (K, h, w)."""
     height, width = pose["input_size"]
     udp = pose["udp"]
     flip = flip and bool(pose["flip_pairs"])  # keypoints without left/right were trained without flip (data.py)
@@ -327,12 +328,41 @@ def predict_image(run, image_rgb, boxes, pose, box_padding=1.25, flip=False, dec
                           for center, scale in zip(centers, scales)])
         heatmaps = predict_batch(run, crops, flip, pose["flip_pairs"], shift=not udp)
         coords, maxvals = heatmaps_to_keypoints(heatmaps, centers, scales, decode, dark_kernel, udp)
-        for (box, box_score), center, scale, xy, joint_scores in zip(chunk, centers, scales, coords, maxvals):
+        for i, ((box, box_score), center, scale, xy, joint_scores) in enumerate(zip(chunk, centers, scales, coords,
+                                                                                   maxvals)):
             keypoints = np.concatenate([xy, joint_scores], axis=1)
             people.append(dict(box=[float(v) for v in box], box_score=float(box_score), keypoints=keypoints,
                                score=person_score(keypoints[:, 2], box_score, in_vis_thre), center=center,
                                scale=scale, area=float(np.prod(scale * PIXEL_STD))))
+            if keep_heatmaps:
+                people[-1].update(crop=crop_to_bgr(crops[i]), heatmaps=heatmaps[i])
     return [people[i] for i in oks_nms(people, nms_thr, pose["sigmas"])]
+
+
+def draw_heatmaps(people, names, tile_height=192, columns=6):
+    """What the network sees and says: per person its input crop, then each of the K predicted heatmaps blended
+    over it, scaled to its own peak (a faint, unsure heatmap shows where it looks too), labelled with the joint's
+    name and that peak; people one block of rows after the other."""
+    blocks = []
+    for person in people:
+        crop = cv2.resize(person["crop"], (round(person["crop"].shape[1] * tile_height / person["crop"].shape[0]),
+                                           tile_height))
+        tiles = [crop]
+        for name, heatmap in zip(names, person["heatmaps"]):
+            peak = max(0.0, float(heatmap.max()))
+            tile = heatmap_overlay(crop, heatmap / max(peak, 1e-6))
+            label = f"{name} {peak:.2f}"
+            cv2.rectangle(tile, (0, 0), (tile.shape[1], 14), (0, 0, 0), -1)
+            cv2.putText(tile, label, (2, 10), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (255, 255, 255), 1, cv2.LINE_AA)
+            tiles.append(tile)
+        grid = image_grid(tiles, columns)
+        blocks.append(cv2.copyMakeBorder(grid, 0, 6, 0, 0, cv2.BORDER_CONSTANT, value=(255, 255, 255)))
+    return np.vstack(blocks)
+
+
+def heatmaps_path(drawing_path):
+    """<name>_heatmaps.jpg beside the drawing <name>.<ext>."""
+    return os.path.splitext(drawing_path)[0] + "_heatmaps.jpg"
 
 
 def person_json(person):
@@ -574,7 +604,7 @@ def predict_input(args, run, pose, source, boxes_for, box_padding, log=print):
 
     def estimate(image_rgb, boxes, padding):
         return predict_image(run, image_rgb, boxes, pose, padding, args.flip, args.decode, args.dark_kernel,
-                             args.batch_size, nms_thr=args.nms_thr)
+                             args.batch_size, nms_thr=args.nms_thr, keep_heatmaps=args.heatmaps and not video)
 
     follow = VideoPeople(estimate, boxes_for, box_padding, pose["sigmas"], source.fps, args.det_every, args.kpt_thr,
                          make_smoother(args)) if video else None
@@ -602,6 +632,8 @@ def predict_input(args, run, pose, source, boxes_for, box_padding, log=print):
                 out_path = os.path.join(args.out, label)
                 if not write_image_atomically(out_path, drawn):
                     raise ValueError(f"--out {args.out}: OpenCV cannot write {label} there")
+                if args.heatmaps and people:
+                    write_image_atomically(heatmaps_path(out_path), draw_heatmaps(people, pose["keypoint_names"]))
             results.append({("frame" if video else "file"): label, "width": image_bgr.shape[1],
                             "height": image_bgr.shape[0], "people": [person_json(p) for p in people]})
             now = time.time()
@@ -755,6 +787,9 @@ def parse_args(argv=None):
                    help="One-Euro cutoff increase per px/s of keypoint speed: higher lags less")
     p.add_argument("--d-cutoff", type=float, default=1.0, help="One-Euro cutoff (Hz) of the speed estimate")
     p.add_argument("--kpt-thr", type=float, default=0.3, help="draw keypoints scoring above this")
+    p.add_argument("--heatmaps", action="store_true",
+                   help="also write <name>_heatmaps.jpg beside each drawn image: every person's crop with each "
+                        "predicted heatmap over it, labelled with the joint names (images only)")
     p.add_argument("--nms-thr", type=float, default=0.9, help="OKS-NMS threshold between people (1: keep all)")
     p.add_argument("--flip", action="store_true", help="flip test: average with the mirrored crop (2x the work)")
     p.add_argument("--decode", choices=("default", "dark"), default="default",
@@ -787,6 +822,8 @@ def parse_args(argv=None):
         p.error("--min-cutoff and --d-cutoff must be positive (Hz), --beta at least 0")
     if args.compare and not args.benchmark:
         p.error("--compare is a --benchmark option")
+    if args.heatmaps and args.benchmark:
+        p.error("--heatmaps draws predictions; --benchmark makes none")
     if (args.compare_backend or args.compare_precision) and not args.compare:
         p.error("--compare-backend and --compare-precision go with --compare")
     return args
@@ -801,6 +838,8 @@ def main(argv=None):
         if (source.kind == "images" and not args.benchmark
                 and os.path.realpath(args.out) == os.path.realpath(input_folder)):
             raise ValueError(f"--out {args.out}: the input's own folder; the drawn images would replace the inputs")
+        if args.heatmaps and source.kind == "video":
+            raise ValueError(f"--heatmaps: pictures of single images; {args.input} is a video or webcam")
         run, pose = load_model(args)
         description = run.describe() if args.model_dir else "eager checkpoint"
         if args.benchmark and source.kind == "video":

@@ -1331,7 +1331,7 @@ def test_cli_scores_a_results_file(capsys):
     ev.main(["--data", TINY, "--results", TINY_PREDICTIONS])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1] == "AP: 0.861"
-    assert len(lines) >= 11 and lines[-2].startswith("AR (L)")
+    assert len(lines) >= 11 and lines[-20].startswith("AR (L)")  # then the per-joint table: a header, 17 rows
 
 
 def cli_error(argv, main=None):
@@ -3647,3 +3647,204 @@ def test_quantize_scores_both_programs_of_its_export(qat_run, synthetic_root, tm
     assert all(0 <= float(ap) <= 1 for ap in scores.groups())
     assert sorted(os.listdir(out)) == ["float.pdiparams", "float.pdmodel", "model.pdiparams", "model.pdmodel",
                                        "pose.json"]
+
+
+# ---- issue 20: the teaching run in one sitting (speed, curves.png, heatmap pictures, per-joint table)
+
+def test_synthetic_val_images_and_annotations_are_those_of_the_original_generator(tmp_path):
+    """The teaching run's AP is measured on val: its images and annotations must stay what the generator wrote
+    before the training set was made faster (val image i depends on (seed, split, i) only, so the first 8 of
+    the default set are checked; digest computed with the generator of commit 40dbe5e)."""
+    data.make_synthetic_dataset(str(tmp_path), num_train=0, num_val=8, workers=1)
+    digest = hashlib.sha256()
+    for name in ["annotations/person_keypoints_val2017.json",
+                 "person_detection_results/COCO_val2017_detections_AP_H_56_person.json"] + \
+            sorted("val2017/" + f for f in os.listdir(tmp_path / "val2017")):
+        digest.update((tmp_path / name).read_bytes())
+    assert digest.hexdigest() == "8bf08316a55bb295b246a272bd71ca3033d2d86c64167e0442472e4c40717522"
+
+
+def test_training_writes_curves_png_from_its_steps_and_evaluations(synthetic_root, tmp_path):
+    out = tmp_path / "run"
+    T.train(tiny_run_args(synthetic_root, out, "--epochs", "2", "--eval-every", "1", "--log-every", "1"))
+    steps = T.read_jsonl_by_step(str(out / "steps.jsonl"))
+    evaluations = read_metrics(out)
+    assert [r["step"] for r in steps] == list(range(1, evaluations[-1]["step"] + 1))  # one point per step
+    assert [r["epoch"] for r in evaluations] == [1, 2] and all("AP" in r for r in evaluations)
+    curves = cv2.imread(str(out / "curves.png"))
+    assert curves.shape == (510, 640, 3)  # three 150-px panels, their gaps and margins
+    panel_rows = [(10 + i * 158, 10 + i * 158 + 150) for i in range(3)]
+    for (top, bottom), colour in zip(panel_rows, ((200, 80, 0), (0, 140, 0), (0, 0, 200))):
+        in_panel = np.all(curves[top:bottom] == colour, axis=2)
+        assert in_panel[20:].sum() > 20  # each curve drawn in its panel (below the title)
+    # a fresh run in the same folder starts the curves anew; --resume would have kept them
+    T.train(tiny_run_args(synthetic_root, out, "--epochs", "1", "--eval-every", "1", "--log-every", "100"))
+    assert [r["epoch"] for r in read_metrics(out)] == [1] and len(T.read_jsonl_by_step(str(out / "steps.jsonl"))) == 2
+
+
+def test_curve_points_of_a_resumed_run_keep_the_last_written_per_step(tmp_path):
+    path = tmp_path / "steps.jsonl"
+    path.write_text("".join(json.dumps(dict(step=s, loss=l)) + "\n" for s, l in ((1, 9), (2, 8), (3, 7), (2, 5))))
+    assert [(r["step"], r["loss"]) for r in T.read_jsonl_by_step(str(path))] == [(1, 9), (2, 5), (3, 7)]
+    assert T.read_jsonl_by_step(str(tmp_path / "missing.jsonl")) == []
+
+
+def test_nice_ticks_are_round_and_cover_the_range():
+    assert T.nice_ticks(0, 90) == [0, 20, 40, 60, 80]
+    assert T.nice_ticks(0.0006, 0.0038) == pytest.approx([0.001, 0.002, 0.003])
+    assert T.nice_ticks(0.7, 0.7) == [0.7]
+
+
+def test_heatmap_picture_blends_each_joint_over_the_crop_with_its_name():
+    crop = np.full((128, 96, 3), 100, np.uint8)
+    heatmaps = np.zeros((2, 32, 24), np.float32)
+    heatmaps[0] = 1.0  # joint 0 everywhere certain, joint 1 nowhere
+    picture = pr.draw_heatmaps([dict(crop=crop, heatmaps=heatmaps)] * 3, ["nose", "left_eye"], tile_height=192,
+                               columns=6)
+    assert picture.shape == (3 * (192 + 6), 6 * 144, 3)  # one block of crop + K tiles per person
+    jet_top = cv2.applyColorMap(np.array([[255]], np.uint8), cv2.COLORMAP_JET)[0, 0].astype(float)
+    assert np.allclose(picture[100, 144 + 70], 0.2 * 100 + 0.8 * jet_top, atol=1)  # joint 0: 80% JET red
+    assert np.all(picture[100, 2 * 144 + 70] == 100)  # joint 1: the crop shows through
+    assert np.all(picture[20:192, 70] == 100)  # the crop itself, unlabelled
+    label = picture[:14, 144:288]
+    assert label.max() > 200 and np.median(label) == 0  # a light name on a black strip
+
+
+def test_predict_heatmaps_writes_a_picture_beside_each_drawing(lite18_weights, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(DEMO, folder / "a.jpg")
+    shutil.copy(ASTRONAUT, folder / "b.png")
+    pr.main(["--model", "lite_hrnet_18", "--weights", lite18_weights, "--input-size", "128x96",
+             "--input", str(folder), "--out", str(tmp_path / "out"), "--heatmaps"])
+    assert sorted(os.listdir(tmp_path / "out")) == ["a.jpg", "a_heatmaps.jpg", "b.png", "b_heatmaps.jpg",
+                                                    "predictions.json"]
+    for name in ("a", "b"):  # whole-image box: one person, 1 + 17 tiles of 192x144 in rows of 6
+        assert cv2.imread(str(tmp_path / "out" / f"{name}_heatmaps.jpg")).shape == (3 * 192 + 6, 6 * 144, 3)
+    with pytest.raises(SystemExit):
+        pr.main(["--model", "lite_hrnet_18", "--weights", lite18_weights, "--input", DEMO, "--heatmaps",
+                 "--benchmark"])
+    assert capsys.readouterr().err.strip().endswith("--heatmaps draws predictions; --benchmark makes none")
+
+
+def test_per_joint_scores_agree_with_a_hand_computation():
+    """Predictions = the GT keypoints moved by a known distance per joint: each joint's OKS term and PCK
+    computed by hand from COCO's formula match what evaluate.per_joint_scores reads from COCOeval's matching."""
+    gt = json.loads(open(TINY_ANN).read())
+    shifts = 0.8 * np.arange(1, 18)  # joint k moved k * 0.8 px to the right
+    results, expected = [], [[] for _ in range(17)]
+    for ann in gt["annotations"]:
+        if ann["num_keypoints"] == 0 or ann.get("iscrowd"):
+            continue
+        keypoints = np.array(ann["keypoints"], np.float64).reshape(17, 3)
+        moved = keypoints.copy()
+        moved[:, 0] += shifts
+        moved[:, 2] = 1
+        results.append(dict(image_id=ann["image_id"], category_id=1, keypoints=moved.ravel().tolist(), score=1.0))
+        for k in np.flatnonzero(keypoints[:, 2] > 0):
+            expected[k].append(np.exp(-shifts[k] ** 2 / (2 * ann["area"] * (2 * COCO_SIGMAS[k]) ** 2)))
+    mean_oks, pck, counts = ev.per_joint_scores(ev.matched_cocoeval(TINY_ANN, results))
+    assert counts.tolist() == [len(e) for e in expected]
+    assert mean_oks == pytest.approx([np.mean(e) for e in expected], rel=1e-5)
+    assert pck == pytest.approx([np.mean(np.array(e) >= 0.5) for e in expected])
+    assert 0 < pck.min() < 1  # the shifts reach past the PCK radius of some joints, not all
+
+
+def test_evaluate_prints_a_per_joint_table_after_the_ap_table(capsys):
+    ev.main(["--ann", TINY_ANN, "--results", TINY_PREDICTIONS])
+    lines = capsys.readouterr().out.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("joint")))
+    assert lines[header - 1].startswith("AR (L)") and lines[-1].startswith("AP:")
+    rows = [line.split() for line in lines[header + 1:-1]]
+    assert sorted(r[0] for r in rows) == sorted(data.COCO_KEYPOINT_NAMES)
+    oks = [float(r[1]) for r in rows]
+    assert oks == sorted(oks, reverse=True) and all(0 <= float(r[2]) <= 1 for r in rows)
+
+
+def test_quick_recipe_defaults_show_in_help(capsys):
+    with pytest.raises(SystemExit):
+        T.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split("options:", 1)[1].split())
+    recipe = T.RECIPES["synthetic"]
+    for flag, key in (("--schedule", "schedule"), ("--lr", "lr"), ("--batch-size", "batch_size"),
+                      ("--warmup-steps", "warmup_steps"), ("--epochs", "epochs")):
+        assert f"synthetic {recipe[key]}" in text.split(flag, 1)[1].split(" --", 1)[0]
+    assert "--processes" in text and "2 for the synthetic teaching run" in text
+
+
+def test_the_synthetic_default_launches_one_process_per_core_only_on_a_cpu_machine(monkeypatch):
+    args = T.build_parser().parse_args([])
+    args.benchmark, args.processes, args.device = 0, None, None
+    monkeypatch.delenv("PADDLE_TRAINER_ID", raising=False)
+    monkeypatch.setattr(paddle, "is_compiled_with_cuda", lambda: False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert T.processes_to_launch(args, synthetic=True) == 2
+    assert T.processes_to_launch(args, synthetic=False) == 1  # --data: as asked (default one process)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert T.processes_to_launch(args, synthetic=True) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setenv("PADDLE_TRAINER_ID", "0")  # already one of the launcher's processes
+    assert T.processes_to_launch(args, synthetic=True) == 1
+    monkeypatch.delenv("PADDLE_TRAINER_ID")
+    monkeypatch.setattr(paddle, "is_compiled_with_cuda", lambda: True)  # a GPU machine: nothing changes
+    assert T.processes_to_launch(args, synthetic=True) == 1
+    args.processes = 2
+    with pytest.raises(SystemExit, match="--processes 2 starts CPU processes"):
+        T.processes_to_launch(args, synthetic=True)
+    args.device = "cpu"
+    assert T.processes_to_launch(args, synthetic=True) == 2
+
+
+def test_cosine_schedule_falls_from_lr_to_zero_after_the_warmup():
+    args = T.build_parser().parse_args(["--schedule", "cosine", "--lr", "4e-3", "--warmup-steps", "20",
+                                        "--epochs", "2"])
+    assert T.learning_rate(args, 0.0, 0) == pytest.approx(4e-6)  # warmup from 0.001 x lr
+    assert T.learning_rate(args, 0.0, 20) == pytest.approx(4e-3)
+    assert T.learning_rate(args, 1.0, 500) == pytest.approx(2e-3)  # half-way: half the rate
+    assert T.learning_rate(args, 2.0, 1000) == pytest.approx(0, abs=1e-12)
+    args.schedule, args.milestones = "step", [1.5]
+    assert T.learning_rate(args, 1.0, 500) == pytest.approx(4e-3)
+    assert T.learning_rate(args, 1.6, 800) == pytest.approx(4e-4)
+
+
+SPLIT_EVALUATION_SCRIPT = """
+import json, sys
+sys.path.insert(0, {here!r})
+import numpy as np, paddle, paddle.distributed as dist
+import evaluate, model, train
+from data import COCOKeypointDataset
+dist.init_parallel_env()
+paddle.seed(0)
+net = model.build_model("lite_hrnet_18")
+if dist.get_rank() == 1:  # BatchNorm statistics of its own, as after data-parallel training
+    for name, value in net.state_dict().items():
+        if name.endswith("_mean"):
+            value.set_value(paddle.full_like(value, 0.5))
+train.share_buffers(net)
+dataset = COCOKeypointDataset({ann!r}, {images!r}, train=False, input_size=(64, 64), udp=True)
+results, stats = evaluate.evaluate_model(net, dataset, batch_size=1, flip=True, log=lambda *a: None,
+                                         data_parallel=True)
+with open({out!r} + str(dist.get_rank()), "w") as f:
+    json.dump(dict(results=[[r["image_id"], np.asarray(r["keypoints"]).ravel().tolist(), r["score"]]
+                            for r in results], AP=stats["AP"]), f)
+"""
+
+
+def test_two_processes_split_the_evaluation_and_score_what_one_process_scores(synthetic_root, tmp_path):
+    ann = os.path.join(synthetic_root, "annotations", "person_keypoints_val2017.json")
+    images = os.path.join(synthetic_root, "val2017")
+    script = tmp_path / "split_eval.py"
+    script.write_text(SPLIT_EVALUATION_SCRIPT.format(here=HERE, ann=ann, images=images, out=str(tmp_path / "rank")))
+    r = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
+                        "--log_dir", str(tmp_path / "log"), str(script)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (tmp_path / "log" / "workerlog.1").read_text()[-2000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}").read_text()) for rank in (0, 1)]
+    paddle.seed(0)
+    net = M.build_model("lite_hrnet_18")
+    dataset = data.COCOKeypointDataset(ann, images, train=False, input_size=(64, 64), udp=True)
+    results, stats = ev.evaluate_model(net, dataset, batch_size=1, flip=True, log=lambda *a: None)
+    assert len(ranks[0]["results"]) == len(results) > 0 and ranks[0]["results"] == ranks[1]["results"]
+    for (image_id, keypoints, score), expected in zip(ranks[0]["results"], results):
+        assert image_id == expected["image_id"] and score == pytest.approx(expected["score"], rel=1e-4)
+        np.testing.assert_allclose(keypoints, np.asarray(expected["keypoints"]).ravel(), rtol=1e-4, atol=1e-3)
+    assert ranks[0]["AP"] == ranks[1]["AP"] == pytest.approx(stats["AP"], abs=1e-6)

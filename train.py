@@ -25,8 +25,11 @@ import itertools
 import json
 import math
 import statistics
+import subprocess
 import time
 
+import cv2
+import numpy as np
 import paddle
 import paddle.distributed as dist
 
@@ -44,14 +47,15 @@ RECIPES = {
     # HRNet (pose_hrnet w32/w48_256x192_adam_lr1e-3.yaml): Adam 1e-3, x0.1 at 170 and 200 of 210 epochs,
     # 32 images per GPU on 4 GPUs, the loss's 0.5 factor, ImageNet-pretrained backbone (--pretrained).
     "hrnet": dict(model="hrnet_w32", input_size="256x192", epochs=210, milestones=[170, 200], lr=1e-3,
-                  warmup_steps=0, batch_size=32, loss_scale=0.5, eval_every=10),
+                  warmup_steps=0, batch_size=32, loss_scale=0.5, eval_every=10, schedule="step", udp=False),
     # Lite-HRNet (litehrnet_*_coco_256x192.py): Adam 2e-3 with 500 linear warmup steps, 64 per GPU, from scratch.
     "lite_hrnet": dict(model="lite_hrnet_18", input_size="256x192", epochs=210, milestones=[170, 200], lr=2e-3,
-                       warmup_steps=500, batch_size=64, loss_scale=1.0, eval_every=10),
-    # The zero-download teaching run on the built-in synthetic stick figures: one epoch (138 steps), the lr
-    # dropping for its last quarter (without the drop the AP after one epoch swings between 0.4 and 0.85).
-    "synthetic": dict(model="lite_hrnet_18", input_size="128x96", epochs=1, milestones=[0.75], lr=4e-3,
-                      warmup_steps=50, batch_size=32, loss_scale=1.0, eval_every=1),
+                       warmup_steps=500, batch_size=64, loss_scale=1.0, eval_every=10, schedule="step", udp=False),
+    # The zero-download teaching run on the built-in synthetic stick figures, sized for a lesson (README,
+    # Training): one epoch in two processes of 4 crops (361 steps: on so few samples more steps beat bigger
+    # batches), Adam 4e-3 decaying to 0 along a cosine, UDP (at 32x24 heatmaps its unbiased coordinates count).
+    "synthetic": dict(model="lite_hrnet_18", input_size="128x96", epochs=1, schedule="cosine", milestones=[],
+                      lr=4e-3, warmup_steps=20, batch_size=4, loss_scale=1.0, eval_every=1, udp=True),
 }
 
 
@@ -68,9 +72,13 @@ def joints_mse_loss(heatmaps, targets, target_weight, scale=0.5, ohkm_topk=0):
 
 
 def learning_rate(args, epoch, step):
-    """Step decay by 10x at each milestone, times a linear warmup from 0.001x over the first steps.
-    epoch counts epochs done, with a fraction within the current one (so a milestone may be 0.75)."""
-    lr = args.lr * 0.1 ** sum(epoch >= m for m in args.milestones)
+    """Step decay by 10x at each milestone, or a cosine from lr to 0 over the run (--schedule cosine), times a
+    linear warmup from 0.001x over the first steps. epoch counts epochs done, with a fraction within the current
+    one (so a milestone may be 0.75)."""
+    if args.schedule == "cosine":
+        lr = args.lr * 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
+    else:
+        lr = args.lr * 0.1 ** sum(epoch >= m for m in args.milestones)
     if step < args.warmup_steps:
         lr *= 0.001 + (1 - 0.001) * step / args.warmup_steps
     return lr
@@ -83,6 +91,14 @@ def parameter_checksum(model):
         if not p.stop_gradient:
             digest.update(p.numpy().tobytes())
     return digest.hexdigest()
+
+
+def share_buffers(model):
+    """Rank 0's values of the tensors no gradient updates (BatchNorm statistics) in every rank: DataParallel keeps
+    the weights identical, but each rank's BatchNorm averages its own crops."""
+    for value in model.state_dict().values():
+        if value.stop_gradient:
+            dist.broadcast(value, src=0)
 
 
 def format_seconds(s):
@@ -231,6 +247,10 @@ def _train(args, model, loss_fn, datasets):
         raise ValueError(f"--ohkm {args.ohkm}: more than the dataset's {train_set.info.num_joints} keypoints")
     total_steps = args.epochs * steps_per_epoch
     run_start, run_start_step = time.time(), step
+    if rank == 0 and not args.resume:  # a new run in an old run folder starts its metrics and curves afresh
+        for name in ("metrics.jsonl", "steps.jsonl"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(args.out, name))
 
     def stop(what, at_step, epoch, batch):
         last = os.path.join(args.out, "last.pdparams")
@@ -243,7 +263,7 @@ def _train(args, model, loss_fn, datasets):
         net.train()
         if args.freeze_backbone:
             keep_backbone_statistics(model)
-        epoch_loss, skipped, window_start, window_samples = 0.0, 0, time.time(), 0
+        epoch_loss, skipped, window_start, window_samples, window_loss, window_steps = 0.0, 0, time.time(), 0, 0.0, 0
         for i, (images, targets, target_weight, indices) in enumerate(loader):
             lr = learning_rate(args, epoch + i / steps_per_epoch, step)
             optimizer.set_lr(lr)
@@ -256,6 +276,7 @@ def _train(args, model, loss_fn, datasets):
                 stop(f"loss became {loss_value}", step, epoch, i)
             step += 1
             epoch_loss += loss_value
+            window_loss, window_steps = window_loss + loss_value, window_steps + 1
             skipped += int((indices.numpy() < 0).sum())
             window_samples += len(images) * world
             if rank == 0 and (i % args.log_every == 0 or i == steps_per_epoch - 1):
@@ -264,7 +285,10 @@ def _train(args, model, loss_fn, datasets):
                 eta = elapsed / max(step - run_start_step, 1) * (total_steps - step)
                 log(f"epoch {epoch + 1}/{args.epochs} step {i + 1}/{steps_per_epoch} loss {loss_value:.6f} "
                     f"lr {lr:.2e} {rate:.1f} samples/s ETA {format_seconds(eta)}", flush=True)
-                window_start, window_samples = time.time(), 0
+                os.makedirs(args.out, exist_ok=True)
+                with open(os.path.join(args.out, "steps.jsonl"), "a") as f:  # the curves' points: window means
+                    f.write(json.dumps(dict(step=step, loss=window_loss / window_steps, lr=lr)) + "\n")
+                window_start, window_samples, window_loss, window_steps = time.time(), 0, 0.0, 0
         if skipped:
             log(f"epoch {epoch + 1}: skipped {skipped} unreadable images")
         bad = non_finite_weights(model)  # e.g. BatchNorm statistics, which no gradient passes: never saved
@@ -273,24 +297,32 @@ def _train(args, model, loss_fn, datasets):
                  steps_per_epoch - 1)
         metrics = dict(epoch=epoch + 1, step=step, loss=epoch_loss / steps_per_epoch, lr=lr, skipped=skipped)
         results = None
-        if rank == 0 and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
-            results, stats = evaluate_model(model, val_set, batch_size=args.batch_size, flip=args.flip,
-                                            num_workers=args.workers, log=log)
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            if world > 1:  # every rank predicts a share of val with rank 0's model (its own BatchNorm statistics)
+                share_buffers(model)
+            # inference keeps no activations for a backward pass: batches of 32 even after small training ones
+            # (0.65x the time per crop of 4 on one CPU thread)
+            results, stats = evaluate_model(model, val_set, batch_size=max(args.batch_size, 32), flip=args.flip,
+                                            num_workers=args.workers, log=log, data_parallel=world > 1)
             metrics.update(stats)
             log("  ".join(f"{k} {stats[k]:.3f}" for k in STAT_NAMES))
             if stats["AP"] > best_ap:
                 best_ap = stats["AP"]
-                save_checkpoint(dict(model=model.state_dict(), record=model_info), os.path.join(args.out, "best.pdparams"))
+                if rank == 0:
+                    save_checkpoint(dict(model=model.state_dict(), record=model_info),
+                                    os.path.join(args.out, "best.pdparams"))
         if rank == 0:  # the epoch is kept before anything optional runs
             save_checkpoint(dict(model=model.state_dict(), record=model_info, optimizer=optimizer.state_dict(),
                                  epoch=epoch + 1, step=step, best_ap=best_ap, args=vars(args)),
                             os.path.join(args.out, "last.pdparams"))
             with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(metrics) + "\n")
-        if results is not None:
+        if rank == 0 and results is not None:
             unreadable = save_prediction_picture(results, val_set, os.path.join(args.out, "predictions.jpg"))
             if unreadable:
                 log(f"predictions.jpg: skipped {unreadable} unreadable val images")
+            if not save_training_curves(args.out, total_steps):
+                log(f"could not write {os.path.join(args.out, 'curves.png')}")
     print(f"rank {rank}: parameter checksum {parameter_checksum(model)}", flush=True)
     return model, val_set, best_ap
 
@@ -320,6 +352,97 @@ def resume(path, model, optimizer, model_name, info, log):
     model.set_state_dict(checkpoint["model"])
     log(f"resumed {path}: epoch {checkpoint['epoch']}, step {checkpoint['step']}, best AP {checkpoint['best_ap']:.3f}")
     return checkpoint["epoch"], checkpoint["step"], checkpoint["best_ap"]
+
+
+def read_jsonl_by_step(path):
+    """The records of a run's .jsonl file, one per step, the last written winning: a resumed run rewrites the
+    steps after its last finished epoch."""
+    by_step = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                record = json.loads(line)
+                by_step[record["step"]] = record
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def nice_ticks(low, high, count=4):
+    """About `count` round tick values (1, 2 or 5 times a power of ten apart) covering [low, high]."""
+    span = high - low
+    if span <= 0:
+        return [low]
+    raw = span / count
+    step = min((m * 10 ** math.floor(math.log10(raw)) for m in (1, 2, 5, 10)), key=lambda s: abs(s - raw))
+    first = math.ceil(low / step - 1e-9) * step
+    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+def draw_panel(canvas, box, xs, ys, x_range, title, colour, dots=False):
+    """One curve in the rectangle box = (x0, y0, x1, y1) of canvas: frame, y ticks with labels, the title in
+    the top-left corner; dots=True also marks and labels every point (few points, e.g. one per evaluation)."""
+    x0, y0, x1, y1 = box
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.rectangle(canvas, (x0, y0), (x1, y1), (90, 90, 90), 1)
+    if len(ys):
+        draw_curve(canvas, box, xs, ys, x_range, colour, dots)
+    (text_width, _), _ = cv2.getTextSize(title, font, 0.45, 1)
+    cv2.rectangle(canvas, (x0 + 1, y0 + 1), (x0 + text_width + 10, y0 + 22), (255, 255, 255), -1)
+    cv2.putText(canvas, title, (x0 + 6, y0 + 16), font, 0.45, colour, 1, cv2.LINE_AA)
+
+
+def draw_curve(canvas, box, xs, ys, x_range, colour, dots):
+    """The y ticks and the polyline of draw_panel, the y range being the data's with a tenth of margin."""
+    x0, y0, x1, y1 = box
+    grey, font = (200, 200, 200), cv2.FONT_HERSHEY_SIMPLEX
+    low, high = min(ys), max(ys)
+    pad = (high - low) * 0.1 or abs(high) * 0.1 or 1.0
+    low, high = low - pad, high + pad
+
+    def to_pixel(x, y):
+        px = x0 + (x - x_range[0]) / max(x_range[1] - x_range[0], 1e-9) * (x1 - x0)
+        return round(px), round(y1 - (y - low) / (high - low) * (y1 - y0))
+    for tick in nice_ticks(low, high):
+        _, py = to_pixel(x_range[0], tick)
+        cv2.line(canvas, (x0, py), (x1, py), grey, 1)
+        cv2.putText(canvas, f"{tick:.3g}", (4, py + 4), font, 0.35, (60, 60, 60), 1, cv2.LINE_AA)
+    points = np.array([to_pixel(x, y) for x, y in zip(xs, ys)], np.int32)
+    cv2.polylines(canvas, [points], False, colour, 2, cv2.LINE_AA)
+    if dots:
+        for (px, py), y in zip(points, ys):
+            cv2.circle(canvas, (int(px), int(py)), 4, colour, -1, cv2.LINE_AA)
+            cv2.putText(canvas, f"{y:.3f}", (min(int(px) - 20, x1 - 46), int(py) - 8), font, 0.4, colour, 1,
+                        cv2.LINE_AA)
+
+
+def draw_training_curves(steps, evaluations, total_steps, width=640, panel_height=150):
+    """Loss, learning rate and val AP against training steps: three stacked panels on one step axis.
+    steps: records with step, loss and lr (one per progress line); evaluations: records with step and AP."""
+    left, right, top, gap, bottom = 56, 16, 10, 8, 34
+    canvas = np.full((top + 3 * panel_height + 2 * gap + bottom, width, 3), 255, np.uint8)
+    x_range = (0, max([total_steps] + [r["step"] for r in steps + evaluations]))
+    panels = (([r["step"] for r in steps], [r["loss"] for r in steps], "training loss", (200, 80, 0), False),
+              ([r["step"] for r in steps], [r["lr"] for r in steps], "learning rate", (0, 140, 0), False),
+              ([r["step"] for r in evaluations], [r["AP"] for r in evaluations], "val AP", (0, 0, 200), True))
+    for i, (xs, ys, title, colour, dots) in enumerate(panels):
+        y0 = top + i * (panel_height + gap)
+        draw_panel(canvas, (left, y0, width - right, y0 + panel_height), xs, ys, x_range, title, colour, dots)
+    y = top + 3 * panel_height + 2 * gap
+    for tick in nice_ticks(*x_range):
+        px = round(left + (tick - x_range[0]) / max(x_range[1] - x_range[0], 1e-9) * (width - right - left))
+        cv2.line(canvas, (px, y), (px, y + 4), (60, 60, 60), 1)
+        cv2.putText(canvas, f"{tick:g}", (px - 8, y + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (60, 60, 60), 1,
+                    cv2.LINE_AA)
+    cv2.putText(canvas, "training step", (width // 2 - 40, y + 30), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (60, 60, 60), 1,
+                cv2.LINE_AA)
+    return canvas
+
+
+def save_training_curves(out, total_steps):
+    """runs/<model>/curves.png from the run's steps.jsonl and metrics.jsonl; False if it cannot be written."""
+    steps = read_jsonl_by_step(os.path.join(out, "steps.jsonl"))
+    evaluations = [r for r in read_jsonl_by_step(os.path.join(out, "metrics.jsonl")) if "AP" in r]
+    return write_image_atomically(os.path.join(out, "curves.png"),
+                                  draw_training_curves(steps, evaluations, total_steps))
 
 
 def save_prediction_picture(results, val_set, path, num_images=8):
@@ -421,8 +544,12 @@ def build_parser(description=__doc__.split("\n\n")[0].strip(), recipes=RECIPES, 
                    help=f"run folder for checkpoints and metrics (default: runs/{run_name.format(model='<model>')})")
     p.set_defaults(run_name=run_name)
     p.add_argument("--epochs", type=positive_int, default=None, help="training epochs" + recipe_default("epochs"))
+    p.add_argument("--schedule", choices=("step", "cosine"), default=None,
+                   help="learning rate: step (10x drops at the milestones) or cosine (to 0 at the last step)"
+                        + recipe_default("schedule"))
     p.add_argument("--milestones", type=non_negative, nargs="+", default=None,
-                   help="epochs where lr drops 10x (fractions allowed: 0.75)" + recipe_default("milestones"))
+                   help="epochs where lr drops 10x with --schedule step (fractions allowed: 0.75)"
+                        + recipe_default("milestones"))
     p.add_argument("--lr", type=positive, default=None,
                    help="Adam learning rate (per run, not per GPU)" + recipe_default("lr"))
     p.add_argument("--warmup-steps", type=count, default=None,
@@ -439,7 +566,8 @@ def build_parser(description=__doc__.split("\n\n")[0].strip(), recipes=RECIPES, 
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="flip test at evaluation")
     p.add_argument("--target-sigma", type=positive, default=None,
                    help="width of the target heatmaps' Gaussians (default: 2 at 256x192, proportional to the height)")
-    p.add_argument("--udp", action="store_true", help="unbiased data processing (UDP) targets and warps")
+    p.add_argument("--udp", action=argparse.BooleanOptionalAction, default=None,
+                   help="unbiased data processing (UDP) targets and warps" + recipe_default("udp"))
     p.add_argument("--oks-sigmas", default=None,
                    help="JSON file with the list of OKS sigmas of a non-COCO keypoint set (for evaluation)")
     p.add_argument("--flip-pairs", nargs="+", default=None, metavar="LEFT,RIGHT",
@@ -514,17 +642,53 @@ def apply_recipe(args, recipes=RECIPES, weights=None, flag="--weights"):
     return args
 
 
+def processes_to_launch(args, synthetic):
+    """How many training processes this command starts: --processes, else one per core for the synthetic teaching
+    run on a CPU-only machine with 2+ cores (README, Training), else 1. A process started
+    by paddle.distributed.launch is one of them already: 1."""
+    if "PADDLE_TRAINER_ID" in os.environ or args.benchmark:
+        return 1
+    on_cpu = args.device == "cpu" or (args.device is None and not paddle.is_compiled_with_cuda())
+    if args.processes is not None:
+        if args.processes > 1 and not on_cpu:
+            raise SystemExit(f"error: --processes {args.processes} starts CPU processes; for GPUs use "
+                             f"python -m paddle.distributed.launch --gpus ... train.py")
+        return args.processes
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 2 if synthetic and on_cpu and cores >= 2 else 1
+
+
+def launch_processes(count, argv, out):
+    """This command again in `count` processes through paddle.distributed.launch (gloo on CPU, as in README's
+    Training section): rank 0's lines show here, every rank's log is in <out>/launch/. Returns the exit code."""
+    command = [sys.executable, "-m", "paddle.distributed.launch", "--log_level", "WARNING", "--nproc_per_node",
+               str(count), "--log_dir", os.path.join(out, "launch"), os.path.abspath(__file__), *argv]
+    return subprocess.call(command, env=dict(os.environ, PYTHONWARNINGS="ignore:No ccache"))
+
+
 def main(argv=None):
     p = build_parser()
     p.add_argument("--benchmark", type=int, nargs="?", const=10, default=0, metavar="STEPS",
                    help="instead of training, time STEPS training steps and the data loader "
                         "(batch 8 at 256x192 unless set)")
+    p.add_argument("--processes", type=in_range(int, 1), default=None,
+                   help="CPU training processes, one per core, started through paddle.distributed.launch (default: "
+                        "2 for the synthetic teaching run on a CPU-only machine with 2+ cores, else 1)")
     args = p.parse_args(argv)
     if args.benchmark < 0:
         raise SystemExit(f"error: --benchmark {args.benchmark}: expected a number of steps, 1 or more")
     if args.benchmark:  # the setting of the speed figures in README unless given
         args.input_size, args.batch_size = args.input_size or "256x192", args.batch_size or 8
-    args = apply_recipe(args)
+    synthetic = args.data is None
+    args = apply_recipe(args)  # makes the synthetic set first: once, before any process is launched
+    processes = processes_to_launch(args, synthetic)
+    if processes > 1:
+        print(f"{processes} training processes, one per core (--processes 1: one); rank 0 speaks, "
+              f"all ranks log to {os.path.join(args.out, 'launch')}/", flush=True)
+        code = launch_processes(processes, sys.argv[1:] if argv is None else list(argv), args.out)
+        if code:
+            raise SystemExit(code)
+        return None
     try:
         if args.benchmark:
             return benchmark(args)
