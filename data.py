@@ -1055,7 +1055,7 @@ def box_iou(a, b):
     return ix * iy / union if union > 0 else 0.0
 
 
-def make_synthetic_dataset(out_dir, num_train=1300, num_val=200, seed=0, image_size=(320, 240), workers=None):
+def make_synthetic_dataset(out_dir, num_train=2000, num_val=200, seed=0, image_size=(320, 240), workers=None):
     """Writes a COCO-format keypoint dataset of stick figures (1-4 per image, occlusion, truncation):
     annotations/person_keypoints_{train,val}2017.json, {train,val}2017/*.jpg, and a detection-results file
     for val. Identical output for the same arguments, whatever the number of worker processes."""
@@ -1646,7 +1646,7 @@ def main(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
     synth = commands.add_parser("synth", help="write the synthetic stick-figure dataset (COCO format)")
     synth.add_argument("--out", required=True, help="output folder (COCO layout)")
-    synth.add_argument("--train", type=int, default=1300, help="number of training images")
+    synth.add_argument("--train", type=int, default=2000, help="number of training images")
     synth.add_argument("--val", type=int, default=200, help="number of validation images")
     synth.add_argument("--seed", type=int, default=0, help="same seed, same files")
     synth.add_argument("--size", default="240x320", help="image HEIGHTxWIDTH")
