@@ -1920,7 +1920,8 @@ def qat_run(synthetic_root, tmp_path_factory):
     with contextlib.redirect_stdout(out):
         Q.main(["--data", synthetic_root, "--out", str(root / "qat"), "--model", "lite_hrnet_18", "--input-size",
                 "64x64", "--batch-size", "8", "--workers", "0", "--no-flip", "--device", "cpu", "--epochs", "1",
-                "--warmup-steps", "0", "--weights", str(root / "float" / "best.pdparams"), "--no-eval-int8"])
+                "--warmup-steps", "0", "--weights", str(root / "float" / "best.pdparams"), "--no-eval-int8",
+                "--float-program"])
     return dict(root=root, float=str(root / "float" / "best.pdparams"), qat=str(root / "qat" / "best.pdparams"),
                 export=str(root / "qat" / "int8"), log=out.getvalue())
 
@@ -3640,7 +3641,7 @@ def test_a_quantized_export_without_a_float_program_runs_int8(qat_run, tmp_path)
 def test_quantize_scores_both_programs_of_its_export(qat_run, synthetic_root, tmp_path, capsys):
     out = str(tmp_path / "int8")
     Q.main(["--data", synthetic_root, "--qat-weights", qat_run["qat"], "--export", out, "--workers", "0",
-            "--no-flip", "--device", "cpu", "--batch-size", "8"])
+            "--no-flip", "--device", "cpu", "--batch-size", "8", "--float-program"])
     lines = capsys.readouterr().out.strip().splitlines()
     scores = re.fullmatch(r"AP QAT \(fake-quant\) (\S+)  int8 (\S+)  float program (\S+)", lines[-2])
     assert scores and lines[-1] == f"AP: {scores.group(2)}", lines[-2:]
