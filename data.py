@@ -706,6 +706,9 @@ def _detection_samples(det_file, coco, num_joints, category_id, aspect_ratio, sc
                 areas=boxes[:, 2] * boxes[:, 3]), skipped + empty
 
 
+LARGE_ANNOTATION_FILE = 32 << 20  # bytes
+
+
 def release_freed_memory():
     """Hands the pages of freed objects back to the system: glibc's malloc keeps them for reuse unless asked, so
     a parsed annotation file would stay in the process's resident memory (and in every forked worker's)."""
@@ -801,7 +804,8 @@ class COCOKeypointDataset(paddle.io.Dataset):
         except (KeyError, TypeError, IndexError) as err:
             raise ValueError(f"{source}: malformed entry ({type(err).__name__}: {err})") from None
         del coco, category
-        release_freed_memory()
+        if os.path.getsize(ann_file) > LARGE_ANNOTATION_FILE:  # a small file leaves little to give back
+            release_freed_memory()
         self.image_ids, self.image_index = columns["image_ids"], columns["image_index"]
         self.centers, self.scales, self.joints = columns["centers"], columns["scales"], columns["joints"]
         self.scores, self.areas = columns["scores"], columns["areas"]
