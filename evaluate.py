@@ -392,13 +392,17 @@ def matched_cocoeval(ann_file_or_coco, results, sigmas=None, image_ids=None):
     return coco_eval
 
 
-def coco_keypoint_stats(ann_file_or_coco, results, sigmas=None, image_ids=None):
+def coco_keypoint_stats(ann_file_or_coco, results, sigmas=None, image_ids=None, per_joint=False):
     """Score COCO keypoint results with pycocotools; returns {name: value} for the 10 STAT_NAMES (arguments as
-    matched_cocoeval's)."""
+    matched_cocoeval's), and with per_joint also "per_joint": (names, per_joint_scores) from the same matching."""
     coco_eval = matched_cocoeval(ann_file_or_coco, results, sigmas, image_ids)
     _quietly(coco_eval.accumulate)
     _quietly(coco_eval.summarize)
-    return {name: float(value) for name, value in zip(STAT_NAMES, coco_eval.stats)}
+    stats = {name: float(value) for name, value in zip(STAT_NAMES, coco_eval.stats)}
+    if per_joint:
+        names = keypoint_category(coco_eval.cocoGt.dataset, "the annotation set")["keypoints"]
+        stats["per_joint"] = (names, per_joint_scores(coco_eval))
+    return stats
 
 
 def per_joint_scores(coco_eval, pck_oks=0.5):
@@ -427,9 +431,9 @@ def per_joint_scores(coco_eval, pck_oks=0.5):
         return oks_sum / counts, hits / counts, counts.astype(int)
 
 
-def print_per_joint_table(coco_eval, names, pck_oks=0.5):
-    """The per_joint_scores table, hardest joint last."""
-    mean_oks, pck, counts = per_joint_scores(coco_eval, pck_oks)
+def print_per_joint_table(names, scores, pck_oks=0.5):
+    """The table of per_joint_scores (scores, computed at pck_oks), hardest joint last."""
+    mean_oks, pck, counts = scores
     print(f"{'joint':<15} {'OKS':>6} {f'PCK@{pck_oks:g}':>8} {'joints':>7}")
     for k in sorted(range(len(names)), key=lambda k: -np.nan_to_num(mean_oks[k], nan=-1)):
         print(f"{names[k]:<15} {mean_oks[k]:6.3f} {pck[k]:8.3f} {counts[k]:7d}")
@@ -452,11 +456,12 @@ class PredictorModel(paddle.nn.Layer):
 
 
 def evaluate_model(model, dataset, batch_size=32, flip=True, decode="default", dark_kernel=3,
-                   in_vis_thre=0.2, oks_thre=0.9, soft_nms=False, num_workers=0, log=print, data_parallel=False):
+                   in_vis_thre=0.2, oks_thre=0.9, soft_nms=False, num_workers=0, log=print, data_parallel=False,
+                   per_joint=False):
     """Predict every person box of a COCOKeypointDataset, decode, rescore + OKS-NMS and score with pycocotools.
     data_parallel: every process of a paddle.distributed run calls this, each predicts every world-size-th box,
     and all score the gathered predictions (the model must be the same in all: BatchNorm statistics too).
-    Returns (COCO results list, stats dict)."""
+    Returns (COCO results list, stats dict; per_joint: see coco_keypoint_stats)."""
     if len(dataset) == 0:
         raise ValueError(f"no person boxes to evaluate for {dataset.ann_file}")
     flip = flip and dataset.info.flip  # keypoint names without left/right: data.py said so once
@@ -501,7 +506,7 @@ def evaluate_model(model, dataset, batch_size=32, flip=True, decode="default", d
         scored_images -= unread
         log(f"warning: skipped {len(skipped)} of {seen} samples: {len(unread)} images could not be read; "
             f"scoring the other {len(scored_images)} images only")
-    return results, coco_keypoint_stats(gt, results, dataset.info.sigmas, scored_images)
+    return results, coco_keypoint_stats(gt, results, dataset.info.sigmas, scored_images, per_joint)
 
 
 def gather_predictions(people, people_indices, skipped, seen):
@@ -624,11 +629,11 @@ def _predict(args, ann_file):
     print(f"{name} on {len(dataset)} boxes ({'GT' if boxes == 'gt' else boxes}), input {height}x{width}, "
           f"decode {args.decode}, flip {'on' if args.flip and dataset.info.flip else 'off'}")
     results, stats = evaluate_model(model, dataset, args.batch_size, args.flip, args.decode, args.dark_kernel,
-                                    args.in_vis_thre, args.oks_thre, args.soft_nms, args.workers)
+                                    args.in_vis_thre, args.oks_thre, args.soft_nms, args.workers, per_joint=True)
     if args.out:
         write_json_atomically(results, args.out)
         print(f"wrote {len(results)} results to {args.out}")
-    return results, stats
+    return stats
 
 
 def main(argv=None):
@@ -641,18 +646,16 @@ def main(argv=None):
         if args.results:
             results = _read_results(_existing(args.results, "results file (--results)"))
             try:
-                stats = coco_keypoint_stats(ann_file, results)
+                stats = coco_keypoint_stats(ann_file, results, per_joint=True)
             except ValueError as e:
                 raise ValueError(f"--results {args.results}: {e}") from None
         else:
-            results, stats = _predict(args, ann_file)
-        gt, category = load_ground_truth(ann_file)
-        coco_eval = matched_cocoeval(gt, results, keypoint_info_from_category(category).sigmas)
+            stats = _predict(args, ann_file)
     except (ValueError, OSError) as e:  # bad input found by data.py or here: one line, no traceback
         raise SystemExit("error: " + " ".join(str(e).split()))
-    for name, value in stats.items():
-        print(f"{name:<7}: {value:.4f}")
-    print_per_joint_table(coco_eval, keypoint_info_from_category(category).names)
+    for name in STAT_NAMES:
+        print(f"{name:<7}: {stats[name]:.4f}")
+    print_per_joint_table(*stats["per_joint"])
     print(f"AP: {stats['AP']:.3f}")
 
 
