@@ -801,8 +801,8 @@ def parse_args(argv=None):
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="runtime of --model-dir: auto = OpenVINO on CPU if installed, else paddle.inference")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="of --model-dir (default: fp32; a quantized export on CPU: int8 or its float program, "
-                        "whichever runs faster here, measured once; bf16 needs OpenVINO)")
+                   help="of --model-dir (default: fp32; a quantized export: int8, or with a float program "
+                        "(quantize.py --float-program) whichever of the two runs faster here; bf16 needs OpenVINO)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads of --model-dir's predictor (default: all)")
     p.add_argument("--onednn", action=argparse.BooleanOptionalAction, default=True,
                    help="oneDNN kernels for --model-dir on CPU (--backend paddle)")
