@@ -1607,8 +1607,13 @@ def _cmd_scale_bench(args):
     after = process_memory_mb()
     print(f"built {len(dataset)} samples in {elapsed:.1f}s ({cpu:.1f}s CPU); main process resident "
           f"{before['Rss']:.0f} MB before, peak {after['VmHWM']:.0f} MB while building, {after['Rss']:.0f} MB after")
-    loader = paddle.io.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                  num_workers=args.workers, worker_init_fn=exit_with_parent())
+    if len(dataset) < args.steps * args.batch_size:
+        raise ValueError(f"--steps {args.steps} x --batch-size {args.batch_size}: more than the {len(dataset)} samples")
+    # exactly --steps batches of random samples: the loader then ends as it should, its workers and reader
+    # thread shut down, instead of an iterator left half-read for the garbage collector
+    picked = np.random.default_rng(0).permutation(len(dataset))[:args.steps * args.batch_size]
+    loader = paddle.io.DataLoader(paddle.io.Subset(dataset, picked.tolist()), batch_size=args.batch_size,
+                                  drop_last=True, num_workers=args.workers, worker_init_fn=exit_with_parent())
     first, last = 10, args.steps - 1
     others = set(child_pids())  # processes started before (in a test run, other loaders' workers)
     for step, _ in enumerate(loader):
@@ -1622,7 +1627,6 @@ def _cmd_scale_bench(args):
                 print(f"worker {pid}: private dirty memory {early:.1f} MB at step {first}, "
                       f"{late_dirty:.1f} MB at step {last} ({late_dirty - early:+.1f} MB); "
                       f"resident {late['Rss']:.0f} MB, proportional share {late['Pss']:.0f} MB")
-            break
     print(f"{args.workers} workers, batch {args.batch_size} at {args.input_size}: "
           f"{(last - first) * args.batch_size / elapsed:.1f} samples/s from step {first} to {last}; "
           f"main process resident {process_memory_mb()['Rss']:.0f} MB")

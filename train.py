@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import hashlib
 import io
-import itertools
 import json
 import math
 import statistics
@@ -473,12 +472,14 @@ def benchmark(args, warmup=3):
     timed alternately with --threads and with one thread per core, so that the two rates can be compared."""
     set_device(args.device)
     train_set, _ = build_datasets(args)
-    loader = paddle.io.DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                  num_workers=args.workers, worker_init_fn=exit_with_parent())
+    # just the batches timed, so that the loader ends as it should (workers and reader thread shut down)
+    picked = paddle.randperm(len(train_set)).numpy()[:(args.benchmark + 1) * args.batch_size]
+    loader = paddle.io.DataLoader(paddle.io.Subset(train_set, picked.tolist()), batch_size=args.batch_size,
+                                  drop_last=True, num_workers=args.workers, worker_init_fn=exit_with_parent())
     batches = iter(loader)
     images, targets, target_weight, _ = next(batches)  # the first batch also waits for the workers to start
     start, loaded = time.perf_counter(), 0
-    for loaded, _ in enumerate(itertools.islice(batches, args.benchmark), 1):
+    for loaded, _ in enumerate(batches, 1):
         pass
     loading = loaded * args.batch_size / (time.perf_counter() - start) if loaded else float("nan")
 
