@@ -39,7 +39,7 @@ from pycocotools.cocoeval import COCOeval
 from data import (COCOKeypointDataset, HelpFormatter, complete_annotations, exit_with_parent, finite_numbers,
                   keypoint_category, keypoint_info_from_category, load_json, parse_input_size, resolve_path_or_url,
                   run_script, transform_preds, write_json_atomically)
-from export import BACKENDS, PRECISIONS, create_predictor, read_pose_json
+from export import add_runtime_flags, create_predictor, read_pose_json
 from model import add_checkpoint_flags, build_from_checkpoint, read_checkpoint, set_device
 
 STAT_NAMES = ("AP", "AP .5", "AP .75", "AP (M)", "AP (L)", "AR", "AR .5", "AR .75", "AR (M)", "AR (L)")
@@ -532,12 +532,7 @@ def parse_args(argv=None):
     p.add_argument("--results", help="only score this COCO results JSON (no model)")
     add_checkpoint_flags(p, "checkpoint path or URL (formats: see model.load_weights)")
     p.add_argument("--model-dir", help="an exported model folder (export.py, quantize.py) instead of --weights")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="runtime of --model-dir: auto = OpenVINO on CPU if installed, else paddle.inference")
-    p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="of --model-dir (default: fp32; a quantized export: int8, or with a float program "
-                        "(quantize.py --float-program) whichever of the two runs faster here; bf16 needs OpenVINO)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads of --model-dir's runtime (default: all)")
+    add_runtime_flags(p)
     p.add_argument("--boxes", default="gt", help="'gt' (ground-truth boxes), 'det' (DATA/" + DETECTION_FILE
                    + ", the boxes of the official HRNet tables) or a detection-results JSON")
     p.add_argument("--det-score-thr", type=float, default=0.0, help="drop detector boxes scoring below this")

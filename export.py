@@ -407,6 +407,17 @@ def native_output_held(verbose=False):
                 os.write(2, held.read())
 
 
+def add_runtime_flags(parser):
+    """--backend, --precision and --threads: how --model-dir runs (evaluate.py, predict.py)."""
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="runtime of --model-dir: auto = OpenVINO on CPU if installed, else paddle.inference")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="of --model-dir (default: fp32; a quantized export: int8, or with a float program "
+                             "(quantize.py --float-program) whichever of the two runs faster here; bf16 needs "
+                             "OpenVINO)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads of --model-dir's runtime (default: all)")
+
+
 def create_predictor(model_dir, backend="auto", device=None, threads=None, precision=None, onednn=True,
                      verbose=False, log=None):
     """A Predictor of an export: float32 N x 3 x H x W numpy -> N x K x h x w numpy heatmaps.

@@ -41,8 +41,8 @@ from data import (COCO_PERSON_CATEGORY, HelpFormatter, IMAGENET_MEAN, IMAGENET_S
                   keypoint_info_from_record, load_json, parse_input_size, read_image_bgr, run_script,
                   temporary_path, write_image_atomically, write_json_atomically)
 from evaluate import heatmaps_to_keypoints, oks_iou, oks_nms, person_score, predict_batch
-from export import (BACKENDS, PRECISIONS, create_predictor, native_output_held, paddle_inference, pose_metadata,
-                    read_pose_json)
+from export import (BACKENDS, PRECISIONS, add_runtime_flags, create_predictor, native_output_held, paddle_inference,
+                    pose_metadata, read_pose_json)
 from model import add_checkpoint_flags, load_checkpoint, set_device
 
 PREDICTIONS_FILE = "predictions.json"
@@ -798,12 +798,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=8, help="person crops per network call")
     p.add_argument("--max-frames", type=int, default=0, help="stop a video or webcam after this many frames (0: all)")
     p.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: gpu if Paddle has CUDA)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="runtime of --model-dir: auto = OpenVINO on CPU if installed, else paddle.inference")
-    p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="of --model-dir (default: fp32; a quantized export: int8, or with a float program "
-                        "(quantize.py --float-program) whichever of the two runs faster here; bf16 needs OpenVINO)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads of --model-dir's predictor (default: all)")
+    add_runtime_flags(p)
     p.add_argument("--onednn", action=argparse.BooleanOptionalAction, default=True,
                    help="oneDNN kernels for --model-dir on CPU (--backend paddle)")
     p.add_argument("--benchmark", action="store_true",
