@@ -23,6 +23,7 @@ warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time 
 
 import argparse
 import contextlib
+import ctypes
 import io
 import json
 import platform
@@ -462,7 +463,7 @@ def create_predictor(model_dir, backend="auto", device=None, threads=None, preci
         use_float_program = float_program and precision != "int8"
         if backend == "openvino":
             program, _ = _model_files(model_dir, legacy=True, float_program=use_float_program)
-            return openvino_predictor(program, threads, precision, quantized and not use_float_program)
+            return openvino_predictor(program, threads, precision, quantized and not use_float_program, log)
         with native_output_held(verbose):
             return paddle_predictor(_model_files(model_dir, float_program=use_float_program), device, threads,
                                     onednn, precision)
@@ -661,10 +662,11 @@ def paddle_predictor(files, device, threads, onednn, precision):
     return Predictor(run, "paddle", precision, predictor)
 
 
-def openvino_predictor(program, threads, precision, quantized):
+def openvino_predictor(program, threads, precision, quantized, log=None):
     """OpenVINO on the CPU, from a legacy-format program of an export (it finds the .pdiparams of the same
-    name). A quantized program runs its convolutions in int8 (OpenVINO reads the quantize/dequantize pairs);
-    bf16 needs a CPU with bf16 instructions."""
+    name). A quantized program runs its convolutions in int8 (OpenVINO reads the quantize/dequantize pairs)
+    where the CPU sums int8 products exactly (cpu_sums_int8_exactly), else its rounding in float arithmetic,
+    said on log; bf16 needs a CPU with bf16 instructions."""
     openvino = import_openvino()
     if openvino is None:
         raise ValueError("--backend openvino: OpenVINO is not installed (pip install openvino), or use --backend "
@@ -682,8 +684,12 @@ def openvino_predictor(program, threads, precision, quantized):
     core = openvino.Core()
     try:
         network = core.read_model(program)
-        if quantized:
+        if quantized and cpu_sums_int8_exactly():
             openvino_int8_graph(network)
+        elif quantized:
+            (log or (lambda line: print(line, file=sys.stderr)))(
+                f"{program}: this CPU has no VNNI instructions, without which OpenVINO's int8 convolutions "
+                f"saturate; running the int8 program's rounding in float (the QAT model's outputs, not faster)")
     except RuntimeError as err:
         raise ValueError(f"{program}: OpenVINO cannot load it ({error_gist(err)})") from None
     requests = {}  # batch size -> infer request of the network compiled for it
@@ -695,6 +701,7 @@ def openvino_predictor(program, threads, precision, quantized):
             network.reshape({network.input(0): [size, *list(network.input(0).get_partial_shape())[1:]]})
             try:
                 requests[size] = core.compile_model(network, "CPU", config).create_infer_request()
+                use_process_signal_stack()
             except RuntimeError as err:
                 raise ValueError(f"{program}: OpenVINO cannot load it ({error_gist(err)})") from None
         return requests[size]
@@ -741,6 +748,41 @@ def openvino_int8_graph(network):
             subtract = next(iter(convert.output(0).get_target_inputs())).get_node()
             if subtract.get_type_name() == "Subtract":
                 subtract.output(0).replace(convert.output(0))
+
+
+class SignalStack(ctypes.Structure):  # stack_t of sigaltstack(2)
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+PROCESS_SIGNAL_STACK = []  # (memory, SignalStack): made once, never freed
+SIGNAL_STACK_BYTES = 256 << 10  # more than a signal frame with AMX state (~11 KB) needs
+
+
+def use_process_signal_stack():
+    """Give this thread back one alternate signal stack that lives as long as the process. OpenVINO's CPU plugin
+    (2026.4) gives each compiled model its own stack and, when the model is freed, puts back the one that was
+    there at its compile, even if that one belonged to a model freed since. The next signal handled on that
+    unmapped stack kills the process (a DataLoader worker's exit, SIGCHLD, crashed the test suite with
+    SIGSEGV). Called after every compile, so every compiled model saves and restores this one."""
+    if not sys.platform.startswith("linux"):
+        return
+    if not PROCESS_SIGNAL_STACK:
+        memory = ctypes.create_string_buffer(SIGNAL_STACK_BYTES)
+        PROCESS_SIGNAL_STACK.extend([memory, SignalStack(ctypes.addressof(memory), 0, SIGNAL_STACK_BYTES)])
+    ctypes.CDLL(None).sigaltstack(ctypes.byref(PROCESS_SIGNAL_STACK[1]), None)
+
+
+def cpu_sums_int8_exactly():
+    """Whether the CPU multiplies and adds int8 in 32 bits (VNNI: avx512_vnni, avx_vnni or AMX), as OpenVINO's
+    int8 convolutions need to give the fake-quantized model's outputs. x86 CPUs without it (AVX2 only) add pairs
+    of u8 x i8 products in 16 bits, which saturate: one QAT convolution of real crops was off by 24% of its
+    largest output. Only Linux x86 says (/proc/cpuinfo flags); elsewhere int8 is assumed exact."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        return True
+    return flags is None or bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
 
 
 def openvino_conv_precisions(predictor):
