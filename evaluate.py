@@ -36,7 +36,7 @@ import paddle.distributed as dist
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from data import (COCOKeypointDataset, HelpFormatter, complete_annotations, exit_with_parent, finite_numbers,
+from data import (COCOKeypointDataset, HelpFormatter, complete_annotations, data_loader, finite_numbers,
                   keypoint_category, keypoint_info_from_category, load_json, parse_input_size, resolve_path_or_url,
                   run_script, transform_preds, write_json_atomically)
 from export import add_runtime_flags, create_predictor, read_pose_json
@@ -467,8 +467,7 @@ def evaluate_model(model, dataset, batch_size=32, flip=True, decode="default", d
     flip = flip and dataset.info.flip  # keypoint names without left/right: data.py said so once
     world, rank = (dist.get_world_size(), dist.get_rank()) if data_parallel else (1, 0)
     samples = dataset if world == 1 else paddle.io.Subset(dataset, range(rank, len(dataset), world))
-    loader = paddle.io.DataLoader(samples, batch_size=batch_size, shuffle=False, drop_last=False,
-                                  num_workers=num_workers, worker_init_fn=exit_with_parent())
+    loader = data_loader(samples, num_workers, batch_size=batch_size, shuffle=False, drop_last=False)
     people, people_indices, skipped, seen = [], [], [], 0
     start = last_report = time.time()
     udp = dataset.udp  # UDP crops need the matching inverse transform and no flip shift

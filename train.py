@@ -32,7 +32,7 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from data import (COCOKeypointDataset, HelpFormatter, augmentation_defaults, draw_poses, exit_with_parent,
+from data import (COCOKeypointDataset, HelpFormatter, augmentation_defaults, data_loader, draw_poses,
                   image_grid, make_synthetic_dataset, parse_input_size, progress_printer, read_image_bgr,
                   resolve_path_or_url, run_script, write_image_atomically)
 from evaluate import STAT_NAMES, evaluate_model
@@ -234,8 +234,7 @@ def _train(args, model, loss_fn, datasets):
 
     # one shuffling per epoch shared by all ranks; each rank takes its own slice
     sampler = paddle.io.DistributedBatchSampler(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True)
-    loader = paddle.io.DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers,
-                                  worker_init_fn=exit_with_parent())
+    loader = data_loader(train_set, args.workers, batch_sampler=sampler)
     steps_per_epoch = len(sampler)
     if steps_per_epoch == 0:
         raise SystemExit(f"error: --batch-size {args.batch_size} x {world} processes is larger than the "
@@ -474,8 +473,8 @@ def benchmark(args, warmup=3):
     train_set, _ = build_datasets(args)
     # just the batches timed, so that the loader ends as it should (workers and reader thread shut down)
     picked = paddle.randperm(len(train_set)).numpy()[:(args.benchmark + 1) * args.batch_size]
-    loader = paddle.io.DataLoader(paddle.io.Subset(train_set, picked.tolist()), batch_size=args.batch_size,
-                                  drop_last=True, num_workers=args.workers, worker_init_fn=exit_with_parent())
+    loader = data_loader(paddle.io.Subset(train_set, picked.tolist()), args.workers, batch_size=args.batch_size,
+                         drop_last=True)
     batches = iter(loader)
     images, targets, target_weight, _ = next(batches)  # the first batch also waits for the workers to start
     start, loaded = time.perf_counter(), 0
