@@ -603,6 +603,22 @@ def test_synthetic_dataset_is_valid_coco_with_perfect_gt_ap(tmp_path):
     assert len(val) >= len(anns)
 
 
+def test_data_loader_batches_as_paddle_does_and_workers_trim_before_each_batch(monkeypatch):
+    dataset = paddle.io.Subset(data.COCOKeypointDataset(MINI_ANN, MINI_IMAGES, "128x96", train=True), range(16))
+    plain = [[t.numpy() for t in batch] for batch in paddle.io.DataLoader(dataset, batch_size=8, num_workers=2)]
+    ours = [[t.numpy() for t in batch] for batch in data.data_loader(dataset, 2, batch_size=8)]
+    for a, b in zip(plain, ours, strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert x.dtype == y.dtype and np.array_equal(x, y)
+    trims = []  # in this process, as a worker would: one trim per batch; outside workers none
+    monkeypatch.setattr(data, "MALLOC_TRIM", lambda pad: trims.append(pad))
+    [list(batch) for batch in data.data_loader(dataset, 0, batch_size=8)]
+    assert trims == []
+    monkeypatch.setattr(paddle.io, "get_worker_info", lambda: object())
+    [list(batch) for batch in data.data_loader(dataset, 0, batch_size=8)]
+    assert trims == [0, 0]
+
+
 def test_synthetic_dataset_is_deterministic(tmp_path):
     def files(folder):
         return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
