@@ -414,7 +414,7 @@ def add_runtime_flags(parser):
                         help="runtime of --model-dir: auto = OpenVINO on CPU if installed, else paddle.inference")
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="of --model-dir (default: fp32; a quantized export: int8, or with a float program "
-                             "(quantize.py --float-program) whichever of the two runs faster here; bf16 needs "
+                             "(quantize.py's default) whichever of the two runs faster here; bf16 needs "
                              "OpenVINO)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of --model-dir's runtime (default: all)")
 
