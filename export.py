@@ -354,6 +354,16 @@ class Predictor:
         return f"{runtime} auto: " + ", ".join(f"{p} at batch {b}" for b, p in sorted(self.chosen.items()))
 
 
+def compiled_batch_size(crops):
+    """The batch size an OpenVINO network is compiled for that runs the next of `crops` crops: the largest power
+    of 2 <= crops, at most OPENVINO_MAX_BATCH (at most four compiles, 1-3 s each, once)."""
+    return min(OPENVINO_MAX_BATCH, 1 << max(crops.bit_length() - 1, 0))
+
+
+def log_to_stderr(line):
+    print(line, file=sys.stderr)
+
+
 def import_openvino():
     """The openvino module, or None when it is not installed (everything then runs on paddle.inference)."""
     try:
@@ -435,6 +445,7 @@ def create_predictor(model_dir, backend="auto", device=None, threads=None, preci
     they build it; log: where the auto choice is reported (default: a line on stderr). With a pose.json beside
     the model, one warm-up run checks that the network takes the input size it states and gives the heatmaps
     it states."""
+    log = log or log_to_stderr
     pose = read_pose_json(model_dir) if os.path.isfile(os.path.join(model_dir, POSE_FILE)) else None
     quantized = bool(pose and pose["quantized"])
     float_program = quantized and None not in (pose.get(key) for key in FLOAT_KEYS)
@@ -520,10 +531,7 @@ def time_interleaved(runs, batch, warmup=2, min_rounds=7, max_rounds=30, budget=
 def machine_key(backend, threads):
     """What the choice depends on besides the export and the batch size: this machine (host name, CPU model,
     core count), the runtime and its version, the threads."""
-    cpu = platform.processor() or platform.machine()
-    if os.path.isfile("/proc/cpuinfo"):
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    cpu = cpuinfo_field("model name") or platform.processor() or platform.machine()
     runtime = f"openvino {import_openvino().__version__}" if backend == "openvino" else f"paddle {paddle.__version__}"
     return f"{platform.node()} | {cpu} | {os.cpu_count()} cpus | {runtime} | {threads} threads"
 
@@ -571,12 +579,11 @@ def remember_choice(model_dir, machine, batch, choice):
     return True
 
 
-def auto_precision(build, model_dir, backend, threads, input_size, log=None):
+def auto_precision(build, model_dir, backend, threads, input_size, log):
     """A Predictor running a quantized export's int8 or float program (build(precision) -> Predictor), whichever
     runs faster at each batch size (1, 2, 4, 8: OpenVINO's compiled sizes; larger batches as 8). The first batch
     of a size times both programs on random crops (time_interleaved, choose_precision) and remembers the choice
     in the export folder per machine_key; later runs read it. Batch 1 is chosen here. One line per choice."""
-    log = log or (lambda line: print(line, file=sys.stderr))
     threads = int(threads or os.cpu_count() or 1)
     machine = machine_key(backend, threads)
     built, chosen = {}, {}
@@ -604,7 +611,7 @@ def auto_precision(build, model_dir, backend, threads, input_size, log=None):
             f"{threads} threads: running {'int8' if chosen[size] == 'int8' else 'the float program'} {where}")
 
     def run(batch):
-        size = min(OPENVINO_MAX_BATCH, 1 << max(len(batch).bit_length() - 1, 0))
+        size = compiled_batch_size(len(batch))
         if size not in chosen:
             choose(size)
         return program(chosen[size])(batch)
@@ -662,7 +669,7 @@ def paddle_predictor(files, device, threads, onednn, precision):
     return Predictor(run, "paddle", precision, predictor)
 
 
-def openvino_predictor(program, threads, precision, quantized, log=None):
+def openvino_predictor(program, threads, precision, quantized, log=log_to_stderr):
     """OpenVINO on the CPU, from a legacy-format program of an export (it finds the .pdiparams of the same
     name). A quantized program runs its convolutions in int8 (OpenVINO reads the quantize/dequantize pairs)
     where the CPU sums int8 products exactly (cpu_sums_int8_exactly), else its rounding in float arithmetic,
@@ -687,8 +694,7 @@ def openvino_predictor(program, threads, precision, quantized, log=None):
         if quantized and cpu_sums_int8_exactly():
             openvino_int8_graph(network)
         elif quantized:
-            (log or (lambda line: print(line, file=sys.stderr)))(
-                f"{program}: this CPU has no VNNI instructions, without which OpenVINO's int8 convolutions "
+            log(f"{program}: this CPU has no VNNI instructions, without which OpenVINO's int8 convolutions "
                 f"saturate; running the int8 program's rounding in float (the QAT model's outputs, not faster)")
     except RuntimeError as err:
         raise ValueError(f"{program}: OpenVINO cannot load it ({error_gist(err)})") from None
@@ -707,10 +713,9 @@ def openvino_predictor(program, threads, precision, quantized, log=None):
         return requests[size]
 
     def run(batch):
-        # batches of 2^k <= OPENVINO_MAX_BATCH crops: at most four networks compiled (1-3 s each, once)
         heatmaps, start = [], 0
         while start < len(batch):
-            size = min(OPENVINO_MAX_BATCH, 1 << (len(batch) - start).bit_length() - 1)
+            size = compiled_batch_size(len(batch) - start)
             request = request_for(size)
             request.infer([batch[start:start + size]])
             heatmaps.append(request.get_output_tensor(0).data.copy())
@@ -777,12 +782,17 @@ def cpu_sums_int8_exactly():
     int8 convolutions need to give the fake-quantized model's outputs. x86 CPUs without it (AVX2 only) add pairs
     of u8 x i8 products in 16 bits, which saturate: one QAT convolution of real crops was off by 24% of its
     largest output. Only Linux x86 says (/proc/cpuinfo flags); elsewhere int8 is assumed exact."""
+    flags = cpuinfo_field("flags")
+    return flags is None or bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags.split()))
+
+
+def cpuinfo_field(name):
+    """The value of the first `name : value` line of Linux's /proc/cpuinfo, or None (no such line, no such file)."""
     try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.split(":", 1)[0].strip() == name), None)
     except OSError:
-        return True
-    return flags is None or bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+        return None
 
 
 def openvino_conv_precisions(predictor):
