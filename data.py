@@ -663,10 +663,17 @@ def _gt_samples(coco, ann_file, num_joints, category_id, aspect_ratio):
             boxes.append([x1, y1, x2 - x1, y2 - y1])
     joints = np.array([ann["keypoints"] for ann in kept], np.float32).reshape(len(kept), num_joints, 3)
     joints[:, :, 2] = np.minimum(joints[:, :, 2], 1)  # 1 = labelled (visible or occluded), 0 = not labelled
+    return _sample_columns(image_ids, image_index, boxes, aspect_ratio, np.ones(len(kept)), joints,
+                           [float(ann["area"]) for ann in kept]), sum(skipped.values())
+
+
+def _sample_columns(image_ids, image_index, boxes, aspect_ratio, scores, joints, areas):
+    """The numpy columns of COCOKeypointDataset from per-sample lists: boxes [x, y, w, h] become centers and
+    scales (box_to_center_scale)."""
     centers, scales = box_to_center_scale(np.array(boxes, np.float64).reshape(-1, 4), aspect_ratio)
     return dict(image_ids=_id_array(image_ids), image_index=np.array(image_index, np.int32), centers=centers,
-                scales=scales, scores=np.ones(len(kept)), joints=joints,
-                areas=np.array([float(ann["area"]) for ann in kept])), sum(skipped.values())
+                scales=scales, scores=np.asarray(scores, np.float64), joints=joints,
+                areas=np.asarray(areas, np.float64))
 
 
 def _detection_samples(det_file, coco, num_joints, category_id, aspect_ratio, score_thr):
@@ -699,12 +706,9 @@ def _detection_samples(det_file, coco, num_joints, category_id, aspect_ratio, sc
     if not kept:
         raise ValueError(f"detection file {det_file}: no person boxes with score >= {score_thr}")
     boxes = np.array([det["bbox"] for det in kept], np.float64)
-    centers, scales = box_to_center_scale(boxes, aspect_ratio)
-    return dict(image_ids=_id_array([det["image_id"] for det in kept]),
-                image_index=np.array([positions[det["image_id"]] for det in kept], np.int32), centers=centers,
-                scales=scales, scores=np.array([float(det["score"]) for det in kept]),
-                joints=np.zeros((len(kept), num_joints, 3), np.float32),
-                areas=boxes[:, 2] * boxes[:, 3]), skipped + empty
+    return _sample_columns([det["image_id"] for det in kept], [positions[det["image_id"]] for det in kept], boxes,
+                           aspect_ratio, np.array([float(det["score"]) for det in kept]),
+                           np.zeros((len(kept), num_joints, 3), np.float32), boxes[:, 2] * boxes[:, 3]), skipped + empty
 
 
 LARGE_ANNOTATION_FILE = 32 << 20  # bytes
