@@ -134,7 +134,8 @@ class FoldedConv2D(nn.Layer):
     int8 codes times their steps (the weights the QAT model computes with), in float32, and float inputs
     clipped where the QAT model clips them (PACT's alpha or the quantizer's scale, the smaller). It differs
     from the QAT model only by the rounding of the inputs. Without the clip it is another network: QAT
-    learns to rely on it (the teaching chain lost 0.10 AP without it, README Quantization)."""
+    learns to rely on it (the teaching chain lost 0.10 AP without it, README Quantization). input_limit None:
+    no clip (drop_idle_clips)."""
 
     def __init__(self, layer, bn):
         super().__init__()
@@ -147,52 +148,117 @@ class FoldedConv2D(nn.Layer):
         self.input_limit = scale if alpha is None else min(scale, alpha)
 
     def forward(self, x):
-        x = paddle.clip(x, -self.input_limit, self.input_limit)
+        if self.input_limit is not None:
+            x = paddle.clip(x, -self.input_limit, self.input_limit)
         return conv_with_channel_bias(self, x, self.weight)
 
 
-def export_int8(model, out_dir, model_name, input_size, info, udp=False, float_program=True):
+def heatmap_change(heatmaps, reference):
+    """Relative RMS change of each image's heatmaps against a reference, averaged over the images."""
+    diff = ((heatmaps - reference) ** 2).sum(axis=[1, 2, 3]) / (reference ** 2).sum(axis=[1, 2, 3]).clip(min=1e-30)
+    return float(diff.sqrt().mean())
+
+
+def drop_idle_clips(twin, images, tolerance):
+    """Take out of a float twin (FoldedConv2D layers) the input clips its output does not need, and return the
+    names of the layers that keep theirs. Every clip costs CPU time even where OpenVINO fuses it into the conv
+    before (README Quantization), and on real crops most cut off next to nothing while a few cut outliers many
+    times their limit. So the clips go in order of how much of their input (squared, on images) they cut off,
+    as many as keep the heatmaps within tolerance (heatmap_change) of those with every clip: a binary search,
+    which leaves either every clip out or one more clip over the tolerance."""
+    convs = [(name, layer) for name, layer in twin.named_sublayers() if isinstance(layer, FoldedConv2D)]
+    cut = {}
+
+    def measure(name):
+        def hook(layer, inputs):
+            x = inputs[0]
+            cut[name] = float((F.relu(x.abs() - layer.input_limit) ** 2).sum() / (x ** 2).sum().clip(min=1e-30))
+        return hook
+
+    hooks = [layer.register_forward_pre_hook(measure(name)) for name, layer in convs]
+    with paddle.no_grad():
+        images = paddle.to_tensor(images)
+        reference = twin(images)
+        for hook in hooks:
+            hook.remove()
+        order = sorted(convs, key=lambda pair: cut[pair[0]])
+        limits = [layer.input_limit for _, layer in order]
+
+        def drop(count):  # the count clips that cut least left out; their change of the heatmaps
+            for i, (_, layer) in enumerate(order):
+                layer.input_limit = None if i < count else limits[i]
+            return heatmap_change(twin(images), reference)
+
+        low, high = 0, len(order)  # drop(low) is within tolerance; drop(high + 1) is not
+        while low < high:
+            middle = (low + high + 1) // 2
+            if drop(middle) <= tolerance:
+                low = middle
+            else:
+                high = middle - 1
+        drop(low)
+    return [name for name, _ in order[low:]]
+
+
+def folded_twin(model, pairs, make_conv):
+    """A copy of a QAT model in eval mode with every QuantConv2D replaced by make_conv(conv, the BatchNorm that
+    follows it or None) and those BatchNorms by identities (pairs: conv_bn_pairs)."""
+    twin = copy.deepcopy(model)
+    twin.eval()
+    layers = dict(twin.named_sublayers())
+    replace_layers(twin, QuantConv2D, lambda layer, name: make_conv(layer, layers.get(pairs.get(name))))
+    folded = set(pairs.values())
+    replace_layers(twin, nn.BatchNorm2D, lambda bn, name: nn.Identity() if name in folded else bn)
+    return twin
+
+
+def export_int8(model, out_dir, model_name, input_size, info, udp=False, float_program=True,
+                calibration_images=None, clip_tolerance=0.01):
     """Write out_dir/model.pdmodel + model.pdiparams (the int8 program) and pose.json for a trained QAT model
     (left unchanged); with float_program also float.pdmodel + float.pdiparams, the same folded weights in
     float (FoldedConv2D), which export.create_predictor runs where int8 is not faster (Lite-HRNet: its time is
-    in small non-convolution ops that int8 does not speed up, and quantizing adds ops). input_size = (width,
-    height). Returns {"files": {name: bytes}, "folded_bn": count}."""
+    in small non-convolution ops that int8 does not speed up, and quantizing adds ops). With calibration_images
+    (N x 3 x height x width crops) the float program keeps only the input clips it needs (drop_idle_clips at
+    clip_tolerance), else all. input_size = (width, height). Returns {"files": {name: bytes}, "folded_bn":
+    count, "float_clips": (names of the convs whose input the float program clips, number of convs)}."""
     over = {name: s / a - 1 for name, (s, a) in quantized_inputs(model).items() if a is not None and s > a}
     if over:
         name = max(over, key=over.get)
         print(f"warning: {len(over)} quantized inputs have a scale above their PACT alpha (at most {over[name]:.2%}, "
               f"{name}); the int8 model clips them at the scale, the QAT model at alpha")
-    probe = copy.deepcopy(model)
+    probe = copy.deepcopy(model)  # conv_bn_pairs runs it in eval mode: the BatchNorm statistics stay
     probe.eval()
     pairs = conv_bn_pairs(probe, input_size)
-    folded = set(pairs.values())
     shared = {}
 
     def zeros(n):  # int32 zeros of length n, one buffer per length
         return shared.setdefault(n, paddle.zeros([n], "int32"))
 
-    def folded_twin(make_conv):  # a copy in eval mode, every conv with its BatchNorm folded in by make_conv
-        twin = copy.deepcopy(probe)
-        layers = dict(twin.named_sublayers())
-        replace_layers(twin, QuantConv2D, lambda layer, name: make_conv(layer, layers.get(pairs.get(name))))
-        replace_layers(twin, nn.BatchNorm2D, lambda bn, name: nn.Identity() if name in folded else bn)
-        return twin
-
-    programs = [("model", lambda layer, bn: Int8Conv2D(layer, bn, zeros))]
+    programs = [("model", folded_twin(model, pairs, lambda layer, bn: Int8Conv2D(layer, bn, zeros)))]
+    result = {"folded_bn": len(pairs)}
     if float_program:
-        programs.append(("float", FoldedConv2D))
+        twin = folded_twin(model, pairs, FoldedConv2D)
+        convs = [name for name, layer in twin.named_sublayers() if isinstance(layer, FoldedConv2D)]
+        kept = convs if calibration_images is None else drop_idle_clips(twin, calibration_images, clip_tolerance)
+        programs.append(("float", twin))
+        result["float_clips"] = (kept, len(convs))
     names = [prefix + ext for prefix, _ in programs for ext in (".pdmodel", ".pdiparams")]
     # model.pdiparams.info, which only paddle.jit.load reads, is left behind in the staging folder
     with staged_files(out_dir, names + ["pose.json"]) as staging:
-        for prefix, make_conv in programs:
-            save_legacy_program(folded_twin(make_conv), os.path.join(staging, prefix), input_size,
-                                [sys.modules[__name__]])
+        for prefix, program in programs:
+            save_legacy_program(program, os.path.join(staging, prefix), input_size, [sys.modules[__name__]])
         # the int8 program serves paddle.inference (oneDNN int8) and OpenVINO (legacy_files) alike
         write_pose_json(staging, model_name, input_size, info, udp, quantized=True, model_file="model.pdmodel",
                         params_file="model.pdiparams", legacy_files=("model.pdmodel", "model.pdiparams"),
                         float_files=tuple(names[2:]) if float_program else None)
-    files = {f: os.path.getsize(os.path.join(out_dir, f)) for f in names}
-    return {"files": files, "folded_bn": len(folded)}
+    result["files"] = {f: os.path.getsize(os.path.join(out_dir, f)) for f in names}
+    return result
+
+
+def calibration_crops(dataset, count=16):
+    """count training crops spread evenly over the dataset (its augmentation is seeded: the same crops each run)."""
+    indices = np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int)
+    return np.stack([dataset[int(i)][0] for i in indices]).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -223,6 +289,10 @@ def build_parser():
                    help="also export the folded QAT weights, with the QAT model's input clipping, as a float "
                         "program (float.pdmodel), which --model-dir runs where int8 is not faster on the "
                         "machine (precision auto); --eval-int8 scores both")
+    p.add_argument("--clip-tolerance", type=train.in_range(float, 0), default=0.01,
+                   help="the float program leaves out the input clips that change its heatmaps on 16 training "
+                        "crops by at most this much together (relative RMS; each clip costs CPU time); 0 keeps "
+                        "every clip that cuts anything")
     p.add_argument("--eval-int8", action=argparse.BooleanOptionalAction, default=True,
                    help="score the exported int8 model (and the float program) on val (on CPU, with --backend)")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
@@ -271,9 +341,14 @@ def main(argv=None):
         if alphas:
             print(f"PACT alphas: min {min(alphas):.3g}, median {float(np.median(alphas)):.3g}, max {max(alphas):.3g}")
         size = parse_input_size(args.input_size)
-        result = export_int8(model, export_dir, args.model, size, val_set.info, args.udp, args.float_program)
+        result = export_int8(model, export_dir, args.model, size, val_set.info, args.udp, args.float_program,
+                             calibration_crops(datasets[0]), args.clip_tolerance)
         print(f"int8 model: {export_dir} ({', '.join(f'{k} {v / 1e6:.2f} MB' for k, v in result['files'].items())}; "
               f"{result['folded_bn']} BatchNorms folded)")
+        if args.float_program:
+            kept, convs = result["float_clips"]
+            print(f"float program: {len(kept)} of {convs} conv inputs clipped as in QAT; the other clips change its "
+                  f"heatmaps by <= {args.clip_tolerance:g} on 16 training crops")
         exported_ap = {}  # precision -> AP of the export run so (fp32: its float program)
         for precision in (["int8"] + ["fp32"] * args.float_program) if args.eval_int8 else []:
             run = PredictorModel(create_predictor(export_dir, args.backend, "cpu", precision=precision,

@@ -1938,13 +1938,13 @@ def qat_run(synthetic_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("qat")
     T.train(tiny_run_args(synthetic_root, root / "float", "--epochs", "3"))
     out = io.StringIO()
+    argv = ["--data", synthetic_root, "--out", str(root / "qat"), "--model", "lite_hrnet_18", "--input-size", "64x64",
+            "--batch-size", "8", "--workers", "0", "--no-flip", "--device", "cpu", "--epochs", "1", "--warmup-steps",
+            "0", "--weights", str(root / "float" / "best.pdparams"), "--no-eval-int8", "--float-program"]
     with contextlib.redirect_stdout(out):
-        Q.main(["--data", synthetic_root, "--out", str(root / "qat"), "--model", "lite_hrnet_18", "--input-size",
-                "64x64", "--batch-size", "8", "--workers", "0", "--no-flip", "--device", "cpu", "--epochs", "1",
-                "--warmup-steps", "0", "--weights", str(root / "float" / "best.pdparams"), "--no-eval-int8",
-                "--float-program"])
+        Q.main(argv)
     return dict(root=root, float=str(root / "float" / "best.pdparams"), qat=str(root / "qat" / "best.pdparams"),
-                export=str(root / "qat" / "int8"), log=out.getvalue())
+                export=str(root / "qat" / "int8"), log=out.getvalue(), argv=argv)
 
 
 def val_crops(synthetic_root, size="64x64"):
@@ -3614,14 +3614,24 @@ def test_quantized_export_float_program_is_the_qat_model_without_input_rounding(
                                                                                 monkeypatch):
     pose = ex.read_pose_json(qat_run["export"])
     assert (pose["float_model_file"], pose["float_params_file"]) == ("float.pdmodel", "float.pdiparams")
-    x = val_crops(synthetic_root)
     model = Q.load_qat_model(qat_run["qat"])
     model.eval()
+    pairs = Q.conv_bn_pairs(model, (64, 64))
+    # the clips quantize.py kept: the same search on the same training crops (their augmentation is seeded)
+    args = T.apply_recipe(Q.build_parser().parse_args(qat_run["argv"]), Q.QAT_RECIPES, weights=qat_run["float"])
+    crops = Q.calibration_crops(T.build_datasets(args)[0])
+    kept = Q.drop_idle_clips(Q.folded_twin(model, pairs, Q.FoldedConv2D), crops, 0.01)
+    assert f"\nfloat program: {len(kept)} of 301 conv inputs clipped as in QAT" in qat_run["log"]
+    x = val_crops(synthetic_root)[:16]
     quantized_inputs = outputs(model, x)
+    names = {id(layer): name for name, layer in model.named_sublayers()}
+    clipped, cuts = set(kept), {}  # the convs whose inputs are clipped; the share each clip cuts off (squared)
+
     def clipped_not_rounded(layer, inputs):
         limit = layer.input_scale.item() if layer.pact_alpha is None else min(layer.input_scale.item(),
                                                                               layer.pact_alpha.item())
-        return paddle.clip(inputs, -limit, limit)
+        cuts[names[id(layer)]] = float((F.relu(inputs.abs() - limit) ** 2).sum() / (inputs ** 2).sum())
+        return paddle.clip(inputs, -limit, limit) if names[id(layer)] in clipped else inputs
 
     monkeypatch.setattr(M.QuantConv2D, "quantize_input", clipped_not_rounded)
     expected = outputs(model, x)  # fake-quantized weights, clipped float inputs: what the float program computes
@@ -3635,6 +3645,25 @@ def test_quantized_export_float_program_is_the_qat_model_without_input_rounding(
     # and it is not the int8 program: the input rounding changes this barely trained model's flat heatmaps
     # (how much AP it costs or gains is measured on the teaching model: README, Quantization)
     assert np.abs(got - quantized_inputs).max() > 1e-3 * np.abs(quantized_inputs).max()
+
+    # the search, at a tolerance that must keep some clips: a tenth of what leaving out every clip changes
+    def change(heatmaps, reference):  # relative RMS per crop, averaged
+        return np.mean(np.sqrt(((heatmaps - reference) ** 2).sum((1, 2, 3)) / (reference ** 2).sum((1, 2, 3))))
+
+    clipped.update(names.values())
+    every_clip, cuts_of_every_clip = outputs(model, crops), dict(cuts)
+    clipped.clear()
+    tolerance = change(outputs(model, crops), every_clip) / 10
+    kept = Q.drop_idle_clips(Q.folded_twin(model, pairs, Q.FoldedConv2D), crops, tolerance)
+    assert 0 < len(kept) < 301
+    clipped.update(kept)
+    assert change(outputs(model, crops), every_clip) <= tolerance
+    # the clips left out cut least, and leaving out the next one would change the heatmaps beyond the tolerance
+    next_clip = min(kept, key=cuts_of_every_clip.get)
+    assert cuts_of_every_clip[next_clip] >= (1 - 1e-3) * max(cut for name, cut in cuts_of_every_clip.items()
+                                                             if name not in kept)
+    clipped.remove(next_clip)
+    assert change(outputs(model, crops), every_clip) > tolerance
 
 
 def test_auto_runs_the_program_measured_faster_and_remembers_it(qat_export_copy, monkeypatch):
