@@ -247,7 +247,8 @@ def legacy_program_ops():
       program's Variables ("argument must be Value, but got Variable"); the classic ops are appended instead;
     - model.upsample_nearest: F.interpolate (nearest) instead of reshape + expand. Both are exact;
       model.py avoids interpolate because oneDNN cannot run it in PIR programs, but in legacy programs
-      oneDNN runs it, and the expand ops cost 40% of the int8 run time;
+      oneDNN runs it, and the expand ops cost 40% of the int8 run time. Given the output size rather than
+      the factor: OpenVINO's reader then computes no shapes at run time (Lite-HRNet: 1.1x, README Speed);
     - F.channel_shuffle (Lite-HRNet): reshape -> transpose -> reshape, the same function in ops OpenVINO
       knows (its Paddle reader has no channel_shuffle);
     - F.adaptive_avg_pool2d to a size that divides the input (Lite-HRNet's cross-resolution weighting) as
@@ -262,7 +263,10 @@ def legacy_program_ops():
         return append_op("matmul_v2", {"X": [x], "Y": [y]}, {"trans_x": transpose_x, "trans_y": transpose_y})
 
     def upsample_nearest(x, factor):
-        return x if factor == 1 else F.interpolate(x, scale_factor=factor, mode="nearest")
+        if factor == 1:
+            return x
+        _, _, height, width = x.shape  # numbers here: the export's crops have one size
+        return F.interpolate(x, size=[height * factor, width * factor], mode="nearest")
 
     def channel_shuffle(x, groups, data_format="NCHW", name=None):
         _, c, h, w = x.shape
