@@ -341,14 +341,15 @@ def main(argv=None):
         if alphas:
             print(f"PACT alphas: min {min(alphas):.3g}, median {float(np.median(alphas)):.3g}, max {max(alphas):.3g}")
         size = parse_input_size(args.input_size)
-        result = export_int8(model, export_dir, args.model, size, val_set.info, args.udp, args.float_program,
-                             calibration_crops(datasets[0]), args.clip_tolerance)
+        crops = calibration_crops(datasets[0]) if args.float_program else None
+        result = export_int8(model, export_dir, args.model, size, val_set.info, args.udp, args.float_program, crops,
+                             args.clip_tolerance)
         print(f"int8 model: {export_dir} ({', '.join(f'{k} {v / 1e6:.2f} MB' for k, v in result['files'].items())}; "
               f"{result['folded_bn']} BatchNorms folded)")
         if args.float_program:
             kept, convs = result["float_clips"]
             print(f"float program: {len(kept)} of {convs} conv inputs clipped as in QAT; the other clips change its "
-                  f"heatmaps by <= {args.clip_tolerance:g} on 16 training crops")
+                  f"heatmaps by <= {args.clip_tolerance:g} on {len(crops)} training crops")
         exported_ap = {}  # precision -> AP of the export run so (fp32: its float program)
         for precision in (["int8"] + ["fp32"] * args.float_program) if args.eval_int8 else []:
             run = PredictorModel(create_predictor(export_dir, args.backend, "cpu", precision=precision,
