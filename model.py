@@ -39,12 +39,34 @@ def batch_norm(channels):
     return nn.BatchNorm2D(channels, momentum=0.9, epsilon=1e-5)
 
 
-def conv3x3(cin, cout, stride=1, groups=1):
-    return nn.Conv2D(cin, cout, 3, stride=stride, padding=1, groups=groups, bias_attr=False)
+def conv3x3(cin, cout, stride=1):
+    return nn.Conv2D(cin, cout, 3, stride=stride, padding=1, bias_attr=False)
 
 
 def conv1x1(cin, cout):
     return nn.Conv2D(cin, cout, 1, bias_attr=False)
+
+
+class DepthwiseConv2D(nn.Conv2D):
+    """3x3 depthwise conv (one filter per channel, no bias), Lite-HRNet's cheap spatial mixing.
+
+    Paddle's CPU kernel runs an im2col and a one-row GEMM per sample and channel: the largest share of a
+    Lite-HRNet training step. Where a map is small (branches 2-4 at 128x96) one unfold and one batched
+    matmul compute the same sums faster (README, Speed); on larger maps, on GPUs and in exported programs
+    the depthwise op stays. DepthwiseConv2D.matmul_positions = 0 keeps it everywhere.
+    """
+    matmul_positions = 256
+
+    def __init__(self, channels, stride=1):
+        super().__init__(channels, channels, 3, stride=stride, padding=1, groups=channels, bias_attr=False)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        out_h, out_w = (h - 1) // self._stride[0] + 1, (w - 1) // self._stride[1] + 1
+        if not (paddle.in_dynamic_mode() and x.place.is_cpu_place() and out_h * out_w <= self.matmul_positions):
+            return super().forward(x)
+        columns = F.unfold(x, 3, strides=self._stride, paddings=1).reshape([n, c, 9, out_h * out_w])
+        return paddle.matmul(self.weight.reshape([1, c, 1, 9]), columns).reshape([n, c, out_h, out_w])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -241,11 +263,11 @@ class HRNet(nn.Layer):
 # Lite-HRNet-18 / 30. "ConvModule" below is mmcv's conv -> BN -> activation, with names conv / bn.
 
 class ConvModule(nn.Layer):
-    def __init__(self, cin, cout, kernel=1, stride=1, groups=1, act="relu", norm=True):
+    def __init__(self, cin, cout, kernel=1, stride=1, depthwise=False, act="relu", norm=True):
         super().__init__()
         # mmcv gives the conv a bias only when no norm follows it
-        self.conv = nn.Conv2D(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups,
-                              bias_attr=None if not norm else False)
+        self.conv = DepthwiseConv2D(cin, stride) if depthwise else nn.Conv2D(
+            cin, cout, kernel, stride=stride, padding=kernel // 2, bias_attr=None if not norm else False)
         self.bn = batch_norm(cout) if norm else None
         self.act = act
 
@@ -262,7 +284,7 @@ class ConvModule(nn.Layer):
 
 def dw_pw(cin, cout, stride, relu):
     """Depthwise 3x3 + BN, pointwise 1x1 + BN (+ ReLU): Lite-HRNet's plain Sequential building block."""
-    layers = [conv3x3(cin, cin, stride, groups=cin), batch_norm(cin), conv1x1(cin, cout), batch_norm(cout)]
+    layers = [DepthwiseConv2D(cin, stride), batch_norm(cin), conv1x1(cin, cout), batch_norm(cout)]
     return nn.Sequential(*layers, nn.ReLU()) if relu else nn.Sequential(*layers)
 
 
@@ -273,10 +295,10 @@ class Stem(nn.Layer):
         super().__init__()
         half = channels // 2
         self.conv1 = ConvModule(3, channels, 3, stride=2)
-        self.branch1 = nn.Sequential(ConvModule(half, half, 3, stride=2, groups=half, act=None),
+        self.branch1 = nn.Sequential(ConvModule(half, half, 3, stride=2, depthwise=True, act=None),
                                      ConvModule(half, half, 1))
         self.expand_conv = ConvModule(half, channels, 1)
-        self.depthwise_conv = ConvModule(channels, channels, 3, stride=2, groups=channels, act=None)
+        self.depthwise_conv = ConvModule(channels, channels, 3, stride=2, depthwise=True, act=None)
         self.linear_conv = ConvModule(channels, half, 1)
 
     def forward(self, x):
@@ -324,7 +346,7 @@ class ConditionalChannelWeighting(nn.Layer):
         super().__init__()
         half = [c // 2 for c in channels]
         self.cross_resolution_weighting = CrossResolutionWeighting(half, reduce_ratio)
-        self.depthwise_convs = nn.LayerList([ConvModule(c, c, 3, groups=c, act=None) for c in half])
+        self.depthwise_convs = nn.LayerList([ConvModule(c, c, 3, depthwise=True, act=None) for c in half])
         self.spatial_weighting = nn.LayerList([SpatialWeighting(c) for c in half])
 
     def forward(self, xs):
@@ -370,7 +392,7 @@ class LiteHRModule(nn.Layer):
 class DepthwiseSeparableConv(nn.Layer):
     def __init__(self, cin, cout):
         super().__init__()
-        self.depthwise_conv = ConvModule(cin, cin, 3, groups=cin, act=None)
+        self.depthwise_conv = ConvModule(cin, cin, 3, depthwise=True, act=None)
         self.pointwise_conv = ConvModule(cin, cout, 1)
 
     def forward(self, x):

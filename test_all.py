@@ -111,6 +111,23 @@ def test_resampling_matches_paddle_interpolate():
                                rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("height, width, stride", [(7, 5, 1), (9, 6, 2), (40, 30, 1)])
+def test_depthwise_conv_computes_paddles_depthwise_op(height, width, stride):
+    """Small maps take the unfold + matmul path, large ones (40x30) Paddle's op: output and both gradients
+    are those of F.conv2d with groups = channels."""
+    paddle.seed(0)
+    layer = M.DepthwiseConv2D(6, stride)
+    x = paddle.to_tensor(np.random.RandomState(1).randn(3, 6, height, width).astype("float32"), stop_gradient=False)
+    weight = paddle.to_tensor(layer.weight.numpy(), stop_gradient=False)
+    assert (height * width <= layer.matmul_positions) == (height < 40)
+    y, y_op = layer(x), F.conv2d(x, weight, stride=stride, padding=1, groups=6)
+    upstream = paddle.to_tensor(np.random.RandomState(2).randn(*y_op.shape).astype("float32"))
+    grads = paddle.grad([y], [x, layer.weight], upstream)
+    grads_op = paddle.grad([y_op], [x, weight], upstream)
+    np.testing.assert_allclose(y.numpy(), y_op.numpy(), rtol=1e-5, atol=1e-5)
+    for g, g_op in zip(grads, grads_op):
+        np.testing.assert_allclose(g.numpy(), g_op.numpy(), rtol=1e-5, atol=1e-5)
+
 def three_branch_layer(layer_class, seed):
     """layer_class([40, 80, 160]) built after paddle.seed(seed), BatchNorm statistics settled, and three random
     inputs at 32x24, 16x12 and 8x6."""
