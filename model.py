@@ -61,12 +61,18 @@ class DepthwiseConv2D(nn.Conv2D):
         super().__init__(channels, channels, 3, stride=stride, padding=1, groups=channels, bias_attr=False)
 
     def forward(self, x):
-        n, c, h, w = x.shape
-        out_h, out_w = (h - 1) // self._stride[0] + 1, (w - 1) // self._stride[1] + 1
-        if not (paddle.in_dynamic_mode() and x.place.is_cpu_place() and out_h * out_w <= self.matmul_positions):
-            return super().forward(x)
-        columns = F.unfold(x, 3, strides=self._stride, paddings=1).reshape([n, c, 9, out_h * out_w])
-        return paddle.matmul(self.weight.reshape([1, c, 1, 9]), columns).reshape([n, c, out_h, out_w])
+        return depthwise_conv3x3(x, self.weight, self._stride)
+
+
+def depthwise_conv3x3(x, weight, stride):
+    """DepthwiseConv2D's sums (weight: channels x 1 x 3 x 3, padding 1), also for its quantization-aware twin."""
+    n, c, h, w = x.shape
+    out_h, out_w = (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1
+    if not (paddle.in_dynamic_mode() and x.place.is_cpu_place()
+            and out_h * out_w <= DepthwiseConv2D.matmul_positions):
+        return F.conv2d(x, weight, stride=stride, padding=1, groups=c)
+    columns = F.unfold(x, 3, strides=stride, paddings=1).reshape([n, c, 9, out_h * out_w])
+    return paddle.matmul(weight.reshape([1, c, 1, 9]), columns).reshape([n, c, out_h, out_w])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -632,6 +638,7 @@ class QuantConv2D(nn.Layer):
         self.weight, self.bias = conv.weight, conv.bias
         self.stride, self.padding = conv._stride, conv._padding
         self.dilation, self.groups = conv._dilation, conv._groups
+        self.depthwise = isinstance(conv, DepthwiseConv2D)
         self.moving_rate = moving_rate
         self.pact_alpha = None
         if pact:  # one alpha per quantized input, starting at 100 and learning 1000x faster than the weights;
@@ -655,6 +662,8 @@ class QuantConv2D(nn.Layer):
 
     def forward(self, x):
         weight = FakeQuant.apply(self.weight, channel_abs_max(self.weight).detach())
+        if self.depthwise:
+            return depthwise_conv3x3(self.quantize_input(x), weight, self.stride)
         return F.conv2d(self.quantize_input(x), weight, self.bias, self.stride, self.padding, self.dilation,
                         self.groups)
 

@@ -114,7 +114,8 @@ def test_resampling_matches_paddle_interpolate():
 @pytest.mark.parametrize("height, width, stride", [(7, 5, 1), (9, 6, 2), (40, 30, 1)])
 def test_depthwise_conv_computes_paddles_depthwise_op(height, width, stride):
     """Small maps take the unfold + matmul path, large ones (40x30) Paddle's op: output and both gradients
-    are those of F.conv2d with groups = channels."""
+    are those of F.conv2d with groups = channels, and the quantization-aware twin's output that of its
+    generic conv."""
     paddle.seed(0)
     layer = M.DepthwiseConv2D(6, stride)
     x = paddle.to_tensor(np.random.RandomState(1).randn(3, 6, height, width).astype("float32"), stop_gradient=False)
@@ -127,6 +128,10 @@ def test_depthwise_conv_computes_paddles_depthwise_op(height, width, stride):
     np.testing.assert_allclose(y.numpy(), y_op.numpy(), rtol=1e-5, atol=1e-5)
     for g, g_op in zip(grads, grads_op):
         np.testing.assert_allclose(g.numpy(), g_op.numpy(), rtol=1e-5, atol=1e-5)
+    quantized, generic = M.QuantConv2D(layer, "dw", pact=False), M.QuantConv2D(layer, "dw", pact=False)
+    generic.depthwise = False  # QuantConv2D's F.conv2d, as for any other conv
+    assert quantized.depthwise
+    np.testing.assert_allclose(quantized(x).numpy(), generic(x).numpy(), rtol=1e-5, atol=1e-5)
 
 def three_branch_layer(layer_class, seed):
     """layer_class([40, 80, 160]) built after paddle.seed(seed), BatchNorm statistics settled, and three random
@@ -1549,6 +1554,10 @@ def test_export_cli_checks_against_eager_and_lists_the_files(lite_export):
     assert pose["skeleton"] == [[a - 1, b - 1] for a, b in data.COCO_SKELETON]
     assert np.allclose(pose["sigmas"], COCO_SIGMAS) and pose["udp"] is False and pose["quantized"] is False
     assert (pose["model_file"], pose["params_file"]) == ("model.json", "model.pdiparams")
+    for program in ("model.json", "legacy.pdmodel"):  # model.DepthwiseConv2D's matmul form stays in eager runs
+        with open(os.path.join(out, program), "rb") as f:
+            text = f.read()
+        assert b"depthwise_conv2d" in text and b"unfold" not in text, program
 
 
 def test_exported_lite_hrnet_matches_its_checkpoint(lite18_weights, lite_export):
