@@ -133,6 +133,7 @@ def test_depthwise_conv_computes_paddles_depthwise_op(height, width, stride):
     assert quantized.depthwise
     np.testing.assert_allclose(quantized(x).numpy(), generic(x).numpy(), rtol=1e-5, atol=1e-5)
 
+
 def three_branch_layer(layer_class, seed):
     """layer_class([40, 80, 160]) built after paddle.seed(seed), BatchNorm statistics settled, and three random
     inputs at 32x24, 16x12 and 8x6."""
