@@ -1014,7 +1014,9 @@ def test_benchmark_reports_step_and_loading_rates(synthetic_root, capsys):
     out = capsys.readouterr().out
     assert "benchmark: lite_hrnet_18 64x64, batch 2, cpu, median of 1 steps after 3 warm-up" in out
     steps = [line for line in out.splitlines() if line.startswith("training step")]
-    assert len(steps) == len({1, os.cpu_count()}) and "1 thread(s) (--threads)" in steps[0]
+    assert len(steps) == len({1, os.cpu_count()}) + 1 and "1 thread(s) (--threads)" in steps[0]
+    assert "1 thread(s), Paddle's depthwise op on every map" in steps[-1]  # Lite-HRNet: DepthwiseConv2D's two forms
+    assert M.DepthwiseConv2D.matmul_positions == 256  # as before the benchmark
     for line in steps + [line for line in out.splitlines() if line.startswith("data loading (0 workers)")]:
         assert float(line.split(": ")[1].split(" samples/s")[0]) > 0
 

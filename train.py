@@ -36,8 +36,8 @@ from data import (COCOKeypointDataset, HelpFormatter, augmentation_defaults, dat
                   image_grid, make_synthetic_dataset, parse_input_size, progress_printer, read_image_bgr,
                   resolve_path_or_url, run_script, write_image_atomically)
 from evaluate import STAT_NAMES, evaluate_model
-from model import (MODEL_NAMES, build_from_checkpoint, build_model, final_layer_name, is_qat_model, load_weights,
-                   model_record, read_checkpoint, read_paddle_file, save_checkpoint, set_device)
+from model import (MODEL_NAMES, DepthwiseConv2D, build_from_checkpoint, build_model, final_layer_name, is_qat_model,
+                   load_weights, model_record, read_checkpoint, read_paddle_file, save_checkpoint, set_device)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SYNTHETIC_DIR = os.path.join(HERE, "data", "synthetic")
@@ -468,7 +468,8 @@ def save_prediction_picture(results, val_set, path, num_images=8):
 def benchmark(args, warmup=3):
     """--benchmark STEPS: samples/s of the training step (forward, loss, backward, Adam) on one batch kept in
     memory, the median of STEPS steps after warm-up; the data loader is timed on its own. On CPU the step is
-    timed alternately with --threads and with one thread per core, so that the two rates can be compared."""
+    timed alternately with --threads and with one thread per core, and for Lite-HRNet also with Paddle's
+    depthwise op on every map (model.DepthwiseConv2D), so that the rates can be compared."""
     set_device(args.device)
     train_set, _ = build_datasets(args)
     # just the batches timed, so that the loader ends as it should (workers and reader thread shut down)
@@ -487,25 +488,32 @@ def benchmark(args, warmup=3):
     optimizer = paddle.optimizer.Adam(learning_rate=args.lr, parameters=model.parameters())
     loss_fn = heatmap_loss(args)
     on_cpu = paddle.device.get_device() == "cpu"
-    thread_counts = sorted({args.threads, os.cpu_count() or 1}) if on_cpu else [args.threads]
-    times = {n: [] for n in thread_counts}
+    matmul_positions = DepthwiseConv2D.matmul_positions
+    variants = {"": (args.threads, matmul_positions)}  # label -> (threads, DepthwiseConv2D.matmul_positions)
+    if on_cpu:
+        variants = {f" with {n} thread(s){' (--threads)' if n == args.threads else ''}": (n, matmul_positions)
+                    for n in sorted({args.threads, os.cpu_count() or 1})}
+        if any(isinstance(layer, DepthwiseConv2D) for layer in model.sublayers()):
+            variants[f" with {args.threads} thread(s), Paddle's depthwise op on every map"] = (args.threads, 0)
+    times = {label: [] for label in variants}
     update = progress_printer(f"benchmark {args.model}", warmup + args.benchmark, "rounds")
     for i in range(warmup + args.benchmark):
         update(i)
-        for n in thread_counts:
-            use_cpu_threads(n)
+        for label, (threads, positions) in variants.items():
+            use_cpu_threads(threads)
+            DepthwiseConv2D.matmul_positions = positions
             start = time.perf_counter()
             training_step(model, optimizer, loss_fn, images, targets, target_weight)
             if i >= warmup:
-                times[n].append(time.perf_counter() - start)
+                times[label].append(time.perf_counter() - start)
     update(warmup + args.benchmark, final=True)
     use_cpu_threads(args.threads)
+    DepthwiseConv2D.matmul_positions = matmul_positions
     print(f"benchmark: {args.model} {args.input_size}, batch {args.batch_size}, {paddle.device.get_device()}, "
           f"median of {args.benchmark} steps after {warmup} warm-up")
-    for n in thread_counts:
-        step_time = statistics.median(times[n])
-        threads = f" with {n} thread(s){' (--threads)' if n == args.threads else ''}" if on_cpu else ""
-        print(f"training step (forward, loss, backward, Adam){threads}: {args.batch_size / step_time:.2f} "
+    for label in variants:
+        step_time = statistics.median(times[label])
+        print(f"training step (forward, loss, backward, Adam){label}: {args.batch_size / step_time:.2f} "
               f"samples/s, {step_time:.3f} s/step")
     print(f"data loading ({args.workers} workers): {loading:.1f} samples/s")
 
