@@ -167,7 +167,7 @@ def export_model(model, out_dir, model_name, input_size, info, udp=False, legacy
     width, height = size_wh(input_size)
     names = ("model.json", "model.pdiparams") + (LEGACY_FILES if legacy else ())  # model.*: the PIR format
     with staged_files(out_dir, names) as staging:
-        with traced_in_eval_mode(model):
+        with traced_in_eval_mode(model), layers_traced_as_written():
             static = paddle.jit.to_static(model, input_spec=[InputSpec([None, 3, height, width], "float32", "image")],
                                           full_graph=True)
             paddle.jit.save(static, os.path.join(staging, "model"))
