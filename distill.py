@@ -1,6 +1,6 @@
 """
 Teacher -> student heatmap distillation: train a small pose network to match both the ground truth and a
-frozen, stronger network's heatmaps (the seed's LiteHRNet-30 69.4 -> 69.9 AP recipe with an HRNet-W32 teacher).
+frozen, stronger network's heatmaps (PaddleDetection's LiteHRNet-30 69.4 -> 69.9 AP recipe with an HRNet-W32 teacher).
 
     python distill.py --teacher-model hrnet_w32 --teacher hrnet_w32_256x192.pdparams \
                       --model lite_hrnet_30 --data data/coco --input-size 256x192
@@ -23,14 +23,14 @@ from model import MODEL_NAMES, build_from_checkpoint, read_checkpoint, set_devic
 
 
 def distillation_loss(student_heatmaps, teacher_heatmaps, target_weight, scale=0.5):
-    """The seed's DistMSELoss: the heatmap MSE with the teacher's heatmaps as targets, joints weighted by the
+    """PaddleDetection's DistMSELoss: the heatmap MSE with the teacher's heatmaps as targets, joints weighted by the
     ground-truth visibility (so joints absent from the label teach nothing either way)."""
     return train.joints_mse_loss(student_heatmaps, teacher_heatmaps, target_weight, scale)
 
 
 def build_teacher(path, state, record, name, info, bn_mode):
     """A frozen teacher from read_checkpoint's state and record of path, for data with keypoints info (name:
-    only for checkpoints that do not say). bn_mode 'train' keeps the seed's choice: the teacher's BN uses batch
+    only for checkpoints that do not say). bn_mode 'train' keeps PaddleDetection's choice: the teacher's BN uses batch
     statistics (and keeps updating its running ones); 'eval' uses the statistics it was trained with."""
     teacher, _ = build_from_checkpoint(state, record, f"--teacher {path}", name, info=info)
     for p in teacher.parameters():
@@ -55,9 +55,9 @@ def main(argv=None):
                    help="teacher network; only for --teacher files that do not say (official / PaddleDetection ones)")
     p.add_argument("--teacher", required=True, help="teacher weights (path or URL), any layout model.py reads")
     p.add_argument("--teacher-bn", choices=("eval", "train"), default="eval",
-                   help="teacher BatchNorm mode: eval (running statistics, the usual choice) or train (the seed's)")
+                   help="teacher BatchNorm mode: eval (running statistics, the usual choice) or train (PaddleDetection's config)")
     p.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distillation term")
-    p.add_argument("--distill-scale", type=float, default=0.5, help="the distillation MSE's factor (seed: 0.5)")
+    p.add_argument("--distill-scale", type=float, default=0.5, help="the distillation MSE's factor (PaddleDetection: 0.5)")
     args = train.apply_recipe(p.parse_args(argv))
     try:
         set_device(args.device)

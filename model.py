@@ -595,7 +595,7 @@ class FakeQuant(paddle.autograd.PyLayer):
 
 
 class PACTClip(paddle.autograd.PyLayer):
-    """PACT (Choi et al. 2018): clip(x, -alpha, alpha) with a learnable alpha; the seed's
+    """PACT (Choi et al. 2018): clip(x, -alpha, alpha) with a learnable alpha; PaddleDetection's
     x - relu(x - alpha) + relu(-alpha - x).
 
     Backward: inputs inside [-alpha, alpha] pass the gradient; alpha collects it from the clipped ones,
@@ -622,7 +622,7 @@ def channel_abs_max(weight):
 
 
 class QuantConv2D(nn.Layer):
-    """A Conv2D on int8-rounded inputs and weights (the seed's PaddleSlim / Paddle ImperativeQuantAware setup):
+    """A Conv2D on int8-rounded inputs and weights (PaddleDetection's PaddleSlim / Paddle ImperativeQuantAware setup):
 
         input  -> PACT clip -> fake quant with the moving-average abs-max scale
         weight -> fake quant with its per-output-channel abs-max scale
@@ -981,7 +981,13 @@ def joint_list(names, shown=6):
 # (as nanoGPT stores model_args), so a script given --weights builds the right model with no flag repeated.
 
 def model_record(model_name, input_size, info, udp=False, qat=False):
-    """input_size: (width, height) the model was trained at; info: data.KeypointInfo of its keypoints."""
+    """What a checkpoint says it holds, saved beside its weights as {"model": state, "record": record}:
+    model (network name), num_joints, input_size [H, W] it was trained at, udp, qat (quantization-aware layers),
+    and from info (data.KeypointInfo): keypoint_names, flip_pairs, skeleton (0-based pairs, for drawing),
+    sigmas (OKS) and upper_body_ids (half-body augmentation). Every script's --weights builds the model from it
+    (build_from_checkpoint), so a flag that repeats it is not needed and one that contradicts it is an error.
+    A run's last.pdparams adds optimizer, epoch, step, best_ap and args (its flags) for --resume.
+    input_size: (width, height); info: data.KeypointInfo of its keypoints."""
     width, height = input_size
     return {"model": model_name, "num_joints": info.num_joints, "input_size": [int(height), int(width)],
             "udp": bool(udp), "qat": bool(qat), **info.to_record()}
