@@ -344,18 +344,17 @@ def test_pth_without_torch_says_how_to_install(tmp_path, monkeypatch):
         M.load_weights(M.build_model("lite_hrnet_18"), str(path))
 
 
+@pytest.mark.xdist_group("family")
 @pytest.mark.parametrize("name", ["hrnet_w32", "lite_hrnet_18"])
-def test_exported_model_runs_in_paddle_inference_with_onednn(name, small_models, tmp_path):
+def test_exported_model_runs_in_paddle_inference_with_onednn(name, family_exports):
     import export
-    from data import COCO_PERSON_CATEGORY, keypoint_info_from_category
-    m = small_models[name]
-    files = export.export_model(m, str(tmp_path), name, "128x96", keypoint_info_from_category(COCO_PERSON_CATEGORY))
-    assert str(tmp_path / "model.json") in files  # PIR program format
-    run = export.create_predictor(str(tmp_path), "paddle", device="cpu", onednn=True)
+    m, folder = family_exports[name]  # export.export_model's files
+    assert os.path.exists(os.path.join(folder, "model.json"))  # PIR program format
+    run = export.create_predictor(folder, "paddle", device="cpu", onednn=True)
     # global pooling written as mean() would run oneDNN's reference reduction kernel, ~10x slower than pooling
-    assert '"1.mean"' not in (tmp_path / "model.json").read_text()
+    assert '"1.mean"' not in open(os.path.join(folder, "model.json")).read()
     for batch in (1, 3):  # dynamic batch
-        x = np.random.RandomState(batch).randn(batch, 3, 128, 96).astype("float32")
+        x = np.random.RandomState(batch).randn(batch, 3, 64, 64).astype("float32")
         ref = outputs(m, x)
         assert np.abs(run(x) - ref).max() / np.abs(ref).max() < 1e-5
 
@@ -954,6 +953,7 @@ def test_nan_loss_stops_with_the_step_named_and_keeps_the_checkpoint(synthetic_r
     assert (tmp_path / "last.pdparams").read_bytes() == good
 
 
+@pytest.mark.xdist_group("launch")
 def test_two_process_cpu_launch_keeps_replicas_identical(synthetic_root, tmp_path):
     r = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
                         "--log_dir", str(tmp_path / "log"), "train.py", "--data", synthetic_root,
@@ -1542,6 +1542,7 @@ def lite_export(lite18_weights, tmp_path_factory):
     return str(out), printed.getvalue()
 
 
+@pytest.mark.xdist_group("lite_export")
 def test_export_cli_checks_against_eager_and_lists_the_files(lite_export):
     out, printed = lite_export
     lines = printed.strip().splitlines()
@@ -1563,6 +1564,7 @@ def test_export_cli_checks_against_eager_and_lists_the_files(lite_export):
         assert b"depthwise_conv2d" in text and b"unfold" not in text, program
 
 
+@pytest.mark.xdist_group("lite_export")
 def test_exported_lite_hrnet_matches_its_checkpoint(lite18_weights, lite_export):
     model = M.load_weights(M.build_model("lite_hrnet_18"), lite18_weights)
     model.eval()
@@ -1591,6 +1593,7 @@ def test_export_model_round_trips_hrnet_and_hands_the_model_back(tmp_path):
         assert np.abs(run(x) - reference).max() / np.abs(reference).max() < 1e-4
 
 
+@pytest.mark.xdist_group("lite_export")
 def test_pose_json_and_predictor_errors_are_one_line(lite_export, tmp_path):
     raises_one_line(FileNotFoundError, "nope not found", ex.read_pose_json, str(tmp_path / "nope"))
     raises_one_line(FileNotFoundError, "has no pose.json", ex.read_pose_json, str(tmp_path))
@@ -1704,6 +1707,7 @@ def predict_error(argv):
     return cli_error(argv, pr.main)
 
 
+@pytest.mark.xdist_group("lite_export")
 def test_predict_on_the_demo_photo_writes_drawing_and_json(lite_export, tmp_path, capsys):
     pr.main(["--model-dir", lite_export[0], "--input", DEMO, "--out", str(tmp_path), "--kpt-thr", "-1"])
     assert "1/1 hrnet_demo.jpg: 1 person" in capsys.readouterr().out
@@ -1793,6 +1797,7 @@ def test_hog_people_detector_finds_the_astronaut_and_nobody_on_a_blank_image(lit
     assert "pip install 'opencv-python<5'" in predict_error(argv)
 
 
+@pytest.mark.xdist_group("lite_export")
 def test_predict_bad_input_is_one_line(lite18_weights, lite_export, tmp_path):
     out = str(tmp_path / "out")
     model = ["--model", "lite_hrnet_18", "--weights", lite18_weights, "--input-size", "128x96", "--out", out]
@@ -1823,6 +1828,7 @@ def test_predict_bad_input_is_one_line(lite18_weights, lite_export, tmp_path):
                                          "--out", out])
 
 
+@pytest.mark.xdist_group("lite_export")
 def test_benchmark_prints_latency_and_throughput_at_batch_1_and_8(lite_export, capsys):
     pr.main(["--model-dir", lite_export[0], "--input", DEMO, "--benchmark", "--benchmark-runs", "2"])
     lines = capsys.readouterr().out.strip().splitlines()
@@ -1835,6 +1841,7 @@ def test_benchmark_prints_latency_and_throughput_at_batch_1_and_8(lite_export, c
         assert re.search(r"outside the network p50 \S+ ms \([\d.]+% of the pipeline\)$", line)
 
 
+@pytest.mark.xdist_group("lite_export")
 def test_benchmark_compare_times_a_second_export_in_the_same_loop(lite_export, capsys, tmp_path):
     pr.main(["--model-dir", lite_export[0], "--compare", lite_export[0], "--input", DEMO, "--benchmark",
              "--benchmark-runs", "3"])
@@ -1983,6 +1990,7 @@ def val_crops(synthetic_root, size="64x64"):
     return np.stack([dataset[i][0] for i in range(len(dataset))]).astype("float32")
 
 
+@pytest.mark.xdist_group("qat")
 def test_qat_run_reports_and_saves_checkpoint_and_export(qat_run):
     lines = qat_run["log"].strip().splitlines()
     assert lines[-1].startswith("AP: ") and lines[-2].startswith("AP float ") and "QAT (fake-quant)" in lines[-2]
@@ -2001,6 +2009,7 @@ def test_qat_run_reports_and_saves_checkpoint_and_export(qat_run):
         Q.load_qat_model(qat_run["qat"], "lite_hrnet_30")
 
 
+@pytest.mark.xdist_group("qat")
 def test_int8_export_is_under_30_percent_of_the_float_export(qat_run, tmp_path):
     from paddle.static import InputSpec
     model = M.load_weights(M.build_model("lite_hrnet_18"), qat_run["float"])
@@ -2020,6 +2029,7 @@ def test_int8_export_is_under_30_percent_of_the_float_export(qat_run, tmp_path):
     assert int8_total <= 0.3 * float_total, (int8_total, float_total)
 
 
+@pytest.mark.xdist_group("qat")
 def test_int8_predictor_runs_int8_convolutions_and_matches_the_fake_quant_model(qat_run, synthetic_root, capfd):
     model = Q.load_qat_model(qat_run["qat"])
     model.eval()
@@ -2096,6 +2106,7 @@ def run14(synthetic_root, tmp_path_factory):
     return data14, root / "run"
 
 
+@pytest.mark.xdist_group("run14")
 def test_a_fourteen_keypoint_model_evaluates_exports_and_predicts_from_its_checkpoint_alone(run14, tmp_path, capsys):
     data14, run = run14
     best = str(run / "best.pdparams")
@@ -2113,7 +2124,7 @@ def test_a_fourteen_keypoint_model_evaluates_exports_and_predicts_from_its_check
              "--input-size", "64x64"])
     assert last_line_ap(capsys.readouterr().out) == last_line_ap(printed)
     exported = tmp_path / "export"
-    ex.main(["--weights", best, "--out", str(exported)])
+    ex.main(["--weights", best, "--out", str(exported), "--no-legacy"])  # the PIR program is enough here
     pose = json.load(open(exported / "pose.json"))
     assert pose["keypoint_names"] == record["keypoint_names"] and pose["input_size"] == [64, 64]
     assert pose["skeleton"] == record["skeleton"] and pose["flip_pairs"] == record["flip_pairs"]
@@ -2126,6 +2137,7 @@ def test_a_fourteen_keypoint_model_evaluates_exports_and_predicts_from_its_check
         assert [len(p["keypoints"]) for p in predictions["results"][0]["people"]] == [14]
 
 
+@pytest.mark.xdist_group("run14")
 def test_flags_that_contradict_a_checkpoint_are_one_line_errors(run14, synthetic_root, lite18_weights, tmp_path):
     data14, run = run14
     best, last = str(run / "best.pdparams"), str(run / "last.pdparams")
@@ -2147,6 +2159,7 @@ def test_flags_that_contradict_a_checkpoint_are_one_line_errors(run14, synthetic
     assert [m["epoch"] for m in read_metrics(resumed)] == [1, 2]
 
 
+@pytest.mark.xdist_group("qat")
 def test_evaluate_scores_a_qat_checkpoint_as_quantize_did(qat_run, synthetic_root, capsys):
     ev.main(["--data", synthetic_root, "--weights", qat_run["qat"], "--workers", "0", "--no-flip"])
     printed = capsys.readouterr().out
@@ -2754,6 +2767,7 @@ def test_paddle_detection_export_runs_as_the_person_detector(tmp_path):
     raises_one_line(FileNotFoundError, "no infer_cfg.yml", pr.paddle_detector, str(tmp_path), 0.5)
 
 
+@pytest.mark.xdist_group("lite_export")
 def test_video_json_has_track_ids_and_a_webcam_runs_the_same_loop(lite_export, tmp_path, monkeypatch, capsys):
     video, boxes = tmp_path / "walk.mp4", tmp_path / "boxes.json"
     data.make_synthetic_video(str(video), num_frames=8, num_people=2, size=(160, 120), seed=5, boxes_path=str(boxes))
@@ -2785,6 +2799,7 @@ def test_video_json_has_track_ids_and_a_webcam_runs_the_same_loop(lite_export, t
     assert all(len(r["people"]) == 2 for r in runs["detector"])
 
 
+@pytest.mark.xdist_group("lite_export")
 def test_video_benchmark_reports_the_pipeline_and_the_network_alone(lite_export, tmp_path, capsys):
     video = tmp_path / "walk.mp4"
     data.make_synthetic_video(str(video), num_frames=6, num_people=1, size=(160, 120), seed=6)
@@ -2844,6 +2859,7 @@ def family_exports(tmp_path_factory):
     return exports
 
 
+@pytest.mark.xdist_group("family")
 @pytest.mark.parametrize("name", ["hrnet_w32", "lite_hrnet_18"])
 def test_openvino_runs_both_families_as_eager_mode_does(name, family_exports):
     model, folder = family_exports[name]
@@ -2870,6 +2886,7 @@ def test_openvino_runs_a_batch_in_chunks_and_another_input_size(tmp_path):
     assert np.abs(run(crops) - reference).max() / np.abs(reference).max() < 1e-4
 
 
+@pytest.mark.xdist_group("family")
 @pytest.mark.parametrize("name", ["hrnet_w32", "lite_hrnet_18"])
 def test_bf16_finds_the_keypoints_fp32_finds_on_real_crops(name, family_exports):
     model, folder = family_exports[name]
@@ -2895,6 +2912,7 @@ def evaluated_ap(argv, capsys):
     return float(printed[-1][4:]), printed[0]
 
 
+@pytest.mark.xdist_group("qat")
 def test_evaluate_scores_an_export_as_it_scores_the_checkpoint(qat_run, synthetic_root, tmp_path, capsys):
     out = str(tmp_path / "float")
     ex.main(["--model", "lite_hrnet_18", "--weights", qat_run["float"], "--input-size", "64x64", "--out", out])
@@ -2922,6 +2940,7 @@ def test_evaluate_scores_an_export_as_it_scores_the_checkpoint(qat_run, syntheti
     assert "float export; int8 needs a quantized one" in cli_error(common + ["--model-dir", out, "--precision", "int8"])
 
 
+@pytest.mark.xdist_group("qat")
 def test_int8_export_runs_every_convolution_in_int8_on_openvino(qat_run, synthetic_root, capsys):
     run = ex.create_predictor(qat_run["export"], device="cpu", precision="int8")  # auto backend: OpenVINO
     assert (run.backend, run.precision) == ("openvino", "int8")
@@ -2943,6 +2962,7 @@ def current_signal_stack():
     return address, stack.ss_size, any(low <= address and address + stack.ss_size <= high for low, high in spans)
 
 
+@pytest.mark.xdist_group("lite_export")
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sigaltstack and /proc are Linux's")
 def test_compiled_models_freed_in_any_order_leave_a_valid_signal_stack(lite_export):
     """OpenVINO's CPU plugin puts back, when a compiled model is freed, the signal stack that was there at its
@@ -2956,6 +2976,7 @@ def test_compiled_models_freed_in_any_order_leave_a_valid_signal_stack(lite_expo
     assert mapped and (address, size) == (ctypes.addressof(ex.PROCESS_SIGNAL_STACK[0]), ex.SIGNAL_STACK_BYTES)
 
 
+@pytest.mark.xdist_group("lite_export")
 def test_without_openvino_everything_runs_on_paddle_inference(lite_export, lite18_weights, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # makes `import openvino` fail
     run = ex.create_predictor(lite_export[0], device="cpu")
@@ -2970,6 +2991,7 @@ def test_without_openvino_everything_runs_on_paddle_inference(lite_export, lite1
     assert len(logs) == 2 and logs[1].startswith("paddle.inference (CPU, oneDNN) vs eager")
 
 
+@pytest.mark.xdist_group("lite_export")
 def test_predict_benchmark_compares_runtimes_in_one_loop(lite_export, capsys):
     pr.main(["--model-dir", lite_export[0], "--input", DEMO, "--benchmark", "--benchmark-runs", "1",
              "--compare", lite_export[0], "--compare-backend", "paddle"])
@@ -3639,6 +3661,7 @@ def test_time_interleaved_alternates_and_keeps_rounds_after_warmup():
     assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3}
 
 
+@pytest.mark.xdist_group("qat")
 def test_quantized_export_float_program_is_the_qat_model_without_input_rounding(qat_run, synthetic_root,
                                                                                 monkeypatch):
     pose = ex.read_pose_json(qat_run["export"])
@@ -3695,6 +3718,7 @@ def test_quantized_export_float_program_is_the_qat_model_without_input_rounding(
     assert change(outputs(model, crops), every_clip) > tolerance
 
 
+@pytest.mark.xdist_group("qat")
 def test_auto_runs_the_program_measured_faster_and_remembers_it(qat_export_copy, monkeypatch):
     timings, asked = fake_timings({1: (0.001, 0.002), 8: (0.004, 0.0039), 2: (0.001, 0.001)})
     monkeypatch.setattr(ex, "time_interleaved", timings)
@@ -3726,6 +3750,7 @@ def test_auto_runs_the_program_measured_faster_and_remembers_it(qat_export_copy,
     assert again.chosen == {1: "int8", 8: "fp32"} and len(logs) == 2 and all("(cached in " in line for line in logs)
 
 
+@pytest.mark.xdist_group("qat")
 def test_auto_choice_cache_belongs_to_machine_threads_and_programs(qat_export_copy, monkeypatch):
     one_thread, two_threads = ex.machine_key("openvino", 1), ex.machine_key("openvino", 2)
     assert one_thread != two_threads and ex.cached_choice(qat_export_copy, one_thread, 1) is None
@@ -3751,6 +3776,7 @@ def test_auto_choice_cache_belongs_to_machine_threads_and_programs(qat_export_co
     assert ex.cached_choice(qat_export_copy, one_thread, 1) == choice
 
 
+@pytest.mark.xdist_group("qat")
 def test_a_quantized_export_without_a_float_program_runs_int8(qat_run, tmp_path):
     model = Q.load_qat_model(qat_run["qat"])
     Q.export_int8(model, str(tmp_path), "lite_hrnet_18", (64, 64), COCO_INFO, float_program=False)
@@ -3762,6 +3788,7 @@ def test_a_quantized_export_without_a_float_program_runs_int8(qat_run, tmp_path)
     assert not os.path.exists(tmp_path / ex.AUTO_CACHE_FILE)
 
 
+@pytest.mark.xdist_group("qat")
 def test_quantize_scores_both_programs_of_its_export(qat_run, synthetic_root, tmp_path, capsys):
     out = str(tmp_path / "int8")
     Q.main(["--data", synthetic_root, "--qat-weights", qat_run["qat"], "--export", out, "--workers", "0",
@@ -3955,6 +3982,7 @@ with open({out!r} + str(dist.get_rank()), "w") as f:
 """
 
 
+@pytest.mark.xdist_group("launch")
 def test_two_processes_split_the_evaluation_and_score_what_one_process_scores(synthetic_root, tmp_path):
     ann = os.path.join(synthetic_root, "annotations", "person_keypoints_val2017.json")
     images = os.path.join(synthetic_root, "val2017")
