@@ -39,7 +39,7 @@ import yaml
 from data import (COCO_PERSON_CATEGORY, HelpFormatter, IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD, box_iou,
                   box_to_center_scale, crop_and_normalize, crop_to_bgr, draw_poses, heatmap_overlay, image_grid,
                   keypoint_info_from_record, load_json, parse_input_size, read_image_bgr, run_script,
-                  temporary_path, write_image_atomically, write_json_atomically)
+                  atomic_output, make_synthetic_video, temporary_path, write_image_atomically, write_json_atomically)
 from evaluate import heatmaps_to_keypoints, oks_iou, oks_nms, person_score, predict_batch
 from export import (BACKENDS, PRECISIONS, add_runtime_flags, create_predictor, native_output_held, paddle_inference,
                     pose_metadata, read_pose_json)
@@ -809,6 +809,8 @@ def parse_args(argv=None):
     p.add_argument("--compare-backend", choices=BACKENDS, default=None, help="of --compare (default: --backend)")
     p.add_argument("--compare-precision", choices=PRECISIONS, default=None,
                    help="of --compare (default: the export's own, as --precision)")
+    p.add_argument("--readme-figures", metavar="DIR",
+                   help="write README's pictures into DIR from a teaching run (--weights) and a val image (--input)")
     p.add_argument("--verbose", action="store_true", help="also show Paddle's and oneDNN's own log lines")
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.benchmark_runs < 1 or args.det_every < 1:
@@ -819,14 +821,59 @@ def parse_args(argv=None):
         p.error("--compare is a --benchmark option")
     if args.heatmaps and args.benchmark:
         p.error("--heatmaps draws predictions; --benchmark makes none")
+    if args.readme_figures and not args.weights:
+        p.error("--readme-figures takes the teaching run's checkpoint: --weights runs/lite_hrnet_18/best.pdparams")
     if (args.compare_backend or args.compare_precision) and not args.compare:
         p.error("--compare-backend and --compare-precision go with --compare")
     return args
 
 
+def encoded_within(image, path, max_bytes):
+    """image encoded for path's format (JPEG at falling quality, PNG as it is), shrunk by 0.8 a side until it
+    takes at most max_bytes: README's pictures stay small in the repository."""
+    while True:
+        for quality in ((95, 85, 75) if path.endswith(".jpg") else (None,)):
+            options = [] if quality is None else [cv2.IMWRITE_JPEG_QUALITY, quality]
+            encoded = cv2.imencode(os.path.splitext(path)[1], image, options)[1]
+            if len(encoded) <= max_bytes:
+                return encoded
+        image = cv2.resize(image, None, fx=0.8, fy=0.8, interpolation=cv2.INTER_AREA)
+
+
+def write_readme_figures(args, max_bytes=150_000):
+    """--readme-figures DIR: README's pictures made again from a teaching run (--weights, in its run folder) and
+    one val image (--input): the run's curves.png and learning.jpg, that image's heatmaps (--heatmaps) and the
+    middle frame of the synthetic walking video tracked with --boxes and --det-every 5."""
+    run_folder = os.path.dirname(os.path.abspath(args.weights))
+    with tempfile.TemporaryDirectory() as scratch:
+        main(["--weights", args.weights, "--input", args.input, "--out", scratch, "--heatmaps"])
+        stem = os.path.splitext(os.path.basename(args.input))[0]
+        video, boxes = os.path.join(scratch, "walk.mp4"), os.path.join(scratch, "walk_boxes.json")
+        make_synthetic_video(video, boxes_path=boxes)
+        main(["--weights", args.weights, "--input", video, "--out", os.path.join(scratch, "walk"), "--boxes", boxes,
+              "--det-every", "5"])
+        tracked = cv2.VideoCapture(os.path.join(scratch, "walk", "walk.mp4"))
+        tracked.set(cv2.CAP_PROP_POS_FRAMES, tracked.get(cv2.CAP_PROP_FRAME_COUNT) // 2)
+        frame = tracked.read()[1]
+        tracked.release()
+        pictures = {"curves.png": read_image_bgr(os.path.join(run_folder, "curves.png")),
+                    "learning.jpg": read_image_bgr(os.path.join(run_folder, "learning.jpg")),
+                    "heatmaps.jpg": read_image_bgr(os.path.join(scratch, stem + "_heatmaps.jpg")),
+                    "tracked_frame.jpg": frame}
+    os.makedirs(args.readme_figures, exist_ok=True)
+    for name, image in pictures.items():
+        path = os.path.join(args.readme_figures, name)
+        with atomic_output(path) as tmp, open(tmp, "wb") as f:
+            f.write(encoded_within(image, path, max_bytes).tobytes())
+        print(f"wrote {path} ({os.path.getsize(path) / 1e3:.0f} kB)")
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
+        if args.readme_figures:
+            write_readme_figures(args)
+            return
         source = read_input(args.input, args.max_frames)
         boxes_for, box_padding, boxes_text = box_source(args, source.kind)
         input_folder = args.input if os.path.isdir(args.input) else os.path.dirname(args.input) or "."
