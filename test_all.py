@@ -1550,7 +1550,8 @@ def test_export_cli_checks_against_eager_and_lists_the_files(lite_export):
     assert [line.split()[-1] for line in lines[-5:]] == [os.path.join(out, f) for f in (
         "model.json", "model.pdiparams", "legacy.pdmodel", "legacy.pdiparams", "pose.json")]
     pose = ex.read_pose_json(out)
-    assert set(pose) == set(ex.POSE_KEYS + ex.LEGACY_KEYS) and pose["model"] == "lite_hrnet_18"
+    assert set(pose) == set(ex.POSE_KEYS + ex.LEGACY_KEYS + (ex.ONNX_KEY,)) and pose["model"] == "lite_hrnet_18"
+    assert pose["onnx_file"] is None  # written by --onnx only
     assert pose["input_size"] == [128, 96] and pose["heatmap_size"] == [32, 24] and pose["color"] == "RGB"
     assert pose["mean"] == [0.485, 0.456, 0.406] and pose["std"] == [0.229, 0.224, 0.225]
     assert pose["keypoint_names"] == data.COCO_KEYPOINT_NAMES and pose["flip_pairs"] == COCO_FLIP_PAIRS
