@@ -12,6 +12,7 @@ Examples:
     python evaluate.py --data data/coco --model hrnet_w32 --weights hrnet_w32.pdparams
     python evaluate.py --data data/coco --model hrnet_w32 --weights w.pdparams --boxes det   # detector boxes
     python evaluate.py --data data/coco --model-dir export/hrnet_w32 --precision bf16   # an export (export.py)
+    python evaluate.py --data data/coco --model-dir export/hrnet_w32 --backend onnxruntime   # its model.onnx
     python evaluate.py --data data/coco --results results.json   # only score an existing results file
 """
 import os

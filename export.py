@@ -1,17 +1,19 @@
 """
-Export a trained HRNet / Lite-HRNet for inference, and run an export with paddle.inference or OpenVINO.
+Export a trained HRNet / Lite-HRNet for inference, and run an export with paddle.inference, OpenVINO or onnxruntime.
 
 The export is the network alone, for any batch size: float32 N x 3 x H x W crops in, N x K x H/4 x W/4 heatmaps
-out, written twice: model.json (Paddle's PIR format, for paddle.inference on CPU or GPU and paddle2onnx) and
-legacy.pdmodel (Paddle's older format, the one OpenVINO reads; on CPU OpenVINO runs these networks 1.2-4x as
-fast). Everything around the network (box -> crop, normalisation, decoding, flip pairs, drawing) is described in
+out, written twice: model.json (Paddle's PIR format, for paddle.inference on CPU or GPU) and legacy.pdmodel
+(Paddle's older format, the one OpenVINO reads; on CPU OpenVINO runs these networks 1.2-4x as fast); with --onnx
+a third time, as model.onnx (converted from legacy.pdmodel, for onnxruntime and whatever else reads ONNX).
+Everything around the network (box -> crop, normalisation, decoding, flip pairs, drawing) is described in
 a small pose.json written beside it, so predict.py can run an export without the Python model code or a checkpoint.
 
     python export.py --model hrnet_w32 --weights hrnet_w32.pdparams --out export/hrnet_w32
     python export.py --model lite_hrnet_30 --weights lite30.pdparams --input-size 256x192 --out export/lite30 --onnx
 
-After writing, every runtime the export is for is compared with eager mode on a random batch (and OpenVINO's
-bf16 by the keypoints it finds on real crops, where the CPU has bf16); a disagreement is an error.
+After writing, every runtime the export is for (onnxruntime too, with --onnx) is compared with eager mode on a
+random batch (and OpenVINO's bf16 by the keypoints it finds on real crops, where the CPU has bf16); a disagreement
+is an error.
 """
 import os
 import sys
@@ -24,9 +26,11 @@ warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time 
 import argparse
 import contextlib
 import ctypes
+import importlib
 import io
 import json
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -59,6 +63,9 @@ LEGACY_FILES = ("legacy.pdmodel", "legacy.pdiparams")
 # a quantized export's float program (quantize.py: the same folded weights in float, a legacy program); present
 # only in quantized exports that carry one
 FLOAT_KEYS = ("float_model_file", "float_params_file")
+ONNX_KEY = "onnx_file"  # the ONNX program (null when not written; absent in older exports)
+ONNX_FILE = "model.onnx"  # the export's network; in a quantized export the int8 program, as QDQ
+FLOAT_ONNX_FILE = "float.onnx"  # a quantized export's float program
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -66,9 +73,11 @@ FLOAT_KEYS = ("float_model_file", "float_params_file")
 
 
 def pose_metadata(model_name, input_size, info, udp=False, quantized=False, model_file="model.json",
-                  params_file="model.pdiparams", legacy_files=(None, None), float_files=None):
+                  params_file="model.pdiparams", legacy_files=(None, None), float_files=None, onnx_file=None):
     """The content of pose.json. input_size: (width, height) or 'HxW'; info: data.KeypointInfo; float_files:
-    (program, params) of a quantized export's float program."""
+    (program, params) of a quantized export's float program; onnx_file: the name of the ONNX program beside it
+    (export_onnx: model.onnx, or float.onnx when it is a quantized export's float program), null without one.
+    Readers take pose.json files without onnx_file (older exports) as having none."""
     width, height = size_wh(input_size)
     return {
         "model": model_name,
@@ -87,6 +96,7 @@ def pose_metadata(model_name, input_size, info, udp=False, quantized=False, mode
         "params_file": params_file,
         **dict(zip(LEGACY_KEYS, legacy_files)),
         **({} if float_files is None else dict(zip(FLOAT_KEYS, float_files))),
+        ONNX_KEY: onnx_file,
     }
 
 
@@ -345,9 +355,10 @@ def save_legacy_program(model, prefix, input_size, modules=()):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Predictors: an export's network as a function of a batch of crops, on paddle.inference or OpenVINO
+# Predictors: an export's network as a function of a batch of crops, on paddle.inference, OpenVINO or onnxruntime
 
-BACKENDS = ("auto", "paddle", "openvino")
+BACKENDS = ("auto", "paddle", "openvino", "onnxruntime")
+RUNTIME_NAMES = {"paddle": "paddle.inference", "openvino": "OpenVINO", "onnxruntime": "onnxruntime"}
 PRECISIONS = ("fp32", "bf16", "int8")
 OPENVINO_MAX_BATCH = 8  # OpenVINO runs larger batches in chunks of this many crops
 
@@ -355,9 +366,10 @@ OPENVINO_MAX_BATCH = 8  # OpenVINO runs larger batches in chunks of this many cr
 @dataclass
 class Predictor:
     """An export's network: float32 N x 3 x H x W numpy crops -> N x K x h x w numpy heatmaps, on backend
-    ('paddle' or 'openvino') at precision ('auto': a quantized export's int8 or float program, whichever ran
-    faster, chosen per batch size: chosen maps batch sizes to 'int8' / 'fp32'); engine: the paddle.inference
-    predictor, or OpenVINO's network compiled for batch 1 (of the program chosen at batch 1)."""
+    ('paddle', 'openvino' or 'onnxruntime') at precision ('auto': a quantized export's int8 or float program,
+    whichever ran faster, chosen per batch size: chosen maps batch sizes to 'int8' / 'fp32'); engine: the
+    paddle.inference predictor, OpenVINO's network compiled for batch 1 (of the program chosen at batch 1), or
+    the onnxruntime session."""
     run: Callable
     backend: str
     precision: str
@@ -368,7 +380,7 @@ class Predictor:
         return self.run(np.ascontiguousarray(batch, dtype=np.float32))
 
     def describe(self):
-        runtime = "OpenVINO" if self.backend == "openvino" else "paddle.inference"
+        runtime = RUNTIME_NAMES[self.backend]
         if self.precision != "auto":
             return f"{runtime} {self.precision}"
         return f"{runtime} auto: " + ", ".join(f"{p} at batch {b}" for b, p in sorted(self.chosen.items()))
@@ -391,6 +403,15 @@ def import_openvino():
     except ImportError:
         return None
     return openvino
+
+
+def import_onnx_package(name, what):
+    """paddle2onnx or onnxruntime, optional packages imported only when `what` (a flag) asks for them;
+    ValueError '<what> needs <name>: pip install <name>' when missing."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise ValueError(f"{what} needs {name}: pip install {name}") from None
 
 
 def _model_files(model_dir, legacy=False, float_program=False):
@@ -441,7 +462,8 @@ def native_output_held(verbose=False):
 def add_runtime_flags(parser):
     """--backend, --precision and --threads: how --model-dir runs (evaluate.py, predict.py)."""
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
-                        help="runtime of --model-dir: auto = OpenVINO on CPU if installed, else paddle.inference")
+                        help="runtime of --model-dir: auto = OpenVINO on CPU if installed, else paddle.inference; "
+                             "onnxruntime runs its ONNX program (export.py --onnx)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="of --model-dir (default: fp32; a quantized export: int8, or with a float program "
                              "(quantize.py's default) whichever of the two runs faster here; bf16 needs "
@@ -453,8 +475,9 @@ def create_predictor(model_dir, backend="auto", device=None, threads=None, preci
                      verbose=False, log=None):
     """A Predictor of an export: float32 N x 3 x H x W numpy -> N x K x h x w numpy heatmaps.
 
-    backend: 'paddle' (paddle.inference), 'openvino' (CPU only; reads the legacy-format program) or 'auto':
-    OpenVINO on CPU when it is installed and can run the export at that precision, paddle.inference otherwise.
+    backend: 'paddle' (paddle.inference), 'openvino' (CPU only; reads the legacy-format program), 'onnxruntime'
+    (the ONNX program pose.json names, at its own precision) or 'auto': OpenVINO on CPU when it is installed and
+    can run the export at that precision, paddle.inference otherwise.
     device: 'cpu', 'gpu' or 'gpu:N' (default: the GPU when Paddle has CUDA); threads: CPU threads (default:
     all cores); precision: 'fp32', 'bf16' (OpenVINO, on a CPU with bf16 instructions) or 'int8' (a quantized
     export, quantize.py). A quantized export runs 'int8' as int8 and 'fp32' / 'bf16' with its float program (older
@@ -469,9 +492,11 @@ def create_predictor(model_dir, backend="auto", device=None, threads=None, preci
     pose = read_pose_json(model_dir) if os.path.isfile(os.path.join(model_dir, POSE_FILE)) else None
     quantized = bool(pose and pose["quantized"])
     float_program = quantized and None not in (pose.get(key) for key in FLOAT_KEYS)
+    onnx_precision = "int8" if quantized and pose.get(ONNX_KEY) == ONNX_FILE else "fp32"
     device = device or ("gpu" if paddle.is_compiled_with_cuda() else "cpu")
     if precision is None:
-        precision = ("auto" if float_program and device == "cpu" else
+        precision = (onnx_precision if backend == "onnxruntime" else
+                     "auto" if float_program and device == "cpu" else
                      "int8" if quantized and onednn else "fp32")
     elif precision not in PRECISIONS:
         raise ValueError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
@@ -483,8 +508,10 @@ def create_predictor(model_dir, backend="auto", device=None, threads=None, preci
         openvino_can = device == "cpu" and (float_program if precision in ("fp32", "bf16") and quantized else
                                             has_legacy)
         backend = "openvino" if openvino_can and import_openvino() else "paddle"
-    if backend not in ("paddle", "openvino"):
+    if backend not in RUNTIME_NAMES:
         raise ValueError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
+    if backend == "onnxruntime" and precision != onnx_precision:
+        raise ValueError(f"--precision {precision}: the ONNX program of {model_dir} runs in {onnx_precision}")
     if backend == "openvino" and device != "cpu":
         raise ValueError(f"--backend openvino runs on the CPU, not --device {device}")
     if precision == "auto" and backend == "paddle" and not onednn:
@@ -492,6 +519,8 @@ def create_predictor(model_dir, backend="auto", device=None, threads=None, preci
 
     def build(precision):  # a quantized export: int8 runs its int8 program, fp32 / bf16 its float program
         use_float_program = float_program and precision != "int8"
+        if backend == "onnxruntime":
+            return onnxruntime_predictor(_onnx_file(model_dir, pose), device, threads, precision)
         if backend == "openvino":
             program, _ = _model_files(model_dir, legacy=True, float_program=use_float_program)
             return openvino_predictor(program, threads, precision, quantized and not use_float_program, log)
@@ -689,6 +718,48 @@ def paddle_predictor(files, device, threads, onednn, precision):
     return Predictor(run, "paddle", precision, predictor)
 
 
+def _onnx_file(model_dir, pose):
+    """The ONNX program of an export: the one pose.json names (model.onnx in a folder without pose.json)."""
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"exported model folder {model_dir} not found")
+    name = ONNX_FILE if pose is None else pose.get(ONNX_KEY)
+    if not isinstance(name, str):
+        raise FileNotFoundError(f"{model_dir} has no ONNX program: export it again with export.py --onnx, or use "
+                                f"another --backend")
+    path = os.path.join(model_dir, name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{model_dir}: no {name} (write an export with export.py --onnx)")
+    return path
+
+
+def onnxruntime_predictor(path, device, threads, precision):
+    """onnxruntime of an ONNX program: on the CPU with threads threads, or on 'gpu' / 'gpu:N' with an
+    onnxruntime that has CUDA (onnxruntime-gpu). Its precision is the program's own."""
+    onnxruntime = import_onnx_package("onnxruntime", "--backend onnxruntime")
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: its warnings are about the file (say, unused constants)
+    providers = ["CPUExecutionProvider"]
+    if device.startswith("gpu"):
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            raise ValueError(f"--device {device}: this onnxruntime has no CUDA; pip install onnxruntime-gpu or use "
+                             f"--device cpu")
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(device.partition(":")[2] or 0)}))
+    elif device != "cpu":
+        raise ValueError(f"--device {device}: expected cpu, gpu or gpu:N")
+    try:
+        session = onnxruntime.InferenceSession(path, options, providers=providers)
+    except Exception as err:  # onnxruntime's own exception classes, one per failure kind
+        raise ValueError(f"{path}: onnxruntime cannot load it ({error_gist(err)})") from None
+    image = session.get_inputs()[0].name
+
+    def run(batch):
+        return session.run(None, {image: batch})[0]
+
+    return Predictor(run, "onnxruntime", precision, session)
+
+
 def openvino_predictor(program, threads, precision, quantized, log=log_to_stderr):
     """OpenVINO on the CPU, from a legacy-format program of an export (it finds the .pdiparams of the same
     name). A quantized program runs its convolutions in int8 (OpenVINO reads the quantize/dequantize pairs)
@@ -857,13 +928,13 @@ def eager_heatmaps(model, images):
     return heatmaps
 
 
-def check_export(model, model_dir, batch_size=2, seed=0, device=None, backend="paddle"):
-    """Compare a predictor of an export (fp32) with the eager model on a random batch.
+def check_export(model, model_dir, batch_size=2, seed=0, device=None, backend="paddle", precision="fp32"):
+    """Compare a predictor of an export (fp32, or precision) with the eager model on a random batch.
     Returns (max |difference|, that divided by max |eager output|)."""
     height, width = read_pose_json(model_dir)["input_size"]
     images = np.random.RandomState(seed).randn(batch_size, 3, height, width).astype(np.float32)
     eager = eager_heatmaps(model, images)
-    exported = create_predictor(model_dir, backend, device, precision="fp32")(images)
+    exported = create_predictor(model_dir, backend, device, precision=precision)(images)
     if exported.shape != eager.shape:
         raise ValueError(f"{model_dir}: exported model gives {exported.shape}, eager mode {eager.shape}")
     diff = float(np.abs(exported - eager).max())
@@ -899,19 +970,23 @@ def keypoint_agreement(reference, heatmaps, margin=0.1):
 
 
 def check_backends(model, model_dir, tolerance=1e-4, min_agreement=0.9, log=print):
-    """check_export for every runtime the export in model_dir is for: paddle.inference, and OpenVINO (fp32 and,
+    """check_export for every runtime the export in model_dir is for: paddle.inference, OpenVINO (fp32 and,
     where the CPU has it, bf16 by keypoint_agreement on real crops) when it has a legacy program and OpenVINO is
-    installed. One line per check; ValueError on a disagreement."""
+    installed, and onnxruntime when it has an ONNX program. One line per check; ValueError on a disagreement."""
+    pose = read_pose_json(model_dir)
     backends = ["paddle"]
-    if read_pose_json(model_dir).get("legacy_model_file"):
+    if pose.get("legacy_model_file"):
         if import_openvino() is None:
             log("legacy.pdmodel (for OpenVINO) not checked: OpenVINO is not installed (pip install openvino)")
         else:
             backends.append("openvino")
+    if pose.get(ONNX_KEY):
+        backends.append("onnxruntime")
+    names = {"paddle": "paddle.inference (CPU, oneDNN)", "openvino": "OpenVINO (CPU)",
+             "onnxruntime": "onnxruntime (CPU)"}
     for backend in backends:
         diff, relative = check_export(model, model_dir, device="cpu", backend=backend)
-        log(f"{'paddle.inference (CPU, oneDNN)' if backend == 'paddle' else 'OpenVINO (CPU)'} vs eager on a random "
-            f"batch: max diff {diff:.3g} ({relative:.3g} of the largest output)")
+        log(f"{names[backend]} vs eager on a random batch: max diff {diff:.3g} ({relative:.3g} of the largest output)")
         if not relative <= tolerance:
             raise ValueError(f"the export in {model_dir} disagrees with eager mode on {backend}: max diff {diff:.3g} "
                              f"is {relative:.3g} of the largest output (> --tolerance {tolerance:g})")
@@ -931,19 +1006,59 @@ def openvino_has_bf16():
     return "BF16" in import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def export_onnx(model_dir):
-    """model.onnx beside the Paddle export, through the optional paddle2onnx package, in a child process:
-    paddle2onnx aborts its whole process on an operator it cannot convert (2.1.0: Lite-HRNet's channel_shuffle)."""
-    program, params = _model_files(model_dir)
-    path = os.path.join(model_dir, "model.onnx")
+# paddle2onnx's own clean-up after converting either pip-installs a package as it runs (polygraphy, its default)
+# or fails on a pass name with a typo (2.1.0's onnxoptimizer list). onnxruntime's basic graph optimisations,
+# saved, do it in standard ONNX ops, 10x as fast as onnxoptimizer: the thousands of Constant and Identity nodes
+# paddle2onnx writes become initializers and nothing (onnxruntime would warn once for each constant left unused),
+# BatchNorm goes into the convolutions; the opset imports of onnxruntime's own domains, unused, are dropped.
+ONNX_CONVERSION = """import sys, onnx, onnxruntime, paddle2onnx
+program, params, path = sys.argv[1:4]
+options = onnxruntime.SessionOptions()
+options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+options.optimized_model_filepath, options.log_severity_level = path, 3
+onnxruntime.InferenceSession(paddle2onnx.export(program, params, opset_version=13), options,
+                             providers=["CPUExecutionProvider"])
+model = onnx.load(path)
+used = {""} | {node.domain for node in model.graph.node}
+kept = [opset for opset in model.opset_import if opset.domain in used]
+del model.opset_import[:]
+model.opset_import.extend(kept)
+onnx.save(model, path)
+"""
+
+
+def import_onnx_converter():
+    """paddle2onnx, for --onnx, and onnxruntime beside it: without it paddle2onnx pip-installs it, for its shape
+    inference, and the ONNX program is checked on it. ValueError naming the pip command when either is missing."""
+    paddle2onnx = import_onnx_package("paddle2onnx", "--onnx")
+    import_onnx_package("onnxruntime", "--onnx")
+    return paddle2onnx
+
+
+def export_onnx(model_dir, float_program=False):
+    """Convert an export's legacy-format program (its int8 program in a quantized export; with float_program a
+    quantized export's float program) to ONNX with the optional paddle2onnx: model.onnx (float.onnx) beside it,
+    named in pose.json; the batch size stays free. The legacy program, not model.json: Lite-HRNet's shuffle is
+    reshape -> transpose -> reshape there, where paddle2onnx (2.1.0) has no channel_shuffle. In a child process:
+    paddle2onnx aborts its whole process on an operator it cannot convert. ValueError with its first error line."""
+    paddle2onnx = import_onnx_converter()
+    program, params = _model_files(model_dir, legacy=True, float_program=float_program)
+    path = os.path.join(model_dir, FLOAT_ONNX_FILE if float_program else ONNX_FILE)
     tmp = path + ".tmp"
-    convert = "import sys, paddle2onnx; paddle2onnx.export(*sys.argv[1:4], opset_version=13)"
-    done = subprocess.run([sys.executable, "-c", convert, program, params, tmp], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", ONNX_CONVERSION, program, params, tmp], capture_output=True,
+                          text=True)
     if done.returncode != 0 or not os.path.isfile(tmp):
-        errors = [line.strip() for line in (done.stdout + done.stderr).splitlines() if "ERROR" in line]
-        raise ValueError(f"--onnx: paddle2onnx could not convert {program} "
-                         f"({errors[0] if errors else f'exit code {done.returncode}'}); the Paddle export is complete")
+        # "[ERROR][Paddle2ONNX] message" (its C++ code), "date [ERROR]\tmessage" (its Python code)
+        lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+        errors = [re.sub(r"^.*?\[ERROR\](\[\w+\])?", "", line).strip() for line in lines if "[ERROR]" in line]
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise ValueError(f"paddle2onnx {paddle2onnx.__version__} could not convert {program} "
+                         f"({(errors or lines[-1:] or [f'exit code {done.returncode}'])[0]})")
     os.replace(tmp, path)
+    pose = read_pose_json(model_dir)
+    pose[ONNX_KEY] = os.path.basename(path)
+    write_json_atomically(pose, os.path.join(model_dir, POSE_FILE))
     return path
 
 
@@ -958,17 +1073,17 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="folder for model.json, model.pdiparams and pose.json")
     p.add_argument("--legacy", action=argparse.BooleanOptionalAction, default=True,
                    help="also write legacy.pdmodel + legacy.pdiparams: the format OpenVINO reads")
-    p.add_argument("--onnx", action="store_true", help="also write model.onnx (needs paddle2onnx)")
+    p.add_argument("--onnx", action="store_true",
+                   help="also write model.onnx, converted from legacy.pdmodel (needs paddle2onnx and onnxruntime)")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest accepted |exported - eager| relative to max |eager| in the check")
     p.add_argument("--verbose", action="store_true", help="also show Paddle's and oneDNN's own log lines")
     args = p.parse_args(argv)
-    if args.onnx:
-        try:
-            import paddle2onnx  # noqa: F401  (only to fail before any work)
-        except ImportError:
-            raise SystemExit("error: --onnx needs paddle2onnx: pip install paddle2onnx onnxruntime")
     try:
+        if args.onnx:  # before any work
+            import_onnx_converter()
+            if not args.legacy:
+                raise ValueError("--onnx converts legacy.pdmodel: leave out --no-legacy")
         input_size = parse_input_size(args.input_size) if args.input_size else None
         set_device("cpu")  # the check below runs on CPU whatever this Paddle build is
         model, record = load_checkpoint(args.weights, args.model, input_size, udp=args.udp or None)
@@ -977,9 +1092,9 @@ def main(argv=None):
                              f"quantize.py's (--qat-weights)")
         files = export_model(model, args.out, record["model"], tuple(record["input_size"][::-1]),
                              keypoint_info_from_record(record), record["udp"], args.legacy)
-        check_backends(model, args.out, args.tolerance)
         if args.onnx:
-            files.append(export_onnx(args.out))
+            files.insert(-1, export_onnx(args.out))
+        check_backends(model, args.out, args.tolerance)
     except (ValueError, OSError) as err:
         raise SystemExit("error: " + " ".join(str(err).split()))
     for path in files:

@@ -7,8 +7,8 @@ image coordinates, and a person found from two boxes is kept once (OKS-NMS). Box
 PaddleDetection-exported person detector (--detector DIR). On a video (or webcam) each person keeps a track_id
 from frame to frame, keypoints are smoothed per track (One-Euro filter), and with --det-every N the detector runs
 every N frames, the boxes in between coming from the people's last keypoints.
-The network is either an export (--model-dir, run by OpenVINO or paddle.inference) or a checkpoint (--weights,
-eager).
+The network is either an export (--model-dir, run by OpenVINO, paddle.inference or onnxruntime) or a checkpoint
+(--weights, eager).
 
     python predict.py --model-dir export/lite_hrnet_18 --input assets/photos --out output/photos
     python predict.py --weights runs/lite_hrnet_18/best.pdparams --input output/walk.mp4 --detector hog --det-every 5
@@ -768,7 +768,8 @@ def benchmark_video(args, run, pose, source, boxes_for, box_padding, description
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                 formatter_class=HelpFormatter)
-    p.add_argument("--model-dir", help="exported model folder (export.py), run with OpenVINO or paddle.inference")
+    p.add_argument("--model-dir", help="exported model folder (export.py), run with OpenVINO, paddle.inference "
+                   "or onnxruntime (--backend)")
     add_checkpoint_flags(p, "a checkpoint (path or URL), run eagerly, instead of --model-dir")
     p.add_argument("--input", required=True, help="an image, a folder of images, a video file or a webcam index")
     p.add_argument("--out", default="output/predict", help="folder for the drawn images/video and predictions.json")

@@ -10,7 +10,7 @@ Inference (oneDNN) run as real int8 on CPU: the seed's LiteHRNet-30 69.4 -> 68.9
 
 Every training flag of train.py works here too: the loop is train.py's, run on the fake-quantized model.
 At the end the QAT weights are exported as an int8 inference model (--export) and scored again, now
-running as int8 (--backend: OpenVINO when installed, else Paddle Inference).
+running as int8 (--backend: OpenVINO when installed, else Paddle Inference); with --onnx also as ONNX.
 """
 import os
 import sys
@@ -31,7 +31,8 @@ import paddle.nn.functional as F
 import train
 from data import parse_input_size, run_script
 from evaluate import PredictorModel, evaluate_model
-from export import BACKENDS, append_op, create_predictor, save_legacy_program, staged_files, write_pose_json
+from export import (BACKENDS, FLOAT_KEYS, append_op, check_export, create_predictor, export_onnx,
+                    import_onnx_converter, read_pose_json, save_legacy_program, staged_files, write_pose_json)
 from model import (QMAX, QuantConv2D, build_model, channel_abs_max, load_checkpoint, load_weights, prepare_qat,
                    quantized_inputs, replace_layers, set_device)
 
@@ -255,6 +256,37 @@ def export_int8(model, out_dir, model_name, input_size, info, udp=False, float_p
     return result
 
 
+def export_quantized_onnx(model, out_dir, tolerance=1e-4, log=print):
+    """The ONNX program of a quantized export (export.export_onnx), checked, with one line on log: the int8
+    program as ONNX QDQ (model.onnx) where paddle2onnx converts it and onnxruntime runs it within one quantization
+    step of the QAT model (max |difference| <= max |QAT output| / 127 on a random batch), else the float program
+    (float.onnx), checked against paddle.inference's run of it (relative difference <= tolerance), the line
+    saying why. paddle2onnx 2.1.0 converts quantize_linear to float8 only. Returns the path."""
+    try:
+        path = export_onnx(out_dir)
+        diff, relative = check_export(model, out_dir, device="cpu", backend="onnxruntime", precision="int8")
+        if relative <= 1 / QMAX:
+            log(f"{path}: the int8 program as ONNX QDQ; onnxruntime vs the QAT model on a random batch: max diff "
+                f"{diff:.3g} ({relative * QMAX:.2f} quantization steps of the largest output)")
+            return path
+        os.remove(path)
+        reason = f"onnxruntime runs paddle2onnx's int8 program {relative * QMAX:.1f} quantization steps off QAT"
+    except ValueError as err:
+        reason = " ".join(str(err).split())
+    if None in (read_pose_json(out_dir).get(key) for key in FLOAT_KEYS):
+        raise ValueError(f"--onnx: no int8 ONNX program ({reason}), and the export has no float program to convert "
+                         f"instead (leave out --no-float-program)")
+    path = export_onnx(out_dir, float_program=True)
+    float_program = PredictorModel(create_predictor(out_dir, "paddle", "cpu", precision="fp32"))
+    diff, relative = check_export(float_program, out_dir, device="cpu", backend="onnxruntime")
+    log(f"{path}: the float program, no int8 ONNX ({reason}); onnxruntime vs paddle.inference on a random batch: "
+        f"max diff {diff:.3g} ({relative:.3g} of the largest output)")
+    if not relative <= tolerance:
+        raise ValueError(f"{path} disagrees with the float program on paddle.inference: max diff {diff:.3g} is "
+                         f"{relative:.3g} of the largest output (> {tolerance:g})")
+    return path
+
+
 def calibration_crops(dataset, count=16):
     """count training crops spread evenly over the dataset (its augmentation is seeded: the same crops each run)."""
     indices = np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int)
@@ -295,7 +327,11 @@ def build_parser():
                         "every clip that cuts anything")
     p.add_argument("--eval-int8", action=argparse.BooleanOptionalAction, default=True,
                    help="score the exported int8 model (and the float program) on val (on CPU, with --backend)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
+    p.add_argument("--onnx", action="store_true",
+                   help="also write the export as ONNX (needs paddle2onnx and onnxruntime): the int8 program as QDQ "
+                        "where paddle2onnx converts it faithfully, else the float program, with a line saying why")
+    # onnxruntime runs the one ONNX program of the export, not its int8 and float programs side by side
+    p.add_argument("--backend", choices=[b for b in BACKENDS if b != "onnxruntime"], default="auto",
                    help="runtime of that score: openvino, paddle (oneDNN int8) or auto (OpenVINO if installed)")
     return p
 
@@ -317,6 +353,8 @@ def main(argv=None):
         raise SystemExit("error: --weights FLOAT_CHECKPOINT is needed (the trained float model to fine-tune, e.g. "
                          "runs/lite_hrnet_18/best.pdparams after `python train.py`), or --qat-weights / --resume")
     try:
+        if args.onnx:  # before any work
+            import_onnx_converter()
         set_device(args.device)
         datasets = train.build_datasets(args)
         val_set = datasets[1]
@@ -350,6 +388,8 @@ def main(argv=None):
             kept, convs = result["float_clips"]
             print(f"float program: {len(kept)} of {convs} conv inputs clipped as in QAT; the other clips change its "
                   f"heatmaps by <= {args.clip_tolerance:g} on {len(crops)} training crops")
+        if args.onnx:
+            export_quantized_onnx(model, export_dir)
         exported_ap = {}  # precision -> AP of the export run so (fp32: its float program)
         for precision in (["int8"] + ["fp32"] * args.float_program) if args.eval_int8 else []:
             run = PredictorModel(create_predictor(export_dir, args.backend, "cpu", precision=precision,

@@ -1551,7 +1551,8 @@ def test_export_cli_checks_against_eager_and_lists_the_files(lite_export):
     assert [line.split()[-1] for line in lines[-5:]] == [os.path.join(out, f) for f in (
         "model.json", "model.pdiparams", "legacy.pdmodel", "legacy.pdiparams", "pose.json")]
     pose = ex.read_pose_json(out)
-    assert set(pose) == set(ex.POSE_KEYS + ex.LEGACY_KEYS) and pose["model"] == "lite_hrnet_18"
+    assert set(pose) == set(ex.POSE_KEYS + ex.LEGACY_KEYS + (ex.ONNX_KEY,)) and pose["model"] == "lite_hrnet_18"
+    assert pose["onnx_file"] is None  # written by --onnx only
     assert pose["input_size"] == [128, 96] and pose["heatmap_size"] == [32, 24] and pose["color"] == "RGB"
     assert pose["mean"] == [0.485, 0.456, 0.406] and pose["std"] == [0.229, 0.224, 0.225]
     assert pose["keypoint_names"] == data.COCO_KEYPOINT_NAMES and pose["flip_pairs"] == COCO_FLIP_PAIRS
@@ -4001,3 +4002,140 @@ def test_two_processes_split_the_evaluation_and_score_what_one_process_scores(sy
         assert image_id == expected["image_id"] and score == pytest.approx(expected["score"], rel=1e-4)
         np.testing.assert_allclose(keypoints, np.asarray(expected["keypoints"]).ravel(), rtol=1e-4, atol=1e-3)
     assert ranks[0]["AP"] == ranks[1]["AP"] == pytest.approx(stats["AP"], abs=1e-6)
+
+
+# ---- ONNX (issue 27) ----
+
+@pytest.fixture(scope="module")
+def onnx_family(family_exports, tmp_path_factory):
+    """{name: (eager model, export folder with model.onnx)} for the four networks: copies of family_exports'
+    HRNet-W32 and Lite-HRNet-18 (64x64, real heatmap peaks), fresh Lite-HRNet-30 (64x64) and HRNet-W48 (32x32,
+    its smallest input) with their legacy program and pose.json only."""
+    models = {}
+    for name in ("hrnet_w32", "lite_hrnet_18"):
+        model, folder = family_exports[name]
+        models[name] = (model, shutil.copytree(folder, str(tmp_path_factory.mktemp("onnx") / name)))
+    for seed, (name, size) in enumerate((("lite_hrnet_30", (64, 64)), ("hrnet_w48", (32, 32)))):
+        paddle.seed(seed)
+        model = settle_batch_norm(M.build_model(name), (2, 3, *size))
+        folder = str(tmp_path_factory.mktemp("onnx") / name)
+        os.makedirs(folder)
+        with ex.traced_in_eval_mode(model):  # the ONNX program's source only: no PIR program (a third of the time)
+            ex.save_legacy_program(model, os.path.join(folder, "legacy"), size)
+        ex.write_pose_json(folder, name, size, COCO_INFO, legacy_files=ex.LEGACY_FILES)
+        models[name] = (model, folder)
+    for name, (_, folder) in models.items():
+        assert ex.export_onnx(folder) == os.path.join(folder, "model.onnx")
+    return models
+
+
+@pytest.mark.parametrize("name", ["lite_hrnet_18", "lite_hrnet_30", "hrnet_w32", "hrnet_w48"])
+def test_onnx_of_every_network_equals_eager_mode_at_any_batch_size(name, onnx_family):
+    model, folder = onnx_family[name]
+    assert ex.read_pose_json(folder)["onnx_file"] == "model.onnx"
+    run = ex.create_predictor(folder, "onnxruntime", "cpu")
+    assert (run.backend, run.precision, run.describe()) == ("onnxruntime", "fp32", "onnxruntime fp32")
+    for batch in (1, 3):
+        _, relative = ex.check_export(model, folder, batch_size=batch, backend="onnxruntime")
+        assert relative <= 1e-4, (name, batch, relative)
+
+
+def test_export_check_covers_the_onnx_program(onnx_family, monkeypatch, tmp_path):
+    model, folder = onnx_family["lite_hrnet_18"]
+    monkeypatch.setattr(ex, "import_openvino", lambda: None)  # OpenVINO's checks are tested elsewhere
+    lines = []
+    ex.check_backends(model, folder, log=lines.append)
+    assert [line.split(" vs eager")[0] for line in lines[1:]] == ["paddle.inference (CPU, oneDNN)", "onnxruntime (CPU)"]
+    assert float(re.search(r"\((\S+) of the largest output\)", lines[-1]).group(1)) <= 1e-4
+    with pytest.raises(SystemExit, match="^error: --onnx converts legacy.pdmodel: leave out --no-legacy$"):
+        ex.main(["--model", "lite_hrnet_18", "--weights", "unused.pdparams", "--out", str(tmp_path / "x"), "--onnx",
+                 "--no-legacy"])
+
+
+def test_onnxruntime_backend_errors_are_one_line(lite_export, onnx_family, monkeypatch, tmp_path):
+    folder = onnx_family["lite_hrnet_18"][1]
+    raises_one_line(FileNotFoundError, "has no ONNX program: export it again with export.py --onnx",
+                    ex.create_predictor, lite_export[0], "onnxruntime")
+    raises_one_line(ValueError, "--precision bf16: the ONNX program of .* runs in fp32", ex.create_predictor, folder,
+                    "onnxruntime", precision="bf16")
+    broken = shutil.copytree(folder, str(tmp_path / "broken"))
+    os.remove(os.path.join(broken, "model.onnx"))
+    raises_one_line(FileNotFoundError, "no model.onnx", ex.create_predictor, broken, "onnxruntime")
+    with open(os.path.join(broken, "model.onnx"), "wb") as f:
+        f.write(b"not an onnx file")
+    raises_one_line(ValueError, "model.onnx: onnxruntime cannot load it", ex.create_predictor, broken, "onnxruntime")
+    pose = json.loads(open(os.path.join(broken, "pose.json")).read())
+    del pose["onnx_file"]  # a pose.json written before the key existed
+    with open(os.path.join(broken, "pose.json"), "w") as f:
+        json.dump(pose, f)
+    assert ex.read_pose_json(broken)["model"] == "lite_hrnet_18"
+    raises_one_line(FileNotFoundError, "has no ONNX program", ex.create_predictor, broken, "onnxruntime")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    raises_one_line(ValueError, r"--backend onnxruntime needs onnxruntime: pip install onnxruntime",
+                    ex.create_predictor, folder, "onnxruntime")
+    with pytest.raises(SystemExit, match=r"^error: --onnx needs onnxruntime: pip install onnxruntime$"):
+        ex.main(["--model", "lite_hrnet_18", "--weights", "unused.pdparams", "--out", str(tmp_path / "x"), "--onnx"])
+    assert not (tmp_path / "x").exists()
+
+
+def test_evaluate_and_predict_run_the_onnx_program(onnx_family, tmp_path, capsys):
+    folder = onnx_family["lite_hrnet_18"][1]
+    common = ["--data", TINY, "--workers", "0", "--no-flip", "--device", "cpu", "--model-dir", folder]
+    ap, results = {}, {}
+    for backend in ("paddle", "onnxruntime"):
+        out = str(tmp_path / f"{backend}.json")
+        ap[backend], first_line = evaluated_ap(common + ["--backend", backend, "--out", out], capsys)
+        assert f"({ex.RUNTIME_NAMES[backend]} fp32)" in first_line
+        results[backend] = json.loads(open(out).read())
+    assert abs(ap["onnxruntime"] - ap["paddle"]) <= 0.002, ap
+    assert len(results["onnxruntime"]) == len(results["paddle"]) > 0  # a random network: AP about 0 either way
+    same = [np.abs(np.subtract(a["keypoints"], b["keypoints"])).max() < 0.01
+            for a, b in zip(results["onnxruntime"], results["paddle"])]
+    assert np.mean(same) >= 0.9  # a rare near-tie of two heatmap pixels may flip
+    pr.main(["--model-dir", folder, "--backend", "onnxruntime", "--input", DEMO, "--out", str(tmp_path)])
+    assert "(onnxruntime fp32)" in capsys.readouterr().out.splitlines()[0]
+    [entry] = json.loads((tmp_path / pr.PREDICTIONS_FILE).read_text())["results"]
+    assert len(entry["people"]) == 1 and len(entry["people"][0]["keypoints"]) == 17
+
+
+def test_quantized_export_writes_its_float_program_as_onnx_and_says_why(qat_run, qat_export_copy):
+    lines = []
+    Q.export_quantized_onnx(Q.load_qat_model(qat_run["qat"]), qat_export_copy, log=lines.append)
+    assert len(lines) == 1 and "float.onnx: the float program, no int8 ONNX (paddle2onnx " in lines[0], lines
+    # checked against paddle.inference's run of the float program
+    assert float(re.search(r"\((\S+) of the largest output\)", lines[0]).group(1)) <= 1e-4
+    assert ex.read_pose_json(qat_export_copy)["onnx_file"] == "float.onnx"
+    assert ex.create_predictor(qat_export_copy, "onnxruntime", "cpu").describe() == "onnxruntime fp32"
+    raises_one_line(ValueError, "--precision int8: the ONNX program of .* runs in fp32", ex.create_predictor,
+                    qat_export_copy, "onnxruntime", precision="int8")
+
+
+def readme_block(marker):
+    """The ```python block of README.md that contains marker."""
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    return next(block for block in blocks if marker in block)
+
+
+def test_readme_onnx_example_finds_the_keypoints_predict_finds_without_paddle(onnx_family, tmp_path):
+    folder = onnx_family["lite_hrnet_18"][1]
+    with open(TINY_ANN) as f:
+        annotations = json.load(f)
+    person = next(a for a in annotations["annotations"] if a["num_keypoints"] > 10)
+    [name] = [i["file_name"] for i in annotations["images"] if i["id"] == person["image_id"]]
+    image = os.path.join(TINY_IMAGES, name)
+    # paddle made unimportable, the example's inputs as its command line, run outside the repository
+    run_without_paddle = "import os, sys; sys.modules['paddle'] = None; exec(os.environ['EXAMPLE'])"
+    done = subprocess.run([sys.executable, "-c", run_without_paddle, folder, image, *map(str, person["bbox"])],
+                          cwd=str(tmp_path), capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, EXAMPLE=readme_block("import onnxruntime")))
+    assert done.returncode == 0 and not done.stderr, done.stderr[-2000:]
+    found = np.array([[float(v) for v in line.split()[2:7:2]] for line in done.stdout.splitlines()])
+    expected = pr.predict_image(ex.create_predictor(folder, "paddle", "cpu"), data.read_image_rgb(image),
+                                [(person["bbox"], 1.0)], ex.read_pose_json(folder))[0]["keypoints"]
+    assert found.shape == expected.shape == (17, 3)
+    assert np.abs(found[:, 2] - expected[:, 2]).max() <= 1e-3
+    # where no heatmap value is above 0, predict.py (the official decoding) puts the keypoint at the heatmap's
+    # corner and the example at its largest value: a keypoint neither has found
+    peaked = expected[:, 2] > 0
+    assert peaked.sum() >= 12 and np.abs(found[peaked, :2] - expected[peaked, :2]).max() <= 1.0
