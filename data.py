@@ -455,11 +455,13 @@ def crop_and_normalize(image_rgb, center, scale, rot_deg, input_size, udp=False)
 
 @functools.lru_cache(maxsize=16)
 def _gaussian_patch(sigma):
-    """The official (2*3sigma+1)^2 unnormalised Gaussian (peak 1), same float32 ops; built once per sigma."""
+    """The official (2*3sigma+1)^2 unnormalised Gaussian (peak 1), same float32 ops; built once per sigma.
+    Its peak sits ceil(3 sigma) from its first pixel, where generate_target's window starts: the official
+    size // 2 puts it a pixel early when 3 sigma has a fraction below one half (sigma 0.75, at 96x64)."""
     size = 2 * sigma * 3 + 1
     x = np.arange(0, size, 1, np.float32)
     y = x[:, np.newaxis]
-    x0 = y0 = size // 2
+    x0 = y0 = math.ceil(sigma * 3)
     patch = np.exp(-((x - x0) ** 2 + (y - y0) ** 2) / (2 * sigma ** 2))
     patch.setflags(write=False)
     return patch
@@ -489,8 +491,10 @@ def generate_target(joints, joints_vis, input_size, heatmap_size, sigma, udp=Fal
         exact_x, exact_y = joints[k, 0] / stride_x, joints[k, 1] / stride_y
         # int() truncates toward zero, not floor (matters for joints left of/above the crop): official quirk.
         mu_x, mu_y = int(exact_x + 0.5), int(exact_y + 0.5)
-        left, top = int(mu_x - radius), int(mu_y - radius)
-        right, bottom = int(mu_x + radius + 1), int(mu_y + radius + 1)
+        # the window's edges: floor, the official int() wherever 3 sigma is a whole number or the window starts
+        # inside the map; int() toward zero would put the peak a pixel past the joint near the top or left edge
+        left, top = math.floor(mu_x - radius), math.floor(mu_y - radius)
+        right, bottom = math.floor(mu_x + radius + 1), math.floor(mu_y + radius + 1)
         if left >= hm_w or top >= hm_h or right < 0 or bottom < 0:
             weight[k] = 0
             continue

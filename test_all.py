@@ -3973,3 +3973,53 @@ def test_two_processes_split_the_evaluation_and_score_what_one_process_scores(sy
         assert image_id == expected["image_id"] and score == pytest.approx(expected["score"], rel=1e-4)
         np.testing.assert_allclose(keypoints, np.asarray(expected["keypoints"]).ravel(), rtol=1e-4, atol=1e-3)
     assert ranks[0]["AP"] == ranks[1]["AP"] == pytest.approx(stats["AP"], abs=1e-6)
+
+
+# ---- The lesson (issue 28) ----
+
+def official_msra_target(joints, vis, input_size, heatmap_size, sigma):
+    """HRNet's JointsDataset.generate_target (gaussian branch), transliterated."""
+    width, height = heatmap_size
+    target = np.zeros((len(joints), height, width), np.float32)
+    weight = np.array(vis, np.float32).reshape(-1, 1)
+    tmp_size = sigma * 3
+    for k, (x, y) in enumerate(joints):
+        mu_x, mu_y = int(x / (input_size[0] / width) + 0.5), int(y / (input_size[1] / height) + 0.5)
+        ul, br = [int(mu_x - tmp_size), int(mu_y - tmp_size)], [int(mu_x + tmp_size + 1), int(mu_y + tmp_size + 1)]
+        if ul[0] >= width or ul[1] >= height or br[0] < 0 or br[1] < 0:
+            weight[k] = 0
+            continue
+        size = 2 * tmp_size + 1
+        xs = np.arange(0, size, 1, np.float32)
+        ys = xs[:, np.newaxis]
+        g = np.exp(-((xs - size // 2) ** 2 + (ys - size // 2) ** 2) / (2 * sigma ** 2))
+        gx, gy = (max(0, -ul[0]), min(br[0], width) - ul[0]), (max(0, -ul[1]), min(br[1], height) - ul[1])
+        img_x, img_y = (max(0, ul[0]), min(br[0], width)), (max(0, ul[1]), min(br[1], height))
+        if weight[k] > 0.5:
+            target[k][img_y[0]:img_y[1], img_x[0]:img_x[1]] = g[gy[0]:gy[1], gx[0]:gx[1]]
+    return target, weight
+
+
+def test_target_peaks_on_its_joint_for_every_sigma_and_is_the_official_one_where_that_does():
+    """The official patch is centred size // 2 from its corner, its window ceil(3 sigma) before the joint: the peak
+    is a pixel early when 3 sigma has a fraction below one half (sigma 0.75, the default at 96x64, which taught
+    the network to point a pixel up and left), and with any fraction a pixel late where the window starts left of
+    or above the map (int() truncates toward zero). A whole 3 sigma (the official 2 and 3) gives the official maps."""
+    rng = np.random.default_rng(0)
+    joints = rng.uniform([0, 0], [61, 93], (200, 2))  # peaks inside the 16x24 map
+    vis = np.ones(200, np.float32)
+    mu = (joints / 4 + 0.5).astype(int)
+    for sigma in (0.75, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0):
+        target, weight = data.generate_target(joints, vis, (64, 96), (16, 24), sigma)
+        peaks = [np.unravel_index(t.argmax(), t.shape)[::-1] for t in target]
+        assert np.array_equal(peaks, mu) and np.all(target.max(axis=(1, 2)) == 1), sigma
+        official, official_weight = official_msra_target(joints, vis, (64, 96), (16, 24), sigma)
+        np.testing.assert_array_equal(weight, official_weight)
+        inside = np.all(mu >= 3 * sigma, axis=1)  # windows that start inside the map
+        if (3 * sigma) % 1 == 0:
+            np.testing.assert_array_equal(target, official)
+        elif (3 * sigma) % 1 >= 0.5:
+            np.testing.assert_array_equal(target[inside], official[inside])
+        else:
+            official_peaks = [np.unravel_index(t.argmax(), t.shape)[::-1] for t in official[inside]]
+            assert np.array_equal(official_peaks, mu[inside] - 1)  # one pixel up and left of the joint
