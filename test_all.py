@@ -4023,3 +4023,57 @@ def test_target_peaks_on_its_joint_for_every_sigma_and_is_the_official_one_where
         else:
             official_peaks = [np.unravel_index(t.argmax(), t.shape)[::-1] for t in official[inside]]
             assert np.array_equal(official_peaks, mu[inside] - 1)  # one pixel up and left of the joint
+
+
+def test_the_teaching_recipe_decodes_with_dark_and_help_says_so(capsys):
+    assert (T.RECIPES["synthetic"]["decode"], T.RECIPES["hrnet"]["decode"], T.RECIPES["lite_hrnet"]["decode"]) == (
+        "dark", "default", "default")
+    with pytest.raises(SystemExit):
+        T.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split("options:", 1)[1].split())
+    kernel = T.RECIPES["synthetic"]["dark_kernel"]
+    assert "synthetic dark)" in text.split("--decode", 1)[1].split(" --", 1)[0]
+    assert f"synthetic {kernel})" in text.split("--dark-kernel", 1)[1].split(" --", 1)[0]
+
+
+def test_checkpoints_say_how_to_decode_and_evaluate_and_predict_follow(synthetic_root, lite18_weights, tmp_path,
+                                                                        capsys, monkeypatch):
+    decodings, evaluate_model = [], ev.evaluate_model
+
+    def spy(model, dataset, batch_size, flip, decode, dark_kernel, *rest, **options):
+        decodings.append((decode, dark_kernel))
+        return evaluate_model(model, dataset, batch_size, flip, decode, dark_kernel, *rest, **options)
+    monkeypatch.setattr(ev, "evaluate_model", spy)
+    state, _ = M.read_checkpoint(lite18_weights)
+    dark = str(tmp_path / "dark.pdparams")
+    M.save_checkpoint(dict(model=state, record=M.model_record("lite_hrnet_18", (64, 64), COCO_INFO, decode="dark",
+                                                               dark_kernel=5)), dark)
+    assert M.decoding_of(M.read_checkpoint(dark)[1]) == ("dark", 5) and M.decoding_of({}) == ("default", 3)
+    results = {}
+    for name, extra in (("own", []), ("dark5", ["--decode", "dark", "--dark-kernel", "5"]),
+                        ("default", ["--decode", "default"])):
+        out = tmp_path / f"{name}.json"
+        ev.main(["--data", synthetic_root, "--weights", dark, "--no-flip", "--workers", "0", "--out", str(out), *extra])
+        results[name] = (capsys.readouterr().out.splitlines()[0], json.loads(out.read_text()))
+    assert results["own"][0].endswith("decode dark (kernel 5) as the checkpoint says (--decode default: the "
+                                      "official), flip off")
+    assert results["default"][0].endswith("decode default, flip off")
+    assert decodings == [("dark", 5), ("dark", 5), ("default", 5)]
+    assert results["own"][1] == results["dark5"][1]
+    # a fine-tuning run from it keeps its decoding unless told otherwise
+    args = T.apply_recipe(T.build_parser().parse_args(["--data", synthetic_root, "--weights", dark]))
+    assert (args.decode, args.dark_kernel, args.input_size) == ("dark", 5, "64x64")
+    pr.main(["--weights", dark, "--input", DEMO, "--out", str(tmp_path / "drawn")])
+    assert "decode dark (kernel 5) as the checkpoint says" in capsys.readouterr().out
+
+
+def test_exports_carry_the_decoding_and_older_pose_json_decodes_as_before(tmp_path):
+    pose = ex.pose_metadata("lite_hrnet_18", "128x96", COCO_INFO, decoding=("dark", 5))
+    (tmp_path / "pose.json").write_text(json.dumps(pose))
+    assert M.decoding_of(ex.read_pose_json(str(tmp_path))) == ("dark", 5)
+    older = {k: v for k, v in pose.items() if k not in ("decode", "dark_kernel")}
+    (tmp_path / "pose.json").write_text(json.dumps(older))
+    assert M.decoding_of(ex.read_pose_json(str(tmp_path))) == ("default", 3)
+    for key, value in (("decode", "argmax"), ("dark_kernel", 4)):
+        (tmp_path / "pose.json").write_text(json.dumps(dict(pose, **{key: value})))
+        raises_one_line(ValueError, f"pose.json: {key} is .*, expected", ex.read_pose_json, str(tmp_path))

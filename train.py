@@ -46,15 +46,18 @@ RECIPES = {
     # HRNet (pose_hrnet w32/w48_256x192_adam_lr1e-3.yaml): Adam 1e-3, x0.1 at 170 and 200 of 210 epochs,
     # 32 images per GPU on 4 GPUs, the loss's 0.5 factor, ImageNet-pretrained backbone (--pretrained).
     "hrnet": dict(model="hrnet_w32", input_size="256x192", epochs=210, milestones=[170, 200], lr=1e-3,
-                  warmup_steps=0, batch_size=32, loss_scale=0.5, eval_every=10, schedule="step", udp=False),
+                  warmup_steps=0, batch_size=32, loss_scale=0.5, eval_every=10, schedule="step", udp=False,
+                  decode="default", dark_kernel=3),
     # Lite-HRNet (litehrnet_*_coco_256x192.py): Adam 2e-3 with 500 linear warmup steps, 64 per GPU, from scratch.
     "lite_hrnet": dict(model="lite_hrnet_18", input_size="256x192", epochs=210, milestones=[170, 200], lr=2e-3,
-                       warmup_steps=500, batch_size=64, loss_scale=1.0, eval_every=10, schedule="step", udp=False),
+                       warmup_steps=500, batch_size=64, loss_scale=1.0, eval_every=10, schedule="step", udp=False,
+                       decode="default", dark_kernel=3),
     # The zero-download teaching run on the built-in synthetic stick figures, sized for a lesson (README,
     # Training): one epoch in two processes of 16 crops (138 steps), the lr dropping for its last quarter (without
     # the drop the AP after one epoch swings between 0.4 and 0.85). README, Training, has the recipes tried.
     "synthetic": dict(model="lite_hrnet_18", input_size="128x96", epochs=1, schedule="step", milestones=[0.75],
-                      lr=4e-3, warmup_steps=50, batch_size=16, loss_scale=1.0, eval_every=1, udp=False),
+                      lr=4e-3, warmup_steps=50, batch_size=16, loss_scale=1.0, eval_every=1, udp=False,
+                      decode="dark", dark_kernel=5),
 }
 
 
@@ -226,7 +229,8 @@ def _train(args, model, loss_fn, datasets):
     if args.resume:
         start_epoch, step, best_ap = resume(args.resume, model, optimizer, args.model, train_set.info, log)
     # what every checkpoint of this run says it is: a script given one of them needs no flag to rebuild the model
-    model_info = model_record(args.model, train_set.input_size, train_set.info, args.udp, is_qat_model(model))
+    model_info = model_record(args.model, train_set.input_size, train_set.info, args.udp, is_qat_model(model),
+                              args.decode, args.dark_kernel)
     if args.amp == "O2":  # float16 weights with float32 master copies; checkpoints stay float32
         model, optimizer = paddle.amp.decorate(models=model, optimizers=optimizer, level="O2", save_dtype="float32")
     net = paddle.DataParallel(model) if world > 1 else model  # broadcasts rank 0's weights
@@ -301,6 +305,7 @@ def _train(args, model, loss_fn, datasets):
             # inference keeps no activations for a backward pass: batches of 32 even after small training ones
             # (0.65x the time per crop of 4 on one CPU thread)
             results, stats = evaluate_model(model, val_set, batch_size=max(args.batch_size, 32), flip=args.flip,
+                                            decode=args.decode, dark_kernel=args.dark_kernel,
                                             num_workers=args.workers, log=log, data_parallel=world > 1)
             metrics.update(stats)
             log("  ".join(f"{k} {stats[k]:.3f}" for k in STAT_NAMES))
@@ -572,6 +577,13 @@ def build_parser(description=__doc__.split("\n\n")[0].strip(), recipes=RECIPES, 
                    help="evaluate on val every N epochs (and at the end)" + recipe_default("eval_every"))
     p.add_argument("--val-boxes", default="gt", help="'gt' or a COCO detection-results JSON for evaluation")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="flip test at evaluation")
+    p.add_argument("--decode", choices=("default", "dark"), default=None,
+                   help="heatmap decoding of the run's evaluations, recorded in its checkpoints for evaluate.py and "
+                        "predict.py: default = argmax + quarter offset (the official), dark = DARK"
+                        + recipe_default("decode"))
+    p.add_argument("--dark-kernel", type=in_range(int, 1), default=None,
+                   help="DARK's blur kernel, odd (PaddleDetection 3 at 64x48 heatmaps, mmpose 11)"
+                        + recipe_default("dark_kernel"))
     p.add_argument("--target-sigma", type=positive, default=None,
                    help="width of the target heatmaps' Gaussians (default: 2 at 256x192, proportional to the height)")
     p.add_argument("--udp", action=argparse.BooleanOptionalAction, default=None,
@@ -623,6 +635,8 @@ def settings_from_checkpoint(args, weights, flag="--weights"):
             args.model = args.model or record["model"]
             args.input_size = args.input_size or "x".join(map(str, record["input_size"]))
             args.udp = args.udp or record["udp"]
+            args.decode = args.decode or record.get("decode")  # files from before records said how to decode: unset
+            args.dark_kernel = args.dark_kernel or record.get("dark_kernel")
 
 
 def apply_recipe(args, recipes=RECIPES, weights=None, flag="--weights"):
