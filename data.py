@@ -1495,6 +1495,29 @@ def heatmap_overlay(crop_bgr, heatmap, opacity=0.8):
     return (crop_bgr * (1 - opacity * heat) + colours * (opacity * heat)).astype(np.uint8)
 
 
+def label_tile(tile, text, font_scale=0.33):
+    """Write text on a black strip across the top of tile (in place), as every picture here labels its tiles."""
+    strip = round(42 * font_scale)
+    cv2.rectangle(tile, (0, 0), (tile.shape[1], strip), (0, 0, 0), -1)
+    cv2.putText(tile, text, (2, strip - 4), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return tile
+
+
+def draw_learning(crop_bgr, snapshots, skeleton, flip_pairs=(), columns=8, height=256):
+    """One crop at several points of a training run, left to right (train.py's learning.jpg): for each snapshot
+    (label, heatmaps (K, h, w), keypoints (K, 3) as (x, y, score) in crop pixels) the maximum of its heatmaps over
+    the crop, unscaled (a network unsure everywhere shows little colour), the skeleton of the joints scoring above
+    draw_poses' threshold, and the label; `columns` tiles a row, those still to come black."""
+    scale = height / crop_bgr.shape[0]
+    crop = cv2.resize(crop_bgr, (round(crop_bgr.shape[1] * scale), height))
+    tiles = []
+    for label, heatmaps, keypoints in snapshots:
+        tile = heatmap_overlay(crop, np.max(heatmaps, axis=0))
+        person = dict(keypoints=np.asarray(keypoints, np.float64) * [scale, scale, 1])
+        tiles.append(label_tile(draw_poses(tile, [person], skeleton, flip_pairs), label, 0.45))
+    return image_grid(tiles, columns)
+
+
 def image_grid(images, columns=4, height=None):
     """Images side by side, `columns` per row, each resized to one height (default: the first's); blank padding."""
     height = height or images[0].shape[0]

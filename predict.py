@@ -38,7 +38,7 @@ import yaml
 
 from data import (COCO_PERSON_CATEGORY, HelpFormatter, IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD, box_iou,
                   box_to_center_scale, crop_and_normalize, crop_to_bgr, draw_poses, heatmap_overlay, image_grid,
-                  keypoint_info_from_record, load_json, parse_input_size, read_image_bgr, run_script,
+                  keypoint_info_from_record, label_tile, load_json, parse_input_size, read_image_bgr, run_script,
                   temporary_path, write_image_atomically, write_json_atomically)
 from evaluate import (add_decode_flags, chosen_decoding, heatmaps_to_keypoints, oks_iou, oks_nms, person_score,
                       predict_batch)
@@ -351,11 +351,7 @@ def draw_heatmaps(people, names, tile_height=192, columns=6):
         tiles = [crop]
         for name, heatmap in zip(names, person["heatmaps"]):
             peak = max(0.0, float(heatmap.max()))
-            tile = heatmap_overlay(crop, heatmap / max(peak, 1e-6))
-            label = f"{name} {peak:.2f}"
-            cv2.rectangle(tile, (0, 0), (tile.shape[1], 14), (0, 0, 0), -1)
-            cv2.putText(tile, label, (2, 10), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (255, 255, 255), 1, cv2.LINE_AA)
-            tiles.append(tile)
+            tiles.append(label_tile(heatmap_overlay(crop, heatmap / max(peak, 1e-6)), f"{name} {peak:.2f}"))
         grid = image_grid(tiles, columns)
         blocks.append(cv2.copyMakeBorder(grid, 0, 6, 0, 0, cv2.BORDER_CONSTANT, value=(255, 255, 255)))
     return np.vstack(blocks)

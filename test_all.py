@@ -4025,6 +4025,33 @@ def test_target_peaks_on_its_joint_for_every_sigma_and_is_the_official_one_where
             assert np.array_equal(official_peaks, mu[inside] - 1)  # one pixel up and left of the joint
 
 
+def test_draw_learning_fills_a_row_left_to_right_with_labelled_snapshots():
+    crop = np.full((64, 48, 3), 100, np.uint8)
+    certain, unsure = np.zeros((2, 16, 12), np.float32), np.zeros((2, 16, 12), np.float32)
+    certain[0, :8] = 1.0  # the top half of the map sure of joint 0
+    keypoints = np.array([[10.0, 20.0, 0.9], [30.0, 40.0, 0.9]])
+    snapshots = [("step 5  loss 0.004", unsure, keypoints * [1, 1, 0.1]), ("step 10  loss 0.002", certain, keypoints)]
+    picture = data.draw_learning(crop, snapshots, [(0, 1)], columns=4, height=128)
+    assert picture.shape == (128, 4 * 96, 3)  # one row of four 128-px tiles, the crop scaled 2x
+    assert np.all(picture[:, 2 * 96:] == 0)  # snapshots still to come: black
+    jet_top = cv2.applyColorMap(np.array([[255]], np.uint8), cv2.COLORMAP_JET)[0, 0].astype(float)
+    assert np.allclose(picture[40, 96 + 90], 0.2 * 100 + 0.8 * jet_top, atol=1)  # heatmap 1: 80% JET red
+    assert np.all(picture[100, 96 + 90] == 100)  # heatmap 0: the crop
+    assert np.all(picture[20:, :96] == 100)  # unsure everywhere: neither colour nor skeleton
+    assert tuple(picture[60, 96 + 40]) == data.MIDDLE  # the limb between the two sure joints, scaled 2x
+    assert picture[:19, :96].max() > 200 and np.median(picture[:19, :96]) == 0  # the label on a black strip
+
+
+def test_training_run_draws_learning_jpg_at_eight_points(qat_run):
+    """qat_run's float run: 3 epochs of 3 steps, 64x64 crops: eight snapshots, one row of 256-px tiles."""
+    picture = cv2.imread(str(qat_run["root"] / "float" / "learning.jpg"))
+    assert picture.shape == (256, 8 * 256, 3)
+    for k in range(8):
+        tile = picture[:, k * 256:(k + 1) * 256]
+        assert np.median(tile[:19]) < 30 and tile[:19].max() > 200  # every tile labelled: none still to come
+        assert tile[19:].mean() > 20  # and drawn
+
+
 def test_the_teaching_recipe_decodes_with_dark_and_help_says_so(capsys):
     assert (T.RECIPES["synthetic"]["decode"], T.RECIPES["hrnet"]["decode"], T.RECIPES["lite_hrnet"]["decode"]) == (
         "dark", "default", "default")
@@ -4034,6 +4061,7 @@ def test_the_teaching_recipe_decodes_with_dark_and_help_says_so(capsys):
     kernel = T.RECIPES["synthetic"]["dark_kernel"]
     assert "synthetic dark)" in text.split("--decode", 1)[1].split(" --", 1)[0]
     assert f"synthetic {kernel})" in text.split("--dark-kernel", 1)[1].split(" --", 1)[0]
+    assert "(default: 8)" in text.split("--snapshots", 1)[1].split(" --", 1)[0]
 
 
 def test_checkpoints_say_how_to_decode_and_evaluate_and_predict_follow(synthetic_root, lite18_weights, tmp_path,

@@ -32,10 +32,10 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from data import (COCOKeypointDataset, HelpFormatter, augmentation_defaults, data_loader, draw_poses,
-                  image_grid, make_synthetic_dataset, parse_input_size, progress_printer, read_image_bgr,
-                  resolve_path_or_url, run_script, write_image_atomically)
-from evaluate import STAT_NAMES, evaluate_model
+from data import (PIXEL_STD, COCOKeypointDataset, HelpFormatter, augmentation_defaults, crop_to_bgr, data_loader,
+                  draw_learning, draw_poses, image_grid, make_synthetic_dataset, parse_input_size, progress_printer,
+                  read_image_bgr, resolve_path_or_url, run_script, write_image_atomically)
+from evaluate import STAT_NAMES, evaluate_model, heatmaps_to_keypoints
 from model import (MODEL_NAMES, DepthwiseConv2D, build_from_checkpoint, build_model, final_layer_name, is_qat_model,
                    load_weights, model_record, read_checkpoint, read_paddle_file, save_checkpoint, set_device)
 
@@ -193,7 +193,7 @@ def train(args, model=None, loss_fn=None, datasets=None):
                                                     drop_last=True)
         loader = data_loader(train_set, args.workers, batch_sampler=sampler)
         steps_per_epoch = check_run_size(args, train_set, val_set, len(sampler), world, log)
-        progress = Progress(args, rank, world, step, args.epochs * steps_per_epoch, log)
+        progress = Progress(args, rank, world, step, args.epochs * steps_per_epoch, val_set, log)
 
         for epoch in range(start_epoch, args.epochs):
             sampler.set_epoch(epoch)
@@ -205,7 +205,7 @@ def train(args, model=None, loss_fn=None, datasets=None):
                 loss = checked_step(args, net, optimizer, loss_fn, images, targets, target_weight, scaler,
                                     (step, epoch, i))
                 step += 1
-                progress.after_step(epoch, i, step, loss, lr, len(images), int((indices.numpy() < 0).sum()))
+                progress.after_step(model, epoch, i, step, loss, lr, len(images), int((indices.numpy() < 0).sum()))
             best_ap = end_epoch(args, model, optimizer, record, val_set, progress, epoch, step, best_ap, world)
         progress.finish(model)
     return model, val_set, best_ap
@@ -281,26 +281,29 @@ def checked_step(args, net, optimizer, loss_fn, images, targets, target_weight, 
 
 class Progress:
     """What a run shows while it trains: a line every --log-every steps (loss, lr, samples/s, ETA) and its point
-    in steps.jsonl (the curves), the epoch's mean loss and skipped images."""
+    in steps.jsonl (the curves), the epoch's mean loss and skipped images, and on rank 0 learning.jpg."""
 
-    def __init__(self, args, rank, world, step, total_steps, log):
+    def __init__(self, args, rank, world, step, total_steps, val_set, log):
         self.args, self.rank, self.world, self.total_steps, self.log = args, rank, world, total_steps, log
         self.run_start, self.run_start_step = time.time(), step
         if rank == 0 and not args.resume:  # a new run in an old run folder starts its metrics and curves afresh
             for name in ("metrics.jsonl", "steps.jsonl"):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(args.out, name))
+        self.learning = LearningPicture(args, val_set, total_steps) if rank == 0 and args.snapshots else None
         self.new_epoch()
 
     def new_epoch(self):
         self.epoch_loss, self.epoch_steps, self.skipped = 0.0, 0, 0
         self.window_start, self.window_samples, self.window_loss, self.window_steps = time.time(), 0, 0.0, 0
 
-    def after_step(self, epoch, i, step, loss, lr, batch_size, skipped):
+    def after_step(self, model, epoch, i, step, loss, lr, batch_size, skipped):
         self.epoch_loss, self.epoch_steps, self.skipped = self.epoch_loss + loss, self.epoch_steps + 1, \
             self.skipped + skipped
         self.window_loss, self.window_steps = self.window_loss + loss, self.window_steps + 1
         self.window_samples += batch_size * self.world
+        if self.learning:
+            self.learning.after_step(model, step, loss)
         steps_per_epoch = self.total_steps // self.args.epochs
         if self.rank != 0 or not (i % self.args.log_every == 0 or i == steps_per_epoch - 1):
             return
@@ -314,6 +317,9 @@ class Progress:
         self.window_start, self.window_samples, self.window_loss, self.window_steps = time.time(), 0, 0.0, 0
 
     def finish(self, model):
+        if self.learning and self.learning.snapshots:
+            self.log(f"{self.learning.path}: {len(self.learning.snapshots)} snapshots of one val crop, "
+                     f"{self.learning.seconds:.1f} s in all")
         print(f"rank {self.rank}: parameter checksum {parameter_checksum(model)}", flush=True)
 
 
@@ -357,6 +363,46 @@ def end_epoch(args, model, optimizer, record, val_set, progress, epoch, step, be
         if not save_training_curves(args.out, progress.total_steps):
             log(f"could not write {os.path.join(args.out, 'curves.png')}")
     return best_ap
+
+
+class LearningPicture:
+    """runs/<model>/learning.jpg: one val crop as the network sees it at --snapshots points of the run, left to
+    right, redrawn at each: the predicted heatmaps of all joints as one map, the skeleton decoded from them, the
+    step and the mean training loss since the previous snapshot. Each snapshot is one crop's forward pass in eval
+    mode. The crop: the val sample with the most labelled joints (the largest of those; the first of equals). A
+    resumed run draws the snapshots after the step it resumed at."""
+
+    def __init__(self, args, val_set, total_steps):
+        labelled = (val_set.joints[:, :, 2] > 0).sum(axis=1)
+        index = max(range(len(val_set)), key=lambda i: (labelled[i], val_set.areas[i], -i))
+        self.image = val_set[index][0][None]
+        self.skeleton, self.flip_pairs = val_set.info.skeleton, val_set.info.flip_pairs
+        self.decode, self.dark_kernel, self.udp = args.decode, args.dark_kernel, args.udp
+        self.frozen, self.amp = args.freeze_backbone, args.amp
+        self.due = sorted({math.ceil(total_steps * (k + 1) / args.snapshots) for k in range(args.snapshots)})
+        self.path, self.snapshots, self.seconds = os.path.join(args.out, "learning.jpg"), [], 0.0
+        self.losses = []
+
+    def after_step(self, model, step, loss):
+        self.losses.append(loss)
+        if step not in self.due:
+            return
+        start = time.time()
+        model.eval()
+        with paddle.no_grad(), paddle.amp.auto_cast(enable=self.amp is not None, level=self.amp or "O1"):
+            heatmaps = model(paddle.to_tensor(self.image)).astype("float32").numpy()
+        training_mode(model, self.frozen)
+        height, width = self.image.shape[2:]
+        keypoints, scores = heatmaps_to_keypoints(heatmaps, np.array([[width / 2, height / 2]]),
+                                                  np.array([[width / PIXEL_STD, height / PIXEL_STD]]),
+                                                  self.decode, self.dark_kernel, self.udp)
+        label = f"step {step}  loss {statistics.mean(self.losses):.2g}"
+        self.snapshots.append((label, heatmaps[0], np.concatenate([keypoints[0], scores[0]], axis=1)))
+        self.losses = []
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        write_image_atomically(self.path, draw_learning(crop_to_bgr(self.image[0]), self.snapshots, self.skeleton,
+                                                        self.flip_pairs, columns=len(self.due)))
+        self.seconds += time.time() - start
 
 
 def load_training_checkpoint(path):
@@ -645,6 +691,9 @@ def build_parser(description=__doc__.split("\n\n")[0].strip(), recipes=RECIPES, 
                    help="CPU threads per training process for Paddle's kernels (1: fastest on shared cores; README, Speed)")
     p.add_argument("--seed", type=count, default=0, help="seed for weights init and augmentation")
     p.add_argument("--log-every", type=positive_int, default=20, help="progress line every N steps")
+    p.add_argument("--snapshots", type=count, default=8,
+                   help="points of the run drawn in <out>/learning.jpg: one val crop's predicted heatmaps and "
+                        "skeleton, one forward pass each (0: no picture)")
     p.add_argument("--device", default=None, help="cpu or gpu (default: gpu if Paddle has CUDA)")
     p.add_argument("--verbose", action="store_true", help="also show Paddle's and oneDNN's own log lines")
     return p
