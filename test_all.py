@@ -4105,3 +4105,20 @@ def test_exports_carry_the_decoding_and_older_pose_json_decodes_as_before(tmp_pa
     for key, value in (("decode", "argmax"), ("dark_kernel", 4)):
         (tmp_path / "pose.json").write_text(json.dumps(dict(pose, **{key: value})))
         raises_one_line(ValueError, f"pose.json: {key} is .*, expected", ex.read_pose_json, str(tmp_path))
+
+
+def test_the_synthetic_set_is_made_once_and_again_when_it_holds_another_number_of_training_images(
+        tmp_path, monkeypatch, capsys):
+    root = tmp_path / "synthetic"
+    made = []
+    monkeypatch.setattr(T, "SYNTHETIC_DIR", str(root))
+    monkeypatch.setattr(T, "make_synthetic_dataset", made.append)
+    T.make_synthetic_set_once()
+    assert made == [str(root)] and "generating the synthetic dataset" in capsys.readouterr().out
+    data.make_synthetic_dataset(str(root), num_train=2, num_val=1, workers=1)
+    monkeypatch.setattr(T, "SYNTHETIC_TRAIN_IMAGES", 2)
+    T.make_synthetic_set_once()
+    assert len(made) == 1 and capsys.readouterr().out == ""
+    monkeypatch.setattr(T, "SYNTHETIC_TRAIN_IMAGES", 3)  # a folder made for another recipe
+    T.make_synthetic_set_once()
+    assert len(made) == 2 and "has 2 training images, the recipe 3: making it again" in capsys.readouterr().out
