@@ -41,7 +41,7 @@ from data import (COCOKeypointDataset, HelpFormatter, complete_annotations, data
                   keypoint_category, keypoint_info_from_category, load_json, parse_input_size, resolve_path_or_url,
                   run_script, transform_preds, write_json_atomically)
 from export import add_runtime_flags, create_predictor, read_pose_json
-from model import add_checkpoint_flags, build_from_checkpoint, read_checkpoint, set_device
+from model import add_checkpoint_flags, build_from_checkpoint, decoding_of, read_checkpoint, set_device
 
 STAT_NAMES = ("AP", "AP .5", "AP .75", "AP (M)", "AP (L)", "AR", "AR .5", "AR .75", "AR (M)", "AR (L)")
 DETECTION_FILE = os.path.join("person_detection_results", "COCO_val2017_detections_AP_H_56_person.json")
@@ -156,6 +156,28 @@ def heatmaps_to_keypoints(heatmaps, centers, scales, decode="default", dark_kern
     preds = [transform_preds(c, center, scale, (w, h), udp=udp) for c, center, scale in zip(coords, centers, scales)]
     preds = np.array(preds, dtype=np.float32).reshape(coords.shape)
     return preds, maxvals
+
+
+def add_decode_flags(parser):
+    """--decode and --dark-kernel, for evaluate.py and predict.py: unset, the model's own (chosen_decoding)."""
+    parser.add_argument("--decode", choices=("default", "dark"), default=None,
+                        help="default = argmax + quarter offset (HRNet, the official), dark = DARK (PaddleDetection) "
+                             "(default: what the checkpoint or export says, e.g. dark for python train.py's; else "
+                             "default)")
+    parser.add_argument("--dark-kernel", type=int, default=None,
+                        help="DARK blur kernel, odd (PaddleDetection 3, mmpose 11) (default: the checkpoint's or "
+                             "export's, else 3)")
+
+
+def chosen_decoding(args, description, what):
+    """(decode, dark_kernel, a note saying which) from --decode / --dark-kernel, else from description: the
+    checkpoint's record or the export's pose.json (what: 'checkpoint' or 'export')."""
+    own_decode, own_kernel = decoding_of(description)
+    decode, kernel = args.decode or own_decode, args.dark_kernel or own_kernel
+    note = f"decode {decode}" + (f" (kernel {kernel})" if decode == "dark" else "")
+    if args.decode is None and decode != "default":
+        note += f" as the {what} says (--decode default: the official)"
+    return decode, kernel, note
 
 
 # -----------------------------------------------------------------------------
@@ -539,9 +561,7 @@ def parse_args(argv=None):
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="flip test")
     p.add_argument("--flip-pairs", nargs="+", default=None, metavar="LEFT,RIGHT",
                    help="joints swapped by the flip test, as in train.py (default: from the keypoint names)")
-    p.add_argument("--decode", choices=("default", "dark"), default="default",
-                   help="default = argmax + quarter offset (HRNet), dark = DARK (PaddleDetection)")
-    p.add_argument("--dark-kernel", type=int, default=3, help="DARK blur kernel (PaddleDetection 3, mmpose 11)")
+    add_decode_flags(p)
     p.add_argument("--soft-nms", action="store_true", help="soft OKS-NMS instead of greedy")
     p.add_argument("--in-vis-thre", type=float, default=0.2, help="joint score threshold for rescoring")
     p.add_argument("--oks-thre", type=float, default=0.9, help="OKS-NMS threshold")
@@ -608,6 +628,7 @@ def _predict(args, ann_file):
         predictor = create_predictor(args.model_dir, args.backend, args.device, args.threads, args.precision,
                                      verbose=args.verbose)
         model, name = PredictorModel(predictor), f"{pose['model']} ({predictor.describe()})"
+        decode, dark_kernel, decoding = chosen_decoding(args, pose, "export")
     else:
         input_size = parse_input_size(args.input_size) if args.input_size else None
         weights = resolve_path_or_url(args.weights, what="--weights")
@@ -621,9 +642,10 @@ def _predict(args, ann_file):
                                               dataset.info, args.udp or None)
         height, width = record["input_size"]
         name = record["model"] + (" (QAT)" if record["qat"] else "")
+        decode, dark_kernel, decoding = chosen_decoding(args, record, "checkpoint")
     print(f"{name} on {len(dataset)} boxes ({'GT' if boxes == 'gt' else boxes}), input {height}x{width}, "
-          f"decode {args.decode}, flip {'on' if args.flip and dataset.info.flip else 'off'}")
-    results, stats = evaluate_model(model, dataset, args.batch_size, args.flip, args.decode, args.dark_kernel,
+          f"{decoding}, flip {'on' if args.flip and dataset.info.flip else 'off'}")
+    results, stats = evaluate_model(model, dataset, args.batch_size, args.flip, decode, dark_kernel,
                                     args.in_vis_thre, args.oks_thre, args.soft_nms, args.workers, per_joint=True)
     if args.out:
         write_json_atomically(results, args.out)

@@ -52,7 +52,7 @@ from paddle.static import InputSpec
 import model as model_py
 from data import (HEATMAP_STRIDE, IMAGENET_MEAN, IMAGENET_STD, COCOKeypointDataset, HelpFormatter,
                   keypoint_info_from_record, parse_input_size, run_script, size_wh, write_json_atomically)
-from model import add_checkpoint_flags, load_checkpoint, set_device
+from model import add_checkpoint_flags, decoding_of, load_checkpoint, set_device
 
 POSE_FILE = "pose.json"
 POSE_KEYS = ("model", "input_size", "heatmap_size", "mean", "std", "color", "keypoint_names", "flip_pairs",
@@ -73,11 +73,18 @@ FLOAT_ONNX_FILE = "float.onnx"  # a quantized export's float program
 
 
 def pose_metadata(model_name, input_size, info, udp=False, quantized=False, model_file="model.json",
-                  params_file="model.pdiparams", legacy_files=(None, None), float_files=None, onnx_file=None):
-    """The content of pose.json. input_size: (width, height) or 'HxW'; info: data.KeypointInfo; float_files:
-    (program, params) of a quantized export's float program; onnx_file: the name of the ONNX program beside it
-    (export_onnx: model.onnx, or float.onnx when it is a quantized export's float program), null without one.
-    Readers take pose.json files without onnx_file (older exports) as having none."""
+                  params_file="model.pdiparams", legacy_files=(None, None), float_files=None, onnx_file=None,
+                  decoding=("default", 3)):
+    """The content of pose.json: model, input_size [H, W], heatmap_size [h, w], mean and std (RGB, on 0..1
+    pixels), color, keypoint_names, flip_pairs, skeleton (0-based pairs), sigmas (OKS), udp, quantized, decode and
+    dark_kernel (how its heatmaps are decoded), model_file and params_file (the PIR program), legacy_model_file and
+    legacy_params_file (the legacy program, null without one), onnx_file (null without one), and in a quantized
+    export with a float program float_model_file and float_params_file.
+    input_size: (width, height) or 'HxW'; info: data.KeypointInfo; float_files: (program, params) of a quantized
+    export's float program; onnx_file: the name of the ONNX program beside it (export_onnx: model.onnx, or
+    float.onnx when it is a quantized export's float program); decoding: (decode, dark_kernel) of the checkpoint's
+    record (model.decoding_of). Readers take pose.json files without onnx_file or decode (older exports) as having
+    none and the official decoding."""
     width, height = size_wh(input_size)
     return {
         "model": model_name,
@@ -91,6 +98,8 @@ def pose_metadata(model_name, input_size, info, udp=False, quantized=False, mode
         "skeleton": [[int(a), int(b)] for a, b in info.skeleton],  # 0-based
         "sigmas": [round(float(s), 6) for s in info.sigmas],
         "udp": bool(udp),
+        "decode": decoding[0],
+        "dark_kernel": int(decoding[1]),
         "quantized": bool(quantized),
         "model_file": model_file,
         "params_file": params_file,
@@ -101,10 +110,11 @@ def pose_metadata(model_name, input_size, info, udp=False, quantized=False, mode
 
 
 def write_pose_json(out_dir, model_name, input_size, info, udp=False, quantized=False, model_file="model.json",
-                    params_file="model.pdiparams", legacy_files=(None, None), float_files=None):
+                    params_file="model.pdiparams", legacy_files=(None, None), float_files=None,
+                    decoding=("default", 3)):
     path = os.path.join(out_dir, POSE_FILE)
     write_json_atomically(pose_metadata(model_name, input_size, info, udp, quantized, model_file, params_file,
-                                        legacy_files, float_files), path)
+                                        legacy_files, float_files, decoding=decoding), path)
     return path
 
 
@@ -137,6 +147,9 @@ POSE_TYPES = {
     "skeleton": (_pairs, "a list of [a, b] index pairs"),
     "sigmas": (lambda v: isinstance(v, list) and all(_is_number(x) and x > 0 for x in v), "a list of positive numbers"),
     "udp": (lambda v: isinstance(v, bool), "true or false"),
+    # absent in older exports (model.decoding_of: the official decoding)
+    "decode": (lambda v: v in ("default", "dark"), "'default' or 'dark'"),
+    "dark_kernel": (lambda v: _is_int(v) and v > 0 and v % 2 == 1, "a positive odd integer"),
     "quantized": (lambda v: isinstance(v, bool), "true or false"),
     "model_file": (lambda v: isinstance(v, str), "a file name"),
     "params_file": (lambda v: isinstance(v, str), "a file name"),
@@ -159,7 +172,7 @@ def read_pose_json(model_dir):
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)}: write it with export.py")
     for key, (valid, expected) in POSE_TYPES.items():
-        if not valid(pose[key]):
+        if key in pose and not valid(pose[key]):
             raise ValueError(f"{path}: {key} is {json.dumps(pose[key])[:60]}, expected {expected}")
     num_joints = len(pose["keypoint_names"])
     if (len(pose["input_size"]) != 2 or len(pose["heatmap_size"]) != 2 or len(pose["sigmas"]) != num_joints
@@ -172,9 +185,10 @@ def read_pose_json(model_dir):
 # PIR export
 
 
-def export_model(model, out_dir, model_name, input_size, info, udp=False, legacy=True):
-    """jit.save the model for crops of input_size ((width, height) or 'HxW') and any batch size, plus pose.json;
-    with legacy, the same network in the legacy format too (legacy.pdmodel + legacy.pdiparams, for OpenVINO).
+def export_model(model, out_dir, model_name, input_size, info, udp=False, legacy=True, decoding=("default", 3)):
+    """jit.save the model for crops of input_size ((width, height) or 'HxW') and any batch size, plus pose.json
+    (decoding: see pose_metadata); with legacy, the same network in the legacy format too (legacy.pdmodel +
+    legacy.pdiparams, for OpenVINO).
     The model is traced in eval mode and handed back in its own mode, still eager. Returns the written files."""
     width, height = size_wh(input_size)
     names = ("model.json", "model.pdiparams") + (LEGACY_FILES if legacy else ())  # model.*: the PIR format
@@ -187,7 +201,7 @@ def export_model(model, out_dir, model_name, input_size, info, udp=False, legacy
             with traced_in_eval_mode(model):
                 save_legacy_program(model, os.path.join(staging, "legacy"), (width, height))
     pose_file = write_pose_json(out_dir, model_name, (width, height), info, udp,
-                                legacy_files=LEGACY_FILES if legacy else (None, None))
+                                legacy_files=LEGACY_FILES if legacy else (None, None), decoding=decoding)
     return [os.path.join(out_dir, name) for name in names] + [pose_file]
 
 
@@ -1091,7 +1105,7 @@ def main(argv=None):
             raise ValueError(f"--weights {args.weights} is a quantization-aware checkpoint: its int8 export is "
                              f"quantize.py's (--qat-weights)")
         files = export_model(model, args.out, record["model"], tuple(record["input_size"][::-1]),
-                             keypoint_info_from_record(record), record["udp"], args.legacy)
+                             keypoint_info_from_record(record), record["udp"], args.legacy, decoding_of(record))
         if args.onnx:
             files.insert(-1, export_onnx(args.out))
         check_backends(model, args.out, args.tolerance)

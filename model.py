@@ -980,17 +980,25 @@ def joint_list(names, shown=6):
 # What a checkpoint says it is. Every checkpoint this project writes stores a record beside the weights
 # (as nanoGPT stores model_args), so a script given --weights builds the right model with no flag repeated.
 
-def model_record(model_name, input_size, info, udp=False, qat=False):
+def model_record(model_name, input_size, info, udp=False, qat=False, decode="default", dark_kernel=3):
     """What a checkpoint says it holds, saved beside its weights as {"model": state, "record": record}:
     model (network name), num_joints, input_size [H, W] it was trained at, udp, qat (quantization-aware layers),
-    and from info (data.KeypointInfo): keypoint_names, flip_pairs, skeleton (0-based pairs, for drawing),
-    sigmas (OKS) and upper_body_ids (half-body augmentation). Every script's --weights builds the model from it
-    (build_from_checkpoint), so a flag that repeats it is not needed and one that contradicts it is an error.
-    A run's last.pdparams adds optimizer, epoch, step, best_ap and args (its flags) for --resume.
+    decode and dark_kernel (the heatmap decoding its training evaluated with, which evaluate.py and predict.py
+    take too), and from info (data.KeypointInfo): keypoint_names, flip_pairs, skeleton (0-based pairs, for
+    drawing), sigmas (OKS) and upper_body_ids (half-body augmentation). Every script's --weights builds the model
+    from it (build_from_checkpoint), so a flag that repeats it is not needed and one that contradicts it is an
+    error. A run's last.pdparams adds optimizer, epoch, step, best_ap and args (its flags) for --resume.
     input_size: (width, height); info: data.KeypointInfo of its keypoints."""
     width, height = input_size
     return {"model": model_name, "num_joints": info.num_joints, "input_size": [int(height), int(width)],
-            "udp": bool(udp), "qat": bool(qat), **info.to_record()}
+            "udp": bool(udp), "qat": bool(qat), "decode": decode, "dark_kernel": int(dark_kernel),
+            **info.to_record()}
+
+
+def decoding_of(description):
+    """(decode, dark_kernel) a checkpoint's record or an export's pose.json names; the official decoding for
+    files that name none (older ones, and those written from elsewhere)."""
+    return description.get("decode", "default"), int(description.get("dark_kernel", 3))
 
 
 def is_qat_model(model):

@@ -38,12 +38,13 @@ import yaml
 
 from data import (COCO_PERSON_CATEGORY, HelpFormatter, IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD, box_iou,
                   box_to_center_scale, crop_and_normalize, crop_to_bgr, draw_poses, heatmap_overlay, image_grid,
-                  keypoint_info_from_record, load_json, parse_input_size, read_image_bgr, run_script,
+                  keypoint_info_from_record, label_tile, load_json, parse_input_size, read_image_bgr, run_script,
                   atomic_output, make_synthetic_video, temporary_path, write_image_atomically, write_json_atomically)
-from evaluate import heatmaps_to_keypoints, oks_iou, oks_nms, person_score, predict_batch
+from evaluate import (add_decode_flags, chosen_decoding, heatmaps_to_keypoints, oks_iou, oks_nms, person_score,
+                      predict_batch)
 from export import (BACKENDS, PRECISIONS, add_runtime_flags, create_predictor, native_output_held, paddle_inference,
                     pose_metadata, read_pose_json)
-from model import add_checkpoint_flags, load_checkpoint, set_device
+from model import add_checkpoint_flags, decoding_of, load_checkpoint, set_device
 
 PREDICTIONS_FILE = "predictions.json"
 HOG_MAX_SIDE = 800
@@ -106,7 +107,7 @@ def load_model(args):
             return model(paddle.to_tensor(batch)).numpy()
 
     return run, pose_metadata(record["model"], tuple(record["input_size"][::-1]), keypoint_info_from_record(record),
-                              record["udp"])
+                              record["udp"], decoding=decoding_of(record))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -350,11 +351,7 @@ def draw_heatmaps(people, names, tile_height=192, columns=6):
         tiles = [crop]
         for name, heatmap in zip(names, person["heatmaps"]):
             peak = max(0.0, float(heatmap.max()))
-            tile = heatmap_overlay(crop, heatmap / max(peak, 1e-6))
-            label = f"{name} {peak:.2f}"
-            cv2.rectangle(tile, (0, 0), (tile.shape[1], 14), (0, 0, 0), -1)
-            cv2.putText(tile, label, (2, 10), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (255, 255, 255), 1, cv2.LINE_AA)
-            tiles.append(tile)
+            tiles.append(label_tile(heatmap_overlay(crop, heatmap / max(peak, 1e-6)), f"{name} {peak:.2f}"))
         grid = image_grid(tiles, columns)
         blocks.append(cv2.copyMakeBorder(grid, 0, 6, 0, 0, cv2.BORDER_CONSTANT, value=(255, 255, 255)))
     return np.vstack(blocks)
@@ -793,9 +790,7 @@ def parse_args(argv=None):
                         "predicted heatmap over it, labelled with the joint names (images only)")
     p.add_argument("--nms-thr", type=float, default=0.9, help="OKS-NMS threshold between people (1: keep all)")
     p.add_argument("--flip", action="store_true", help="flip test: average with the mirrored crop (2x the work)")
-    p.add_argument("--decode", choices=("default", "dark"), default="default",
-                   help="default = argmax + quarter offset (HRNet), dark = DARK (PaddleDetection)")
-    p.add_argument("--dark-kernel", type=int, default=3, help="DARK blur kernel (PaddleDetection 3, mmpose 11)")
+    add_decode_flags(p)
     p.add_argument("--batch-size", type=int, default=8, help="person crops per network call")
     p.add_argument("--max-frames", type=int, default=0, help="stop a video or webcam after this many frames (0: all)")
     p.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: gpu if Paddle has CUDA)")
@@ -885,6 +880,8 @@ def main(argv=None):
             raise ValueError(f"--heatmaps: pictures of single images; {args.input} is a video or webcam")
         run, pose = load_model(args)
         description = run.describe() if args.model_dir else "eager checkpoint"
+        args.decode, args.dark_kernel, decoding = chosen_decoding(args, pose, "export" if args.model_dir else
+                                                                  "checkpoint")
         if args.benchmark and source.kind == "video":
             benchmark_video(args, run, pose, source, boxes_for, box_padding, description)
             return
@@ -894,7 +891,7 @@ def main(argv=None):
                 raise ValueError(f"--input {args.input}: no readable image to benchmark on")
             benchmark(args, run, pose, image, description, compare_run=compare_model(args, pose))
             return
-        print(f"{pose['model']} ({description}) on {args.input}, boxes: {boxes_text}"
+        print(f"{pose['model']} ({description}) on {args.input}, boxes: {boxes_text}, {decoding}"
               + (f"; skipping {source.skipped} files that are not images" if source.skipped else ""))
         _, unreadable = predict_input(args, run, pose, source, boxes_for, box_padding)
         if unreadable:

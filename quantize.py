@@ -214,14 +214,15 @@ def folded_twin(model, pairs, make_conv):
 
 
 def export_int8(model, out_dir, model_name, input_size, info, udp=False, float_program=True,
-                calibration_images=None, clip_tolerance=0.01):
+                calibration_images=None, clip_tolerance=0.01, decoding=("default", 3)):
     """Write out_dir/model.pdmodel + model.pdiparams (the int8 program) and pose.json for a trained QAT model
     (left unchanged); with float_program also float.pdmodel + float.pdiparams, the same folded weights in
     float (FoldedConv2D), which export.create_predictor runs where int8 is not faster (Lite-HRNet: its time is
     in small non-convolution ops that int8 does not speed up, and quantizing adds ops). With calibration_images
     (N x 3 x height x width crops) the float program keeps only the input clips it needs (drop_idle_clips at
-    clip_tolerance), else all. input_size = (width, height). Returns {"files": {name: bytes}, "folded_bn":
-    count, "float_clips": (names of the convs whose input the float program clips, number of convs)}."""
+    clip_tolerance), else all. input_size = (width, height); decoding: pose.json's (export.pose_metadata).
+    Returns {"files": {name: bytes}, "folded_bn": count, "float_clips": (names of the convs whose input the
+    float program clips, number of convs)}."""
     over = {name: s / a - 1 for name, (s, a) in quantized_inputs(model).items() if a is not None and s > a}
     if over:
         name = max(over, key=over.get)
@@ -251,7 +252,7 @@ def export_int8(model, out_dir, model_name, input_size, info, udp=False, float_p
         # the int8 program serves paddle.inference (oneDNN int8) and OpenVINO (legacy_files) alike
         write_pose_json(staging, model_name, input_size, info, udp, quantized=True, model_file="model.pdmodel",
                         params_file="model.pdiparams", legacy_files=("model.pdmodel", "model.pdiparams"),
-                        float_files=tuple(names[2:]) if float_program else None)
+                        float_files=tuple(names[2:]) if float_program else None, decoding=decoding)
     result["files"] = {f: os.path.getsize(os.path.join(out_dir, f)) for f in names}
     return result
 
@@ -301,9 +302,10 @@ QAT_RECIPES = {
     # x0.1 at epochs 40 and 45, 500 warmup steps; the rest (batch, loss, model) as the float recipe
     family: dict(train.RECIPES[family], epochs=50, milestones=[40, 45], lr=1e-3, warmup_steps=500)
     for family in ("hrnet", "lite_hrnet")}
-# on the synthetic set (after `python train.py`): one epoch at a tenth of the float run's peak learning rate
-QAT_RECIPES["synthetic"] = dict(train.RECIPES["synthetic"], epochs=1, schedule="step", milestones=[], lr=4e-4,
-                                warmup_steps=20, batch_size=32, eval_every=1)
+# on the synthetic set (after `python train.py`): four passes over its training images at a tenth of the float
+# run's peak learning rate
+QAT_RECIPES["synthetic"] = dict(train.RECIPES["synthetic"], epochs=4, schedule="step", milestones=[], lr=4e-4,
+                                warmup_steps=20, batch_size=32, eval_every=4)
 
 
 def build_parser():
@@ -359,6 +361,11 @@ def main(argv=None):
         datasets = train.build_datasets(args)
         val_set = datasets[1]
         num_joints = val_set.info.num_joints
+
+        def evaluate(network):  # as the QAT epochs evaluate: every AP below compares with theirs
+            return evaluate_model(network, val_set, args.batch_size, args.flip, args.decode, args.dark_kernel,
+                                  num_workers=args.workers)
+
         float_ap, qat_ap = None, -1.0
         if args.qat_weights:
             model = load_qat_model(args.qat_weights, args.model, val_set.info)
@@ -366,14 +373,14 @@ def main(argv=None):
             model = build_model(args.model, num_joints)
             if args.weights and not args.resume:
                 load_weights(model, args.weights, keypoint_names=val_set.info.names, flag="--weights")
-                _, stats = evaluate_model(model, val_set, args.batch_size, args.flip, num_workers=args.workers)
+                _, stats = evaluate(model)
                 float_ap = stats["AP"]
                 print(f"float model {args.weights}: AP {float_ap:.3f}")
             prepare_qat(model, args.pact, args.pact_init, args.pact_lr, args.moving_rate)
             _, _, qat_ap = train.train(args, model=model, datasets=datasets)
             model = load_qat_model(os.path.join(args.out, "best.pdparams"))
         if qat_ap < 0:  # not trained here, or trained without an evaluation
-            _, stats = evaluate_model(model, val_set, args.batch_size, args.flip, num_workers=args.workers)
+            _, stats = evaluate(model)
             qat_ap = stats["AP"]
         alphas = [a for _, a in quantized_inputs(model).values() if a is not None]
         if alphas:
@@ -381,7 +388,7 @@ def main(argv=None):
         size = parse_input_size(args.input_size)
         crops = calibration_crops(datasets[0]) if args.float_program else None
         result = export_int8(model, export_dir, args.model, size, val_set.info, args.udp, args.float_program, crops,
-                             args.clip_tolerance)
+                             args.clip_tolerance, (args.decode, args.dark_kernel))
         print(f"int8 model: {export_dir} ({', '.join(f'{k} {v / 1e6:.2f} MB' for k, v in result['files'].items())}; "
               f"{result['folded_bn']} BatchNorms folded)")
         if args.float_program:
@@ -394,7 +401,7 @@ def main(argv=None):
         for precision in (["int8"] + ["fp32"] * args.float_program) if args.eval_int8 else []:
             run = PredictorModel(create_predictor(export_dir, args.backend, "cpu", precision=precision,
                                                   verbose=args.verbose))
-            _, stats = evaluate_model(run, val_set, args.batch_size, args.flip, num_workers=args.workers)
+            _, stats = evaluate(run)
             exported_ap[precision] = stats["AP"]
     except (ValueError, OSError) as err:
         raise SystemExit("error: " + " ".join(str(err).split()))

@@ -4145,3 +4145,152 @@ def test_readme_onnx_example_finds_the_keypoints_predict_finds_without_paddle(on
     # corner and the example at its largest value: a keypoint neither has found
     peaked = expected[:, 2] > 0
     assert peaked.sum() >= 12 and np.abs(found[peaked, :2] - expected[peaked, :2]).max() <= 1.0
+
+
+# ---- The lesson (issue 28) ----
+
+def official_msra_target(joints, vis, input_size, heatmap_size, sigma):
+    """HRNet's JointsDataset.generate_target (gaussian branch), transliterated."""
+    width, height = heatmap_size
+    target = np.zeros((len(joints), height, width), np.float32)
+    weight = np.array(vis, np.float32).reshape(-1, 1)
+    tmp_size = sigma * 3
+    for k, (x, y) in enumerate(joints):
+        mu_x, mu_y = int(x / (input_size[0] / width) + 0.5), int(y / (input_size[1] / height) + 0.5)
+        ul, br = [int(mu_x - tmp_size), int(mu_y - tmp_size)], [int(mu_x + tmp_size + 1), int(mu_y + tmp_size + 1)]
+        if ul[0] >= width or ul[1] >= height or br[0] < 0 or br[1] < 0:
+            weight[k] = 0
+            continue
+        size = 2 * tmp_size + 1
+        xs = np.arange(0, size, 1, np.float32)
+        ys = xs[:, np.newaxis]
+        g = np.exp(-((xs - size // 2) ** 2 + (ys - size // 2) ** 2) / (2 * sigma ** 2))
+        gx, gy = (max(0, -ul[0]), min(br[0], width) - ul[0]), (max(0, -ul[1]), min(br[1], height) - ul[1])
+        img_x, img_y = (max(0, ul[0]), min(br[0], width)), (max(0, ul[1]), min(br[1], height))
+        if weight[k] > 0.5:
+            target[k][img_y[0]:img_y[1], img_x[0]:img_x[1]] = g[gy[0]:gy[1], gx[0]:gx[1]]
+    return target, weight
+
+
+def test_target_peaks_on_its_joint_for_every_sigma_and_is_the_official_one_where_that_does():
+    """The official patch is centred size // 2 from its corner, its window ceil(3 sigma) before the joint: the peak
+    is a pixel early when 3 sigma has a fraction below one half (sigma 0.75, the default at 96x64, which taught
+    the network to point a pixel up and left), and with any fraction a pixel late where the window starts left of
+    or above the map (int() truncates toward zero). A whole 3 sigma (the official 2 and 3) gives the official maps."""
+    rng = np.random.default_rng(0)
+    joints = rng.uniform([0, 0], [61, 93], (200, 2))  # peaks inside the 16x24 map
+    vis = np.ones(200, np.float32)
+    mu = (joints / 4 + 0.5).astype(int)
+    for sigma in (0.75, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0):
+        target, weight = data.generate_target(joints, vis, (64, 96), (16, 24), sigma)
+        peaks = [np.unravel_index(t.argmax(), t.shape)[::-1] for t in target]
+        assert np.array_equal(peaks, mu) and np.all(target.max(axis=(1, 2)) == 1), sigma
+        official, official_weight = official_msra_target(joints, vis, (64, 96), (16, 24), sigma)
+        np.testing.assert_array_equal(weight, official_weight)
+        inside = np.all(mu >= 3 * sigma, axis=1)  # windows that start inside the map
+        if (3 * sigma) % 1 == 0:
+            np.testing.assert_array_equal(target, official)
+        elif (3 * sigma) % 1 >= 0.5:
+            np.testing.assert_array_equal(target[inside], official[inside])
+        else:
+            official_peaks = [np.unravel_index(t.argmax(), t.shape)[::-1] for t in official[inside]]
+            assert np.array_equal(official_peaks, mu[inside] - 1)  # one pixel up and left of the joint
+
+
+def test_draw_learning_fills_a_row_left_to_right_with_labelled_snapshots():
+    crop = np.full((64, 48, 3), 100, np.uint8)
+    certain, unsure = np.zeros((2, 16, 12), np.float32), np.zeros((2, 16, 12), np.float32)
+    certain[0, :8] = 1.0  # the top half of the map sure of joint 0
+    keypoints = np.array([[10.0, 20.0, 0.9], [30.0, 40.0, 0.9]])
+    snapshots = [("step 5  loss 0.004", unsure, keypoints * [1, 1, 0.1]), ("step 10  loss 0.002", certain, keypoints)]
+    picture = data.draw_learning(crop, snapshots, [(0, 1)], columns=4, height=128)
+    assert picture.shape == (128, 4 * 96, 3)  # one row of four 128-px tiles, the crop scaled 2x
+    assert np.all(picture[:, 2 * 96:] == 0)  # snapshots still to come: black
+    jet_top = cv2.applyColorMap(np.array([[255]], np.uint8), cv2.COLORMAP_JET)[0, 0].astype(float)
+    assert np.allclose(picture[40, 96 + 90], 0.2 * 100 + 0.8 * jet_top, atol=1)  # heatmap 1: 80% JET red
+    assert np.all(picture[100, 96 + 90] == 100)  # heatmap 0: the crop
+    assert np.all(picture[20:, :96] == 100)  # unsure everywhere: neither colour nor skeleton
+    assert tuple(picture[60, 96 + 40]) == data.MIDDLE  # the limb between the two sure joints, scaled 2x
+    assert picture[:19, :96].max() > 200 and np.median(picture[:19, :96]) == 0  # the label on a black strip
+
+
+def test_training_run_draws_learning_jpg_at_eight_points(qat_run):
+    """qat_run's float run: 3 epochs of 3 steps, 64x64 crops: eight snapshots, one row of 256-px tiles."""
+    picture = cv2.imread(str(qat_run["root"] / "float" / "learning.jpg"))
+    assert picture.shape == (256, 8 * 256, 3)
+    for k in range(8):
+        tile = picture[:, k * 256:(k + 1) * 256]
+        assert np.median(tile[:19]) < 30 and tile[:19].max() > 200  # every tile labelled: none still to come
+        assert tile[19:].mean() > 20  # and drawn
+
+
+def test_the_teaching_recipe_decodes_with_dark_and_help_says_so(capsys):
+    assert (T.RECIPES["synthetic"]["decode"], T.RECIPES["hrnet"]["decode"], T.RECIPES["lite_hrnet"]["decode"]) == (
+        "dark", "default", "default")
+    with pytest.raises(SystemExit):
+        T.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split("options:", 1)[1].split())
+    kernel = T.RECIPES["synthetic"]["dark_kernel"]
+    assert "synthetic dark)" in text.split("--decode", 1)[1].split(" --", 1)[0]
+    assert f"synthetic {kernel})" in text.split("--dark-kernel", 1)[1].split(" --", 1)[0]
+    assert "(default: 8)" in text.split("--snapshots", 1)[1].split(" --", 1)[0]
+
+
+def test_checkpoints_say_how_to_decode_and_evaluate_and_predict_follow(synthetic_root, lite18_weights, tmp_path,
+                                                                        capsys, monkeypatch):
+    decodings, evaluate_model = [], ev.evaluate_model
+
+    def spy(model, dataset, batch_size, flip, decode, dark_kernel, *rest, **options):
+        decodings.append((decode, dark_kernel))
+        return evaluate_model(model, dataset, batch_size, flip, decode, dark_kernel, *rest, **options)
+    monkeypatch.setattr(ev, "evaluate_model", spy)
+    state, _ = M.read_checkpoint(lite18_weights)
+    dark = str(tmp_path / "dark.pdparams")
+    M.save_checkpoint(dict(model=state, record=M.model_record("lite_hrnet_18", (64, 64), COCO_INFO, decode="dark",
+                                                               dark_kernel=5)), dark)
+    assert M.decoding_of(M.read_checkpoint(dark)[1]) == ("dark", 5) and M.decoding_of({}) == ("default", 3)
+    results = {}
+    for name, extra in (("own", []), ("dark5", ["--decode", "dark", "--dark-kernel", "5"]),
+                        ("default", ["--decode", "default"])):
+        out = tmp_path / f"{name}.json"
+        ev.main(["--data", synthetic_root, "--weights", dark, "--no-flip", "--workers", "0", "--out", str(out), *extra])
+        results[name] = (capsys.readouterr().out.splitlines()[0], json.loads(out.read_text()))
+    assert results["own"][0].endswith("decode dark (kernel 5) as the checkpoint says (--decode default: the "
+                                      "official), flip off")
+    assert results["default"][0].endswith("decode default, flip off")
+    assert decodings == [("dark", 5), ("dark", 5), ("default", 5)]
+    assert results["own"][1] == results["dark5"][1]
+    # a fine-tuning run from it keeps its decoding unless told otherwise
+    args = T.apply_recipe(T.build_parser().parse_args(["--data", synthetic_root, "--weights", dark]))
+    assert (args.decode, args.dark_kernel, args.input_size) == ("dark", 5, "64x64")
+    pr.main(["--weights", dark, "--input", DEMO, "--out", str(tmp_path / "drawn")])
+    assert "decode dark (kernel 5) as the checkpoint says" in capsys.readouterr().out
+
+
+def test_exports_carry_the_decoding_and_older_pose_json_decodes_as_before(tmp_path):
+    pose = ex.pose_metadata("lite_hrnet_18", "128x96", COCO_INFO, decoding=("dark", 5))
+    (tmp_path / "pose.json").write_text(json.dumps(pose))
+    assert M.decoding_of(ex.read_pose_json(str(tmp_path))) == ("dark", 5)
+    older = {k: v for k, v in pose.items() if k not in ("decode", "dark_kernel")}
+    (tmp_path / "pose.json").write_text(json.dumps(older))
+    assert M.decoding_of(ex.read_pose_json(str(tmp_path))) == ("default", 3)
+    for key, value in (("decode", "argmax"), ("dark_kernel", 4)):
+        (tmp_path / "pose.json").write_text(json.dumps(dict(pose, **{key: value})))
+        raises_one_line(ValueError, f"pose.json: {key} is .*, expected", ex.read_pose_json, str(tmp_path))
+
+
+def test_the_synthetic_set_is_made_once_and_again_when_it_holds_another_number_of_training_images(
+        tmp_path, monkeypatch, capsys):
+    root = tmp_path / "synthetic"
+    made = []
+    monkeypatch.setattr(T, "SYNTHETIC_DIR", str(root))
+    monkeypatch.setattr(T, "make_synthetic_dataset", made.append)
+    T.make_synthetic_set_once()
+    assert made == [str(root)] and "generating the synthetic dataset" in capsys.readouterr().out
+    data.make_synthetic_dataset(str(root), num_train=2, num_val=1, workers=1)
+    monkeypatch.setattr(T, "SYNTHETIC_TRAIN_IMAGES", 2)
+    T.make_synthetic_set_once()
+    assert len(made) == 1 and capsys.readouterr().out == ""
+    monkeypatch.setattr(T, "SYNTHETIC_TRAIN_IMAGES", 3)  # a folder made for another recipe
+    T.make_synthetic_set_once()
+    assert len(made) == 2 and "has 2 training images, the recipe 3: making it again" in capsys.readouterr().out

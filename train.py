@@ -32,10 +32,11 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from data import (COCOKeypointDataset, HelpFormatter, augmentation_defaults, data_loader, draw_poses,
-                  image_grid, make_synthetic_dataset, parse_input_size, progress_printer, read_image_bgr,
-                  resolve_path_or_url, run_script, write_image_atomically)
-from evaluate import STAT_NAMES, evaluate_model
+from data import (PIXEL_STD, SYNTHETIC_TRAIN_IMAGES, COCOKeypointDataset, HelpFormatter, augmentation_defaults,
+                  crop_to_bgr, data_loader, draw_learning, draw_poses, image_grid, make_synthetic_dataset,
+                  parse_input_size, progress_printer, read_image_bgr, resolve_path_or_url, run_script,
+                  write_image_atomically)
+from evaluate import STAT_NAMES, evaluate_model, heatmaps_to_keypoints
 from model import (MODEL_NAMES, DepthwiseConv2D, build_from_checkpoint, build_model, final_layer_name, is_qat_model,
                    load_weights, model_record, read_checkpoint, read_paddle_file, save_checkpoint, set_device)
 
@@ -46,15 +47,19 @@ RECIPES = {
     # HRNet (pose_hrnet w32/w48_256x192_adam_lr1e-3.yaml): Adam 1e-3, x0.1 at 170 and 200 of 210 epochs,
     # 32 images per GPU on 4 GPUs, the loss's 0.5 factor, ImageNet-pretrained backbone (--pretrained).
     "hrnet": dict(model="hrnet_w32", input_size="256x192", epochs=210, milestones=[170, 200], lr=1e-3,
-                  warmup_steps=0, batch_size=32, loss_scale=0.5, eval_every=10, schedule="step", udp=False),
+                  warmup_steps=0, batch_size=32, loss_scale=0.5, eval_every=10, schedule="step", udp=False,
+                  decode="default", dark_kernel=3),
     # Lite-HRNet (litehrnet_*_coco_256x192.py): Adam 2e-3 with 500 linear warmup steps, 64 per GPU, from scratch.
     "lite_hrnet": dict(model="lite_hrnet_18", input_size="256x192", epochs=210, milestones=[170, 200], lr=2e-3,
-                       warmup_steps=500, batch_size=64, loss_scale=1.0, eval_every=10, schedule="step", udp=False),
+                       warmup_steps=500, batch_size=64, loss_scale=1.0, eval_every=10, schedule="step", udp=False,
+                       decode="default", dark_kernel=3),
     # The zero-download teaching run on the built-in synthetic stick figures, sized for a lesson (README,
-    # Training): one epoch in two processes of 16 crops (138 steps), the lr dropping for its last quarter (without
-    # the drop the AP after one epoch swings between 0.4 and 0.85). README, Training, has the recipes tried.
-    "synthetic": dict(model="lite_hrnet_18", input_size="128x96", epochs=1, schedule="step", milestones=[0.75],
-                      lr=4e-3, warmup_steps=50, batch_size=16, loss_scale=1.0, eval_every=1, udp=False),
+    # Training): four passes over its training images in two processes of 8 crops, the lr dropping for the last
+    # pass, one evaluation at the end, decoded with DARK. AP follows the steps taken: smaller batches and more
+    # passes over fewer images won, a shorter warmup lost.
+    "synthetic": dict(model="lite_hrnet_18", input_size="128x96", epochs=4, schedule="step", milestones=[3],
+                      lr=4e-3, warmup_steps=50, batch_size=8, loss_scale=1.0, eval_every=4, udp=False,
+                      decode="dark", dark_kernel=7),
 }
 
 
@@ -92,14 +97,6 @@ def parameter_checksum(model):
     return digest.hexdigest()
 
 
-def share_buffers(model):
-    """Rank 0's values of the tensors no gradient updates (BatchNorm statistics) in every rank: DataParallel keeps
-    the weights identical, but each rank's BatchNorm averages its own crops."""
-    for value in model.state_dict().values():
-        if value.stop_gradient:
-            dist.broadcast(value, src=0)
-
-
 def format_seconds(s):
     return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m" if s >= 3600 else f"{int(s // 60)}m{int(s % 60):02d}s"
 
@@ -125,21 +122,6 @@ def heatmap_loss(args):
     def loss_fn(heatmaps, images, targets, target_weight):
         return joints_mse_loss(heatmaps, targets, target_weight, args.loss_scale, args.ohkm)
     return loss_fn
-
-
-def use_cpu_threads(threads):
-    """Intra-op threads of Paddle's CPU kernels (OpenMP and MKL), set at run time; no effect on a GPU run.
-    Paddle's CPU training kernels gain little from a second thread and lose much when the cores are shared:
-    on 2 busy cores one thread trained HRNet-W32 and Lite-HRNet 1.25-2.1x faster than two; on idle ones two
-    threads gain only 3-15% (README, Speed)."""
-    if paddle.device.get_device() == "cpu":
-        paddle.base.core.set_num_threads(threads)
-
-
-def all_finite(tensors):
-    """True if no element of the tensors is NaN or inf: one concatenation, one check, one sync (0.5-0.7% of a
-    lite_hrnet_18 training step at batch 32, 128x96, on one CPU thread)."""
-    return bool(paddle.isfinite(paddle.concat([t.flatten() for t in tensors])).all())
 
 
 def non_finite_weights(model):
@@ -193,136 +175,236 @@ def train(args, model=None, loss_fn=None, datasets=None):
     """The training run. quantize.py passes a prepared (fake-quantized) model, distill.py a loss_fn(heatmaps,
     images, targets, target_weight) that adds the teacher's term; datasets = (train, val) if already built.
     Returns (model, val_set, best AP)."""
-    # Adam names its moments from a per-process counter, and --resume finds them by name: count afresh per run
-    with paddle.utils.unique_name.guard():
-        return _train(args, model, loss_fn, datasets)
+    with fresh_parameter_names():
+        world, rank = start_process(args)
+        log = print if rank == 0 else (lambda *a, **k: None)
+        paddle.seed(args.seed)
+        train_set, val_set = datasets or build_datasets(args)
+        loss_fn = loss_fn or heatmap_loss(args)
+        model, optimizer, (start_epoch, step, best_ap) = prepare_model(args, model, train_set.info, log)
+        # what every checkpoint of this run says it is: a script given one of them needs no flag to rebuild the model
+        record = model_record(args.model, train_set.input_size, train_set.info, args.udp, is_qat_model(model),
+                              args.decode, args.dark_kernel)
+        if args.amp == "O2":  # float16 weights with float32 master copies; checkpoints stay float32
+            model, optimizer = paddle.amp.decorate(models=model, optimizers=optimizer, level="O2",
+                                                   save_dtype="float32")
+        net = paddle.DataParallel(model) if world > 1 else model  # broadcasts rank 0's weights
+        scaler = paddle.amp.GradScaler() if args.amp else None
+        # one shuffling per epoch shared by all ranks; each rank takes its own slice
+        sampler = paddle.io.DistributedBatchSampler(train_set, batch_size=args.batch_size, shuffle=True,
+                                                    drop_last=True)
+        loader = data_loader(train_set, args.workers, batch_sampler=sampler)
+        steps_per_epoch = check_run_size(args, train_set, val_set, len(sampler), world, log)
+        progress = Progress(args, rank, world, step, args.epochs * steps_per_epoch, val_set, log)
+
+        for epoch in range(start_epoch, args.epochs):
+            sampler.set_epoch(epoch)
+            train_set.set_epoch(epoch)
+            training_mode(net, args.freeze_backbone)
+            for i, (images, targets, target_weight, indices) in enumerate(loader):
+                lr = learning_rate(args, epoch + i / steps_per_epoch, step)
+                optimizer.set_lr(lr)
+                loss = checked_step(args, net, optimizer, loss_fn, images, targets, target_weight, scaler,
+                                    (step, epoch, i))
+                step += 1
+                progress.after_step(model, epoch, i, step, loss, lr, len(images), int((indices.numpy() < 0).sum()))
+            best_ap = end_epoch(args, model, optimizer, record, val_set, progress, epoch, step, best_ap, world)
+        progress.finish(model)
+    return model, val_set, best_ap
 
 
-def _train(args, model, loss_fn, datasets):
+def start_process(args):
+    """Device, CPU threads and, in a process of paddle.distributed.launch, the process group: (world, rank)."""
     set_device(args.device)
     use_cpu_threads(args.threads)
     world, rank = dist.get_world_size(), dist.get_rank()
-    if world > 1:  # Paddle lists every flag it changed itself (a banner on stderr): --verbose shows it
-        with contextlib.nullcontext() if args.verbose else contextlib.redirect_stderr(io.StringIO()):
-            dist.init_parallel_env()
-    log = print if rank == 0 else (lambda *a, **k: None)
+    if world > 1:
+        init_parallel_env_quietly(args.verbose)
     if args.amp and not paddle.is_compiled_with_cuda():
-        log(f"--amp {args.amp}: ignored on CPU (Paddle's CPU AMP computes in float32 anyway)")
+        if rank == 0:
+            print(f"--amp {args.amp}: ignored on CPU (Paddle's CPU AMP computes in float32 anyway)")
         args.amp = None
-    paddle.seed(args.seed)
+    return world, rank
 
-    train_set, val_set = datasets or build_datasets(args)
-    loss_fn = loss_fn or heatmap_loss(args)
+
+def prepare_model(args, model, info, log):
+    """The network (built unless given; --weights / --pretrained / --resume loaded) and its Adam, with the
+    position to start from: (model, optimizer, (epoch, step, best AP))."""
     if model is None:
-        model = build_model(args.model, train_set.info.num_joints)
+        model = build_model(args.model, info.num_joints)
         if args.weights and not args.resume:  # another keypoint set: the joints both name alike are carried
-            load_weights(model, args.weights, log=log, keypoint_names=train_set.info.names, flag="--weights")
+            load_weights(model, args.weights, log=log, keypoint_names=info.names, flag="--weights")
         elif args.pretrained and not args.resume:
             load_weights(model, args.pretrained, pretrained=True, log=log, flag="--pretrained")
     parameters = freeze_backbone(model) if args.freeze_backbone else model.parameters()
     optimizer = paddle.optimizer.Adam(learning_rate=args.lr, parameters=parameters,
                                       weight_decay=args.weight_decay or None)
-    start_epoch, step, best_ap = 0, 0, -1.0
+    start = (0, 0, -1.0)
     if args.resume:
-        start_epoch, step, best_ap = resume(args.resume, model, optimizer, args.model, train_set.info, log)
-    # what every checkpoint of this run says it is: a script given one of them needs no flag to rebuild the model
-    model_info = model_record(args.model, train_set.input_size, train_set.info, args.udp, is_qat_model(model))
-    if args.amp == "O2":  # float16 weights with float32 master copies; checkpoints stay float32
-        model, optimizer = paddle.amp.decorate(models=model, optimizers=optimizer, level="O2", save_dtype="float32")
-    net = paddle.DataParallel(model) if world > 1 else model  # broadcasts rank 0's weights
-    scaler = paddle.amp.GradScaler() if args.amp else None
+        start = resume(args.resume, model, optimizer, args.model, info, log)
+    return model, optimizer, start
 
-    # one shuffling per epoch shared by all ranks; each rank takes its own slice
-    sampler = paddle.io.DistributedBatchSampler(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True)
-    loader = data_loader(train_set, args.workers, batch_sampler=sampler)
-    steps_per_epoch = len(sampler)
+
+def check_run_size(args, train_set, val_set, steps_per_epoch, world, log):
+    """Steps per epoch, after the checks that need the data and the first line that describes the run."""
     if steps_per_epoch == 0:
         raise SystemExit(f"error: --batch-size {args.batch_size} x {world} processes is larger than the "
                          f"{len(train_set)} training samples")
-    log(f"{args.model} {args.input_size}, {len(train_set)} train / {len(val_set)} val samples, "
-        f"{world} process(es) x batch {args.batch_size}, {steps_per_epoch} steps per epoch, {args.epochs} epochs")
     if args.ohkm > train_set.info.num_joints:
         raise ValueError(f"--ohkm {args.ohkm}: more than the dataset's {train_set.info.num_joints} keypoints")
-    total_steps = args.epochs * steps_per_epoch
-    run_start, run_start_step = time.time(), step
-    if rank == 0 and not args.resume:  # a new run in an old run folder starts its metrics and curves afresh
-        for name in ("metrics.jsonl", "steps.jsonl"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(args.out, name))
+    log(f"{args.model} {args.input_size}, {len(train_set)} train / {len(val_set)} val samples, "
+        f"{world} process(es) x batch {args.batch_size}, {steps_per_epoch} steps per epoch, {args.epochs} epochs")
+    return steps_per_epoch
 
-    def stop(what, at_step, epoch, batch):
-        last = os.path.join(args.out, "last.pdparams")
-        kept = f"The last good checkpoint is {last}" if os.path.exists(last) else "No checkpoint was written yet"
-        raise SystemExit(f"error: {what} at step {at_step} (epoch {epoch + 1}, batch {batch}); stopping. {kept}")
 
-    for epoch in range(start_epoch, args.epochs):
-        sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
-        net.train()
-        if args.freeze_backbone:
-            keep_backbone_statistics(model)
-        epoch_loss, skipped, window_start, window_samples, window_loss, window_steps = 0.0, 0, time.time(), 0, 0.0, 0
-        for i, (images, targets, target_weight, indices) in enumerate(loader):
-            lr = learning_rate(args, epoch + i / steps_per_epoch, step)
-            optimizer.set_lr(lr)
-            try:
-                loss_value = training_step(net, optimizer, loss_fn, images, targets, target_weight, scaler,
-                                           args.amp or "O1")
-            except FloatingPointError as err:
-                stop(err, step, epoch, i)
-            if not math.isfinite(loss_value):
-                stop(f"loss became {loss_value}", step, epoch, i)
-            step += 1
-            epoch_loss += loss_value
-            window_loss, window_steps = window_loss + loss_value, window_steps + 1
-            skipped += int((indices.numpy() < 0).sum())
-            window_samples += len(images) * world
-            if rank == 0 and (i % args.log_every == 0 or i == steps_per_epoch - 1):
-                rate = window_samples / max(time.time() - window_start, 1e-9)
-                elapsed = time.time() - run_start
-                eta = elapsed / max(step - run_start_step, 1) * (total_steps - step)
-                log(f"epoch {epoch + 1}/{args.epochs} step {i + 1}/{steps_per_epoch} loss {loss_value:.6f} "
-                    f"lr {lr:.2e} {rate:.1f} samples/s ETA {format_seconds(eta)}", flush=True)
-                os.makedirs(args.out, exist_ok=True)
-                with open(os.path.join(args.out, "steps.jsonl"), "a") as f:  # the curves' points: window means
-                    f.write(json.dumps(dict(step=step, loss=window_loss / window_steps, lr=lr)) + "\n")
-                window_start, window_samples, window_loss, window_steps = time.time(), 0, 0.0, 0
-        if skipped:
-            log(f"epoch {epoch + 1}: skipped {skipped} unreadable images")
-        bad = non_finite_weights(model)  # e.g. BatchNorm statistics, which no gradient passes: never saved
-        if bad:
-            stop(f"weights became non-finite ({len(bad)} tensors, e.g. {bad[0]})", step - 1, epoch,
-                 steps_per_epoch - 1)
-        metrics = dict(epoch=epoch + 1, step=step, loss=epoch_loss / steps_per_epoch, lr=lr, skipped=skipped)
-        results = None
-        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-            if world > 1:  # every rank predicts a share of val with rank 0's model (its own BatchNorm statistics)
-                share_buffers(model)
-            # inference keeps no activations for a backward pass: batches of 32 even after small training ones
-            # (0.65x the time per crop of 4 on one CPU thread)
-            results, stats = evaluate_model(model, val_set, batch_size=max(args.batch_size, 32), flip=args.flip,
-                                            num_workers=args.workers, log=log, data_parallel=world > 1)
-            metrics.update(stats)
-            log("  ".join(f"{k} {stats[k]:.3f}" for k in STAT_NAMES))
-            if stats["AP"] > best_ap:
-                best_ap = stats["AP"]
-                if rank == 0:
-                    save_checkpoint(dict(model=model.state_dict(), record=model_info),
-                                    os.path.join(args.out, "best.pdparams"))
-        if rank == 0:  # the epoch is kept before anything optional runs
-            save_checkpoint(dict(model=model.state_dict(), record=model_info, optimizer=optimizer.state_dict(),
-                                 epoch=epoch + 1, step=step, best_ap=best_ap, args=vars(args)),
-                            os.path.join(args.out, "last.pdparams"))
-            with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-        if rank == 0 and results is not None:
-            unreadable = save_prediction_picture(results, val_set, os.path.join(args.out, "predictions.jpg"))
-            if unreadable:
-                log(f"predictions.jpg: skipped {unreadable} unreadable val images")
-            if not save_training_curves(args.out, total_steps):
-                log(f"could not write {os.path.join(args.out, 'curves.png')}")
-    print(f"rank {rank}: parameter checksum {parameter_checksum(model)}", flush=True)
-    return model, val_set, best_ap
+def training_mode(net, frozen_backbone):
+    net.train()
+    if frozen_backbone:
+        keep_backbone_statistics(net)
+
+
+def stop_run(out, what, step, epoch, batch):
+    """A fault stops the run in one line that names where, and the checkpoint it leaves."""
+    last = os.path.join(out, "last.pdparams")
+    kept = f"The last good checkpoint is {last}" if os.path.exists(last) else "No checkpoint was written yet"
+    raise SystemExit(f"error: {what} at step {step} (epoch {epoch + 1}, batch {batch}); stopping. {kept}")
+
+
+def checked_step(args, net, optimizer, loss_fn, images, targets, target_weight, scaler, where):
+    """training_step, stopping the run at a non-finite loss or gradient; where = (step, epoch, batch)."""
+    try:
+        loss = training_step(net, optimizer, loss_fn, images, targets, target_weight, scaler, args.amp or "O1")
+    except FloatingPointError as err:
+        stop_run(args.out, err, *where)
+    if not math.isfinite(loss):
+        stop_run(args.out, f"loss became {loss}", *where)
+    return loss
+
+
+class Progress:
+    """What a run shows while it trains: a line every --log-every steps (loss, lr, samples/s, ETA) and its point
+    in steps.jsonl (the curves), the epoch's mean loss and skipped images, and on rank 0 learning.jpg."""
+
+    def __init__(self, args, rank, world, step, total_steps, val_set, log):
+        self.args, self.rank, self.world, self.total_steps, self.log = args, rank, world, total_steps, log
+        self.run_start, self.run_start_step = time.time(), step
+        if rank == 0 and not args.resume:  # a new run in an old run folder starts its metrics and curves afresh
+            for name in ("metrics.jsonl", "steps.jsonl"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(args.out, name))
+        self.learning = LearningPicture(args, val_set, total_steps) if rank == 0 and args.snapshots else None
+        self.new_epoch()
+
+    def new_epoch(self):
+        self.epoch_loss, self.epoch_steps, self.skipped = 0.0, 0, 0
+        self.window_start, self.window_samples, self.window_loss, self.window_steps = time.time(), 0, 0.0, 0
+
+    def after_step(self, model, epoch, i, step, loss, lr, batch_size, skipped):
+        self.epoch_loss, self.epoch_steps, self.skipped = self.epoch_loss + loss, self.epoch_steps + 1, \
+            self.skipped + skipped
+        self.window_loss, self.window_steps = self.window_loss + loss, self.window_steps + 1
+        self.window_samples += batch_size * self.world
+        if self.learning:
+            self.learning.after_step(model, step, loss)
+        steps_per_epoch = self.total_steps // self.args.epochs
+        if self.rank != 0 or not (i % self.args.log_every == 0 or i == steps_per_epoch - 1):
+            return
+        rate = self.window_samples / max(time.time() - self.window_start, 1e-9)
+        eta = (time.time() - self.run_start) / max(step - self.run_start_step, 1) * (self.total_steps - step)
+        self.log(f"epoch {epoch + 1}/{self.args.epochs} step {i + 1}/{steps_per_epoch} loss {loss:.6f} "
+                 f"lr {lr:.2e} {rate:.1f} samples/s ETA {format_seconds(eta)}", flush=True)
+        os.makedirs(self.args.out, exist_ok=True)
+        with open(os.path.join(self.args.out, "steps.jsonl"), "a") as f:  # the curves' points: window means
+            f.write(json.dumps(dict(step=step, loss=self.window_loss / self.window_steps, lr=lr)) + "\n")
+        self.window_start, self.window_samples, self.window_loss, self.window_steps = time.time(), 0, 0.0, 0
+
+    def finish(self, model):
+        if self.learning and self.learning.snapshots:
+            self.log(f"{self.learning.path}: {len(self.learning.snapshots)} snapshots of one val crop, "
+                     f"{self.learning.seconds:.1f} s in all")
+        print(f"rank {self.rank}: parameter checksum {parameter_checksum(model)}", flush=True)
+
+
+def end_epoch(args, model, optimizer, record, val_set, progress, epoch, step, best_ap, world):
+    """After each epoch: the fault checks, the evaluation when due, best.pdparams, last.pdparams (before anything
+    optional), metrics.jsonl, predictions.jpg and curves.png. Returns the best AP so far."""
+    rank, log = dist.get_rank(), progress.log
+    if progress.skipped:
+        log(f"epoch {epoch + 1}: skipped {progress.skipped} unreadable images")
+    bad = non_finite_weights(model)  # e.g. BatchNorm statistics, which no gradient passes: never saved
+    if bad:
+        stop_run(args.out, f"weights became non-finite ({len(bad)} tensors, e.g. {bad[0]})", step - 1, epoch,
+                 progress.epoch_steps - 1)
+    metrics = dict(epoch=epoch + 1, step=step, loss=progress.epoch_loss / max(progress.epoch_steps, 1),
+                   lr=optimizer.get_lr(), skipped=progress.skipped)
+    progress.new_epoch()
+    results = None
+    if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+        if world > 1:  # every rank predicts a share of val with rank 0's model (its own BatchNorm statistics)
+            share_buffers(model)
+        # inference keeps no activations for a backward pass: batches of 32 even after small training ones
+        results, stats = evaluate_model(model, val_set, batch_size=max(args.batch_size, 32), flip=args.flip,
+                                        decode=args.decode, dark_kernel=args.dark_kernel, num_workers=args.workers,
+                                        log=log, data_parallel=world > 1)
+        metrics.update(stats)
+        log("  ".join(f"{k} {stats[k]:.3f}" for k in STAT_NAMES))
+        if stats["AP"] > best_ap:
+            best_ap = stats["AP"]
+            if rank == 0:
+                save_checkpoint(dict(model=model.state_dict(), record=record), os.path.join(args.out, "best.pdparams"))
+    if rank != 0:
+        return best_ap
+    save_checkpoint(dict(model=model.state_dict(), record=record, optimizer=optimizer.state_dict(), epoch=epoch + 1,
+                         step=step, best_ap=best_ap, args=vars(args)), os.path.join(args.out, "last.pdparams"))
+    with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(metrics) + "\n")
+    if results is not None:
+        unreadable = save_prediction_picture(results, val_set, os.path.join(args.out, "predictions.jpg"))
+        if unreadable:
+            log(f"predictions.jpg: skipped {unreadable} unreadable val images")
+        if not save_training_curves(args.out, progress.total_steps):
+            log(f"could not write {os.path.join(args.out, 'curves.png')}")
+    return best_ap
+
+
+class LearningPicture:
+    """runs/<model>/learning.jpg: one val crop as the network sees it at --snapshots points of the run, left to
+    right, redrawn at each: the predicted heatmaps of all joints as one map, the skeleton decoded from them, the
+    step and the mean training loss since the previous snapshot. Each snapshot is one crop's forward pass in eval
+    mode. The crop: the val sample with the most labelled joints (the largest of those; the first of equals). A
+    resumed run draws the snapshots after the step it resumed at."""
+
+    def __init__(self, args, val_set, total_steps):
+        labelled = (val_set.joints[:, :, 2] > 0).sum(axis=1)
+        index = max(range(len(val_set)), key=lambda i: (labelled[i], val_set.areas[i], -i))
+        self.image = val_set[index][0][None]
+        self.skeleton, self.flip_pairs = val_set.info.skeleton, val_set.info.flip_pairs
+        self.decode, self.dark_kernel, self.udp = args.decode, args.dark_kernel, args.udp
+        self.frozen, self.amp = args.freeze_backbone, args.amp
+        self.due = sorted({math.ceil(total_steps * (k + 1) / args.snapshots) for k in range(args.snapshots)})
+        self.path, self.snapshots, self.seconds = os.path.join(args.out, "learning.jpg"), [], 0.0
+        self.losses = []
+
+    def after_step(self, model, step, loss):
+        self.losses.append(loss)
+        if step not in self.due:
+            return
+        start = time.time()
+        model.eval()
+        with paddle.no_grad(), paddle.amp.auto_cast(enable=self.amp is not None, level=self.amp or "O1"):
+            heatmaps = model(paddle.to_tensor(self.image)).astype("float32").numpy()
+        training_mode(model, self.frozen)
+        height, width = self.image.shape[2:]
+        keypoints, scores = heatmaps_to_keypoints(heatmaps, np.array([[width / 2, height / 2]]),
+                                                  np.array([[width / PIXEL_STD, height / PIXEL_STD]]),
+                                                  self.decode, self.dark_kernel, self.udp)
+        label = f"step {step}  loss {statistics.mean(self.losses):.2g}"
+        self.snapshots.append((label, heatmaps[0], np.concatenate([keypoints[0], scores[0]], axis=1)))
+        self.losses = []
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        write_image_atomically(self.path, draw_learning(crop_to_bgr(self.image[0]), self.snapshots, self.skeleton,
+                                                        self.flip_pairs, columns=len(self.due)))
+        self.seconds += time.time() - start
 
 
 def load_training_checkpoint(path):
@@ -572,6 +654,13 @@ def build_parser(description=__doc__.split("\n\n")[0].strip(), recipes=RECIPES, 
                    help="evaluate on val every N epochs (and at the end)" + recipe_default("eval_every"))
     p.add_argument("--val-boxes", default="gt", help="'gt' or a COCO detection-results JSON for evaluation")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="flip test at evaluation")
+    p.add_argument("--decode", choices=("default", "dark"), default=None,
+                   help="heatmap decoding of the run's evaluations, recorded in its checkpoints for evaluate.py and "
+                        "predict.py: default = argmax + quarter offset (the official), dark = DARK"
+                        + recipe_default("decode"))
+    p.add_argument("--dark-kernel", type=in_range(int, 1), default=None,
+                   help="DARK's blur kernel, odd (PaddleDetection 3 at 64x48 heatmaps, mmpose 11)"
+                        + recipe_default("dark_kernel"))
     p.add_argument("--target-sigma", type=positive, default=None,
                    help="width of the target heatmaps' Gaussians (default: 2 at 256x192, proportional to the height)")
     p.add_argument("--udp", action=argparse.BooleanOptionalAction, default=None,
@@ -604,6 +693,9 @@ def build_parser(description=__doc__.split("\n\n")[0].strip(), recipes=RECIPES, 
                    help="CPU threads per training process for Paddle's kernels (1: fastest on shared cores; README, Speed)")
     p.add_argument("--seed", type=count, default=0, help="seed for weights init and augmentation")
     p.add_argument("--log-every", type=positive_int, default=20, help="progress line every N steps")
+    p.add_argument("--snapshots", type=count, default=8,
+                   help="points of the run drawn in <out>/learning.jpg: one val crop's predicted heatmaps and "
+                        "skeleton, one forward pass each (0: no picture)")
     p.add_argument("--device", default=None, help="cpu or gpu (default: gpu if Paddle has CUDA)")
     p.add_argument("--verbose", action="store_true", help="also show Paddle's and oneDNN's own log lines")
     return p
@@ -623,6 +715,8 @@ def settings_from_checkpoint(args, weights, flag="--weights"):
             args.model = args.model or record["model"]
             args.input_size = args.input_size or "x".join(map(str, record["input_size"]))
             args.udp = args.udp or record["udp"]
+            args.decode = args.decode or record.get("decode")  # files from before records said how to decode: unset
+            args.dark_kernel = args.dark_kernel or record.get("dark_kernel")
 
 
 def apply_recipe(args, recipes=RECIPES, weights=None, flag="--weights"):
@@ -636,9 +730,7 @@ def apply_recipe(args, recipes=RECIPES, weights=None, flag="--weights"):
     if args.data is None:
         recipe = recipes["synthetic"]
         args.data = SYNTHETIC_DIR
-        if not os.path.exists(os.path.join(SYNTHETIC_DIR, "annotations", "person_keypoints_val2017.json")):
-            print(f"generating the synthetic dataset in {SYNTHETIC_DIR} (once)", flush=True)
-            make_synthetic_dataset(SYNTHETIC_DIR)
+        make_synthetic_set_once()
     else:
         recipe = recipes["lite_hrnet" if (args.model or "").startswith("lite") else "hrnet"]
     for key, value in recipe.items():
@@ -648,6 +740,22 @@ def apply_recipe(args, recipes=RECIPES, weights=None, flag="--weights"):
         raise SystemExit(f"error: --threads {args.threads}: expected 1 or more")
     args.out = args.out or os.path.join("runs", args.run_name.format(model=args.model))
     return args
+
+
+def make_synthetic_set_once():
+    """data/synthetic as the recipe trains on it: made on first use, and again if it holds another number of
+    training images (a clone from before the set's size changed)."""
+    made = os.path.join(SYNTHETIC_DIR, "annotations", "person_keypoints_{}2017.json")
+    if os.path.exists(made.format("val")) and os.path.exists(made.format("train")):
+        with open(made.format("train")) as f:
+            count = len(json.load(f)["images"])
+        if count == SYNTHETIC_TRAIN_IMAGES:
+            return
+        print(f"{SYNTHETIC_DIR} has {count} training images, the recipe {SYNTHETIC_TRAIN_IMAGES}: making it again",
+              flush=True)
+    else:
+        print(f"generating the synthetic dataset in {SYNTHETIC_DIR} (once)", flush=True)
+    make_synthetic_dataset(SYNTHETIC_DIR)
 
 
 def processes_to_launch(args, synthetic):
@@ -711,6 +819,46 @@ def main(argv=None):
         print(f"checkpoints: {os.path.join(args.out, 'last.pdparams')}, {os.path.join(args.out, 'best.pdparams')}; "
               f"predictions drawn in {os.path.join(args.out, 'predictions.jpg')}")
         print(f"AP: {best_ap:.3f}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Paddle 3.3.1 workarounds: what the loop above would not need with another engine (or version)
+
+@contextlib.contextmanager
+def fresh_parameter_names():
+    """Adam names its moments from a per-process counter, and --resume finds them by name: count afresh per run
+    (a second train() in one process, as the tests and quantize.py run it, would otherwise name them anew)."""
+    with paddle.utils.unique_name.guard():
+        yield
+
+
+def init_parallel_env_quietly(verbose):
+    """dist.init_parallel_env, whose banner on stderr lists every flag Paddle changed itself: --verbose shows it."""
+    with contextlib.nullcontext() if verbose else contextlib.redirect_stderr(io.StringIO()):
+        dist.init_parallel_env()
+
+
+def use_cpu_threads(threads):
+    """Intra-op threads of Paddle's CPU kernels (OpenMP and MKL), set at run time; no effect on a GPU run.
+    Paddle's CPU training kernels gain little from a second thread and lose much when the cores are shared:
+    on 2 busy cores one thread trained HRNet-W32 and Lite-HRNet 1.25-2.1x faster than two; on idle ones two
+    threads gain only 3-15% (README, Speed)."""
+    if paddle.device.get_device() == "cpu":
+        paddle.base.core.set_num_threads(threads)
+
+
+def share_buffers(model):
+    """Rank 0's values of the tensors no gradient updates (BatchNorm statistics) in every rank: DataParallel keeps
+    the weights identical, but each rank's BatchNorm averages its own crops."""
+    for value in model.state_dict().values():
+        if value.stop_gradient:
+            dist.broadcast(value, src=0)
+
+
+def all_finite(tensors):
+    """True if no element of the tensors is NaN or inf: one concatenation, one check, one sync (0.5-0.7% of a
+    lite_hrnet_18 training step at batch 32, 128x96, on one CPU thread)."""
+    return bool(paddle.isfinite(paddle.concat([t.flatten() for t in tensors])).all())
 
 
 if __name__ == "__main__":
