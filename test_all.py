@@ -4214,6 +4214,7 @@ def test_draw_learning_fills_a_row_left_to_right_with_labelled_snapshots():
     assert picture[:19, :96].max() > 200 and np.median(picture[:19, :96]) == 0  # the label on a black strip
 
 
+@pytest.mark.xdist_group("qat")
 def test_training_run_draws_learning_jpg_at_eight_points(qat_run):
     """qat_run's float run: 3 epochs of 3 steps, 64x64 crops: eight snapshots, one row of 256-px tiles."""
     picture = cv2.imread(str(qat_run["root"] / "float" / "learning.jpg"))
@@ -4294,3 +4295,34 @@ def test_the_synthetic_set_is_made_once_and_again_when_it_holds_another_number_o
     monkeypatch.setattr(T, "SYNTHETIC_TRAIN_IMAGES", 3)  # a folder made for another recipe
     T.make_synthetic_set_once()
     assert len(made) == 2 and "has 2 training images, the recipe 3: making it again" in capsys.readouterr().out
+
+
+# ---- README's pictures (issue 29)
+
+@pytest.mark.xdist_group("qat")
+def test_readme_figures_are_made_again_from_a_run_and_stay_small(qat_run, synthetic_root, tmp_path, capsys):
+    run_folder, out = os.path.dirname(qat_run["float"]), tmp_path / "assets"
+    image = os.path.join(synthetic_root, "val2017", sorted(os.listdir(os.path.join(synthetic_root, "val2017")))[0])
+    pr.main(["--weights", qat_run["float"], "--input", image, "--readme-figures", str(out)])
+    names = ["curves.png", "learning.jpg", "heatmaps.jpg", "tracked_frame.jpg"]
+    assert sorted(os.listdir(out)) == sorted(names)
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("wrote ")][-4:] == \
+        [str(out / name) for name in names]
+    for name in names:
+        assert os.path.getsize(out / name) <= 150_000 and cv2.imread(str(out / name)) is not None
+    assert np.array_equal(cv2.imread(str(out / "curves.png")), cv2.imread(os.path.join(run_folder, "curves.png")))
+    assert cv2.imread(str(out / "tracked_frame.jpg")).shape == (240, 320, 3)  # make_synthetic_video's frame
+    alone = tmp_path / "elsewhere"  # a checkpoint away from its run folder has no curves to show
+    alone.mkdir()
+    shutil.copy(qat_run["float"], alone / "best.pdparams")
+    with pytest.raises(SystemExit, match=r"^error: image .*curves.png not found$"):
+        pr.main(["--weights", str(alone / "best.pdparams"), "--input", image, "--readme-figures", str(out)])
+
+
+def test_readme_pictures_are_shrunk_until_they_fit():
+    noise = np.random.RandomState(0).randint(0, 256, (1200, 1600, 3), np.uint8)  # incompressible
+    for suffix in (".jpg", ".png"):
+        encoded = pr.encoded_within(noise, "picture" + suffix, 150_000)
+        assert len(encoded) <= 150_000
+        decoded = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
+        assert decoded.shape[2] == 3 and decoded.shape[1] / decoded.shape[0] == pytest.approx(4 / 3, rel=0.01)

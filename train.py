@@ -7,6 +7,18 @@ Train HRNet / Lite-HRNet on a COCO-format keypoint dataset: one process per devi
     python train.py --benchmark --model hrnet_w32                    # training samples/s (README, Speed)
 
 Recipes (REFERENCE: HRNet's yaml, Lite-HRNet's mmpose config) fill every hyperparameter flag left unset.
+
+The run folder (--out, default runs/<model>/): last.pdparams after every epoch (model, record, optimizer, epoch,
+step, best AP and the run's flags: --resume continues exactly, flags left out taking the run's values) and
+best.pdparams by val AP, each written to a temporary file and renamed; metrics.jsonl (loss, lr, the ten COCO
+numbers per evaluation) and steps.jsonl (mean loss and lr per progress line), started anew by a fresh run and
+continued by --resume; curves.png, learning.jpg and predictions.jpg; launch/, the per-rank logs of a run that
+started its own processes.
+
+Faults never cost the run's work: a NaN or infinite loss or gradient (checked before every update) or weight or
+BatchNorm statistic (checked before every save) stops the run in one line naming the step, and no checkpoint with
+a non-finite value is written; unreadable images are skipped and counted; Ctrl-C or SIGTERM stop with one line
+naming the checkpoint to --resume; DataLoader workers end with their process (Linux's parent-death signal).
 """
 import os
 import sys
