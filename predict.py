@@ -838,11 +838,12 @@ def encoded_within(image, path, max_bytes):
 
 def write_readme_figures(args, max_bytes=150_000):
     """--readme-figures DIR: README's pictures made again from a teaching run (--weights, in its run folder) and
-    one val image (--input): the run's curves.png and learning.jpg, that image's heatmaps (--heatmaps) and the
-    middle frame of the synthetic walking video tracked with --boxes and --det-every 5."""
+    one val image (--input, its people from --boxes if given): the run's curves.png and learning.jpg, that
+    image's heatmaps and the middle frame of the synthetic walking video tracked with --det-every 5."""
     run_folder = os.path.dirname(os.path.abspath(args.weights))
     with tempfile.TemporaryDirectory() as scratch:
-        main(["--weights", args.weights, "--input", args.input, "--out", scratch, "--heatmaps"])
+        main(["--weights", args.weights, "--input", args.input, "--out", scratch, "--heatmaps"]
+             + (["--boxes", args.boxes] if args.boxes else []))
         stem = os.path.splitext(os.path.basename(args.input))[0]
         video, boxes = os.path.join(scratch, "walk.mp4"), os.path.join(scratch, "walk_boxes.json")
         make_synthetic_video(video, boxes_path=boxes)
