@@ -2056,7 +2056,7 @@ def test_int8_predictor_runs_int8_convolutions_and_matches_the_fake_quant_model(
     got = int8(paddle.to_tensor(x)).numpy()
     # oneDNN keeps one scale per tensor (QAT: one per consuming layer) and rounding flips cascade, so the heatmaps
     # of this barely trained 64x64 model follow the fake-quant ones in shape and size, not to float precision;
-    # the accuracy bar itself (AP within 1.0 of float) is measured on the teaching model (README, Quantization)
+    # the accuracy bar itself (AP within 1.0 of float) is quantize.py's run on a trained model, not this one
     assert np.corrcoef(got.ravel(), expected.ravel())[0, 1] > 0.95
     assert np.abs(got - expected).mean() < 0.3 * np.abs(expected).mean()
 
@@ -3696,7 +3696,7 @@ def test_quantized_export_float_program_is_the_qat_model_without_input_rounding(
     assert set(ex.openvino_conv_precisions(ex.create_predictor(qat_run["export"], "openvino", "cpu",
                                                                precision="fp32"))) == {"f32"}
     # and it is not the int8 program: the input rounding changes this barely trained model's flat heatmaps
-    # (how much AP it costs or gains is measured on the teaching model: README, Quantization)
+    # (how much AP that costs or gains is quantize.py's report on a trained model)
     assert np.abs(got - quantized_inputs).max() > 1e-3 * np.abs(quantized_inputs).max()
 
     # the search, at a tolerance that must keep some clips: a tenth of what leaving out every clip changes
@@ -4326,3 +4326,18 @@ def test_readme_pictures_are_shrunk_until_they_fit():
         assert len(encoded) <= 150_000
         decoded = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
         assert decoded.shape[2] == 3 and decoded.shape[1] / decoded.shape[0] == pytest.approx(4 / 3, rel=0.01)
+
+
+def test_readme_is_a_front_door_with_pictures_in_the_repository():
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    assert len(readme.encode("utf-8")) <= 30_000
+    assert not re.search(r"\b20\d\d-\d\d-\d\d\b", readme) and "the seed" not in readme  # no dated lines, names
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme)
+    assert pictures and all(p.startswith("assets/") for p in pictures)
+    sizes = [os.path.getsize(os.path.join(HERE, p)) for p in pictures]  # a missing picture fails here
+    assert max(sizes) <= 150_000 and sum(sizes) <= 1_000_000
+    with open(os.path.join(HERE, ".ci", "run")) as f:
+        ci_command = f.read().strip().splitlines()[-1]
+    assert f"```bash\n{ci_command}\n```" in readme  # CI runs exactly README's test command
+    assert "```bash\npip install -r requirements.txt && python train.py\n```" in readme
