@@ -1088,8 +1088,8 @@ def box_iou(a, b):
 
 
 # the built-in set's training images: train.py's teaching recipe passes over them several times, which scored
-# as one pass over four times as many (README, Training) and takes a quarter of the time to make
-SYNTHETIC_TRAIN_IMAGES = 500
+# as well as one pass over as many crops of more images (README, Training) and takes less time to make
+SYNTHETIC_TRAIN_IMAGES = 600
 
 
 def make_synthetic_dataset(out_dir, num_train=SYNTHETIC_TRAIN_IMAGES, num_val=200, seed=0, image_size=(320, 240),
@@ -1513,13 +1513,14 @@ def draw_learning(crop_bgr, snapshots, skeleton, flip_pairs=(), columns=8, heigh
     """One crop at several points of a training run, left to right (train.py's learning.jpg): for each snapshot
     (label, heatmaps (K, h, w), keypoints (K, 3) as (x, y, score) in crop pixels) the maximum of its heatmaps over
     the crop, unscaled (a network unsure everywhere shows little colour), the skeleton of the joints scoring above
-    draw_poses' threshold, and the label; `columns` tiles a row, those still to come black."""
+    draw_poses' threshold (white limbs), and the label; `columns` tiles a row, those still to come black."""
     scale = height / crop_bgr.shape[0]
     crop = cv2.resize(crop_bgr, (round(crop_bgr.shape[1] * scale), height))
     tiles = []
     for label, heatmaps, keypoints in snapshots:
         tile = heatmap_overlay(crop, np.max(heatmaps, axis=0))
-        person = dict(keypoints=np.asarray(keypoints, np.float64) * [scale, scale, 1])
+        # white limbs: the stick figures' own limbs are drawn in draw_poses' side colours
+        person = dict(keypoints=np.asarray(keypoints, np.float64) * [scale, scale, 1], colour=(255, 255, 255))
         tiles.append(label_tile(draw_poses(tile, [person], skeleton, flip_pairs), label, 0.45))
     return image_grid(tiles, columns)
 

@@ -302,10 +302,10 @@ QAT_RECIPES = {
     # x0.1 at epochs 40 and 45, 500 warmup steps; the rest (batch, loss, model) as the float recipe
     family: dict(train.RECIPES[family], epochs=50, milestones=[40, 45], lr=1e-3, warmup_steps=500)
     for family in ("hrnet", "lite_hrnet")}
-# on the synthetic set (after `python train.py`): four passes over its training images at a tenth of the float
+# on the synthetic set (after `python train.py`): three passes over its training images at a tenth of the float
 # run's peak learning rate
-QAT_RECIPES["synthetic"] = dict(train.RECIPES["synthetic"], epochs=4, schedule="step", milestones=[], lr=4e-4,
-                                warmup_steps=20, batch_size=32, eval_every=4)
+QAT_RECIPES["synthetic"] = dict(train.RECIPES["synthetic"], epochs=3, schedule="step", milestones=[], lr=4e-4,
+                                warmup_steps=20, batch_size=32, eval_every=3)
 
 
 def build_parser():

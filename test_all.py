@@ -4210,7 +4210,7 @@ def test_draw_learning_fills_a_row_left_to_right_with_labelled_snapshots():
     assert np.allclose(picture[40, 96 + 90], 0.2 * 100 + 0.8 * jet_top, atol=1)  # heatmap 1: 80% JET red
     assert np.all(picture[100, 96 + 90] == 100)  # heatmap 0: the crop
     assert np.all(picture[20:, :96] == 100)  # unsure everywhere: neither colour nor skeleton
-    assert tuple(picture[60, 96 + 40]) == data.MIDDLE  # the limb between the two sure joints, scaled 2x
+    assert tuple(picture[60, 96 + 40]) == (255, 255, 255)  # the limb between the two sure joints, white, 2x
     assert picture[:19, :96].max() > 200 and np.median(picture[:19, :96]) == 0  # the label on a black strip
 
 

@@ -66,11 +66,11 @@ RECIPES = {
                        warmup_steps=500, batch_size=64, loss_scale=1.0, eval_every=10, schedule="step", udp=False,
                        decode="default", dark_kernel=3),
     # The zero-download teaching run on the built-in synthetic stick figures, sized for a lesson (README,
-    # Training): four passes over its training images in two processes of 8 crops, the lr dropping for the last
-    # pass, one evaluation at the end, decoded with DARK. AP follows the steps taken: smaller batches and more
+    # Training): three passes over its training images in two processes of 8 crops, the lr dropping for the last
+    # quarter, one evaluation at the end, decoded with DARK. AP follows the steps taken: smaller batches and more
     # passes over fewer images won, a shorter warmup lost.
-    "synthetic": dict(model="lite_hrnet_18", input_size="128x96", epochs=4, schedule="step", milestones=[3],
-                      lr=4e-3, warmup_steps=50, batch_size=8, loss_scale=1.0, eval_every=4, udp=False,
+    "synthetic": dict(model="lite_hrnet_18", input_size="128x96", epochs=3, schedule="step", milestones=[2.25],
+                      lr=4e-3, warmup_steps=50, batch_size=8, loss_scale=1.0, eval_every=3, udp=False,
                       decode="dark", dark_kernel=7),
 }
 
