@@ -456,8 +456,8 @@ def crop_and_normalize(image_rgb, center, scale, rot_deg, input_size, udp=False)
 @functools.lru_cache(maxsize=16)
 def _gaussian_patch(sigma):
     """The official (2*3sigma+1)^2 unnormalised Gaussian (peak 1), same float32 ops; built once per sigma.
-    Its peak sits ceil(3 sigma) from its first pixel, where generate_target's window starts: the official
-    size // 2 puts it a pixel early when 3 sigma has a fraction below one half (sigma 0.75, at 96x64)."""
+    Its peak sits ceil(3 sigma) from its first pixel, the official size // 2 except where 3 sigma has a fraction
+    below one half (sigma 0.75, the default at 96x64): there size // 2 is a pixel early (see generate_target)."""
     size = 2 * sigma * 3 + 1
     x = np.arange(0, size, 1, np.float32)
     y = x[:, np.newaxis]
@@ -487,14 +487,17 @@ def generate_target(joints, joints_vis, input_size, heatmap_size, sigma, udp=Fal
         stride_x, stride_y = input_size[0] / hm_w, input_size[1] / hm_h
         patch = _gaussian_patch(sigma)
     radius = sigma * 3
+    # The official window edges are int(); with its patch that puts the peak on the joint wherever 3 sigma has no
+    # fraction or one of at least one half (away from the top and left edge, where int() truncates toward zero:
+    # an official quirk, kept). With a fraction below one half (sigma 0.75) it puts every peak a pixel up and
+    # left of its joint: there the edges are floored and the patch centred to match, on the joint everywhere.
+    edge = math.floor if 0 < radius % 1 < 0.5 else int
     for k in range(num_joints):
         exact_x, exact_y = joints[k, 0] / stride_x, joints[k, 1] / stride_y
         # int() truncates toward zero, not floor (matters for joints left of/above the crop): official quirk.
         mu_x, mu_y = int(exact_x + 0.5), int(exact_y + 0.5)
-        # the window's edges: floor, the official int() wherever 3 sigma is a whole number or the window starts
-        # inside the map; int() toward zero would put the peak a pixel past the joint near the top or left edge
-        left, top = math.floor(mu_x - radius), math.floor(mu_y - radius)
-        right, bottom = math.floor(mu_x + radius + 1), math.floor(mu_y + radius + 1)
+        left, top = edge(mu_x - radius), edge(mu_y - radius)
+        right, bottom = edge(mu_x + radius + 1), edge(mu_y + radius + 1)
         if left >= hm_w or top >= hm_h or right < 0 or bottom < 0:
             weight[k] = 0
             continue

@@ -59,6 +59,8 @@ POSE_KEYS = ("model", "input_size", "heatmap_size", "mean", "std", "color", "key
              "skeleton", "sigmas", "udp", "quantized", "model_file", "params_file")
 # the same network in the legacy program format, for OpenVINO (null when not written; absent in older exports)
 LEGACY_KEYS = ("legacy_model_file", "legacy_params_file")
+# how to decode the heatmaps, as the checkpoint's record says (absent in older exports: model.decoding_of)
+DECODE_KEYS = ("decode", "dark_kernel")
 LEGACY_FILES = ("legacy.pdmodel", "legacy.pdiparams")
 # a quantized export's float program (quantize.py: the same folded weights in float, a legacy program); present
 # only in quantized exports that carry one
@@ -147,7 +149,6 @@ POSE_TYPES = {
     "skeleton": (_pairs, "a list of [a, b] index pairs"),
     "sigmas": (lambda v: isinstance(v, list) and all(_is_number(x) and x > 0 for x in v), "a list of positive numbers"),
     "udp": (lambda v: isinstance(v, bool), "true or false"),
-    # absent in older exports (model.decoding_of: the official decoding)
     "decode": (lambda v: v in ("default", "dark"), "'default' or 'dark'"),
     "dark_kernel": (lambda v: _is_int(v) and v > 0 and v % 2 == 1, "a positive odd integer"),
     "quantized": (lambda v: isinstance(v, bool), "true or false"),

@@ -1551,9 +1551,9 @@ def test_export_cli_checks_against_eager_and_lists_the_files(lite_export):
     assert [line.split()[-1] for line in lines[-5:]] == [os.path.join(out, f) for f in (
         "model.json", "model.pdiparams", "legacy.pdmodel", "legacy.pdiparams", "pose.json")]
     pose = ex.read_pose_json(out)
-    assert set(pose) == set(ex.POSE_KEYS + ex.LEGACY_KEYS + (ex.ONNX_KEY, "decode", "dark_kernel"))
-    assert pose["model"] == "lite_hrnet_18" and (pose["decode"], pose["dark_kernel"]) == ("default", 3)
-    assert pose["onnx_file"] is None  # written by --onnx only
+    assert set(pose) == set(ex.POSE_KEYS + ex.LEGACY_KEYS + ex.DECODE_KEYS + (ex.ONNX_KEY,))
+    assert pose["model"] == "lite_hrnet_18" and pose["onnx_file"] is None  # written by --onnx only
+    assert (pose["decode"], pose["dark_kernel"]) == ("default", 3)  # a file without a record: the official
     assert pose["input_size"] == [128, 96] and pose["heatmap_size"] == [32, 24] and pose["color"] == "RGB"
     assert pose["mean"] == [0.485, 0.456, 0.406] and pose["std"] == [0.229, 0.224, 0.225]
     assert pose["keypoint_names"] == data.COCO_KEYPOINT_NAMES and pose["flip_pairs"] == COCO_FLIP_PAIRS
@@ -2058,7 +2058,7 @@ def test_int8_predictor_runs_int8_convolutions_and_matches_the_fake_quant_model(
     # oneDNN keeps one scale per tensor (QAT: one per consuming layer) and rounding flips cascade, so the heatmaps
     # of this barely trained 64x64 model follow the fake-quant ones in shape and size, not to float precision;
     # the accuracy bar itself (AP within 1.0 of float) is quantize.py's run on a trained model, not this one
-    assert np.corrcoef(got.ravel(), expected.ravel())[0, 1] > 0.85
+    assert np.corrcoef(got.ravel(), expected.ravel())[0, 1] > 0.95
     assert np.abs(got - expected).mean() < 0.3 * np.abs(expected).mean()
 
 
@@ -4175,28 +4175,25 @@ def official_msra_target(joints, vis, input_size, heatmap_size, sigma):
 
 
 def test_target_peaks_on_its_joint_for_every_sigma_and_is_the_official_one_where_that_does():
-    """The official patch is centred size // 2 from its corner, its window ceil(3 sigma) before the joint: the peak
-    is a pixel early when 3 sigma has a fraction below one half (sigma 0.75, the default at 96x64, which taught
-    the network to point a pixel up and left), and with any fraction a pixel late where the window starts left of
-    or above the map (int() truncates toward zero). A whole 3 sigma (the official 2 and 3) gives the official maps."""
+    """Where 3 sigma has a fraction below one half (sigma 0.75, the default at 96x64, which taught the network to
+    point a pixel up and left) the official patch's peak is a pixel early: the target peaks on the joint instead.
+    Every other sigma gives the official maps, bit for bit (with the official quirk at the top and left edge)."""
     rng = np.random.default_rng(0)
     joints = rng.uniform([0, 0], [61, 93], (200, 2))  # peaks inside the 16x24 map
     vis = np.ones(200, np.float32)
     mu = (joints / 4 + 0.5).astype(int)
-    for sigma in (0.75, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0):
+    for sigma in (0.5, 0.75, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0):
         target, weight = data.generate_target(joints, vis, (64, 96), (16, 24), sigma)
-        peaks = [np.unravel_index(t.argmax(), t.shape)[::-1] for t in target]
-        assert np.array_equal(peaks, mu) and np.all(target.max(axis=(1, 2)) == 1), sigma
         official, official_weight = official_msra_target(joints, vis, (64, 96), (16, 24), sigma)
         np.testing.assert_array_equal(weight, official_weight)
-        inside = np.all(mu >= 3 * sigma, axis=1)  # windows that start inside the map
-        if (3 * sigma) % 1 == 0:
+        if not 0 < (3 * sigma) % 1 < 0.5:
             np.testing.assert_array_equal(target, official)
-        elif (3 * sigma) % 1 >= 0.5:
-            np.testing.assert_array_equal(target[inside], official[inside])
-        else:
-            official_peaks = [np.unravel_index(t.argmax(), t.shape)[::-1] for t in official[inside]]
-            assert np.array_equal(official_peaks, mu[inside] - 1)  # one pixel up and left of the joint
+            continue
+        peaks = [np.unravel_index(t.argmax(), t.shape)[::-1] for t in target]
+        assert np.array_equal(peaks, mu) and np.all(target.max(axis=(1, 2)) == 1), sigma
+        inside = np.all(mu >= 3 * sigma, axis=1)  # windows that start inside the map
+        official_peaks = [np.unravel_index(t.argmax(), t.shape)[::-1] for t in official[inside]]
+        assert np.array_equal(official_peaks, mu[inside] - 1)  # one pixel up and left of the joint
 
 
 def test_draw_learning_fills_a_row_left_to_right_with_labelled_snapshots():
@@ -4274,7 +4271,7 @@ def test_exports_carry_the_decoding_and_older_pose_json_decodes_as_before(tmp_pa
     pose = ex.pose_metadata("lite_hrnet_18", "128x96", COCO_INFO, decoding=("dark", 5))
     (tmp_path / "pose.json").write_text(json.dumps(pose))
     assert M.decoding_of(ex.read_pose_json(str(tmp_path))) == ("dark", 5)
-    older = {k: v for k, v in pose.items() if k not in ("decode", "dark_kernel")}
+    older = {k: v for k, v in pose.items() if k not in ex.DECODE_KEYS}
     (tmp_path / "pose.json").write_text(json.dumps(older))
     assert M.decoding_of(ex.read_pose_json(str(tmp_path))) == ("default", 3)
     for key, value in (("decode", "argmax"), ("dark_kernel", 4)):
