@@ -4060,6 +4060,9 @@ def test_the_teaching_recipe_decodes_with_dark_and_help_says_so(capsys):
     assert "synthetic dark)" in text.split("--decode", 1)[1].split(" --", 1)[0]
     assert f"synthetic {kernel})" in text.split("--dark-kernel", 1)[1].split(" --", 1)[0]
     assert "(default: 8)" in text.split("--snapshots", 1)[1].split(" --", 1)[0]
+    with pytest.raises(SystemExit):
+        T.build_parser().parse_args(["--dark-kernel", "4"])
+    assert "--dark-kernel: expected an odd number, got 4" in capsys.readouterr().err
 
 
 def test_checkpoints_say_how_to_decode_and_evaluate_and_predict_follow(synthetic_root, lite18_weights, tmp_path,

@@ -623,6 +623,13 @@ def build_parser(description=__doc__.split("\n\n")[0].strip(), recipes=RECIPES, 
         return " (default: " + ", ".join(f"{name} {recipe[key]}" for name, recipe in recipes.items()) + ")"
 
     positive_int, count = in_range(int, 1), in_range(int, 0)
+
+    def odd_kernel(text):  # DARK's blur needs a centre pixel: an even kernel would stop the run at its evaluation
+        value = positive_int(text)
+        if value % 2 == 0:
+            raise argparse.ArgumentTypeError(f"expected an odd number, got {value}")
+        return value
+
     positive, non_negative, probability = in_range(float, 0, low_open=True), in_range(float, 0), in_range(float, 0, 1)
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     p.add_argument("--data", default=None,
@@ -658,7 +665,7 @@ def build_parser(description=__doc__.split("\n\n")[0].strip(), recipes=RECIPES, 
                    help="heatmap decoding of the run's evaluations, recorded in its checkpoints for evaluate.py and "
                         "predict.py: default = argmax + quarter offset (the official), dark = DARK"
                         + recipe_default("decode"))
-    p.add_argument("--dark-kernel", type=in_range(int, 1), default=None,
+    p.add_argument("--dark-kernel", type=odd_kernel, default=None,
                    help="DARK's blur kernel, odd (PaddleDetection 3 at 64x48 heatmaps, mmpose 11)"
                         + recipe_default("dark_kernel"))
     p.add_argument("--target-sigma", type=positive, default=None,
