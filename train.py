@@ -306,9 +306,11 @@ class Progress:
         self.window_samples += batch_size * self.world
         if self.learning:
             self.learning.after_step(model, step, loss)
-        steps_per_epoch = self.total_steps // self.args.epochs
-        if self.rank != 0 or not (i % self.args.log_every == 0 or i == steps_per_epoch - 1):
+        # every --log-every steps of the run, not of the epoch: a line at each epoch's end would leave one-step
+        # windows, the curve's noisiest points, around every epoch boundary
+        if self.rank != 0 or not ((step - 1) % self.args.log_every == 0 or step == self.total_steps):
             return
+        steps_per_epoch = self.total_steps // self.args.epochs
         rate = self.window_samples / max(time.time() - self.window_start, 1e-9)
         eta = (time.time() - self.run_start) / max(step - self.run_start_step, 1) * (self.total_steps - step)
         self.log(f"epoch {epoch + 1}/{self.args.epochs} step {i + 1}/{steps_per_epoch} loss {loss:.6f} "
