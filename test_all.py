@@ -4123,3 +4123,19 @@ def test_the_synthetic_set_is_made_once_and_again_when_it_holds_another_number_o
     monkeypatch.setattr(T, "SYNTHETIC_TRAIN_IMAGES", 3)  # a folder made for another recipe
     T.make_synthetic_set_once()
     assert len(made) == 2 and "has 2 training images, the recipe 3: making it again" in capsys.readouterr().out
+
+
+def test_wait_for_store_returns_once_the_port_listens_or_at_its_timeout():
+    import socket
+    import time
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    endpoint = f"127.0.0.1:{server.getsockname()[1]}"
+    start = time.time()
+    T.wait_for_store(endpoint, timeout=0.3)  # bound, not listening: refused until the timeout
+    assert 0.3 <= time.time() - start < 2
+    threading.Timer(0.2, server.listen).start()
+    start = time.time()
+    T.wait_for_store(endpoint, timeout=10)
+    assert 0.2 <= time.time() - start < 2
+    server.close()

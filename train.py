@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import math
+import socket
 import statistics
 import subprocess
 import time
@@ -842,9 +843,24 @@ def fresh_parameter_names():
 
 
 def init_parallel_env_quietly(verbose):
-    """dist.init_parallel_env, whose banner on stderr lists every flag Paddle changed itself: --verbose shows it."""
+    """dist.init_parallel_env, whose banner on stderr lists every flag Paddle changed itself: --verbose shows it.
+    A process other than rank 0 first waits for rank 0's store to listen (wait_for_store)."""
+    if dist.get_rank() > 0 and os.environ.get("PADDLE_MASTER"):
+        wait_for_store(os.environ["PADDLE_MASTER"])
     with contextlib.nullcontext() if verbose else contextlib.redirect_stderr(io.StringIO()):
         dist.init_parallel_env()
+
+
+def wait_for_store(endpoint, timeout=60.0):
+    """Until the TCP store at endpoint ('host:port', which rank 0 opens in init_parallel_env) accepts a
+    connection, or timeout. Paddle's store client, when it comes first, retries only after 3 s, and both
+    ranks wait for it: a third of the two-process runs started 3 s later for it."""
+    host, port = endpoint.rsplit(":", 1)
+    end = time.time() + timeout
+    while time.time() < end:
+        with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=1):
+            return
+        time.sleep(0.02)
 
 
 def use_cpu_threads(threads):
