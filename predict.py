@@ -598,9 +598,10 @@ def predict_input(args, run, pose, source, boxes_for, box_padding, log=print):
     video = source.kind == "video"
     video_path = os.path.join(args.out, f"{source.name}.mp4")
     writer, results, unreadable = None, [], 0
+    decode, dark_kernel, _ = chosen_decoding(args, pose, "model")
 
     def estimate(image_rgb, boxes, padding):
-        return predict_image(run, image_rgb, boxes, pose, padding, args.flip, args.decode, args.dark_kernel,
+        return predict_image(run, image_rgb, boxes, pose, padding, args.flip, decode, dark_kernel,
                              args.batch_size, nms_thr=args.nms_thr, keep_heatmaps=args.heatmaps and not video)
 
     follow = VideoPeople(estimate, boxes_for, box_padding, pose["sigmas"], source.fps, args.det_every, args.kpt_thr,
@@ -675,8 +676,9 @@ def benchmark(args, run, pose, image_bgr, description, warmup=3, compare_run=Non
     the load drifting between two processes on a shared CPU."""
     height, width = pose["input_size"]
     img_h, img_w = image_bgr.shape[:2]
+    decode, dark_kernel, _ = chosen_decoding(args, pose, "model")
     print(f"benchmark: {pose['model']} {height}x{width}, {description}, flip {'on' if args.flip else 'off'}, "
-          f"decode {args.decode}, {args.benchmark_runs} runs after {warmup} warm-up, image {img_w}x{img_h}")
+          f"decode {decode}, {args.benchmark_runs} runs after {warmup} warm-up, image {img_w}x{img_h}")
     for batch in (1, 8):
         crops = np.random.RandomState(batch).randn(batch, 3, height, width).astype(np.float32)
         boxes = whole_image_box(image_bgr) if batch == 1 else [
@@ -692,8 +694,8 @@ def benchmark(args, run, pose, image_bgr, description, warmup=3, compare_run=Non
         def pipeline():
             network.clear()
             image_rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
-            people = predict_image(timed_run, image_rgb, boxes, pose, 1.0, args.flip, args.decode,
-                                   args.dark_kernel, batch, nms_thr=args.nms_thr)
+            people = predict_image(timed_run, image_rgb, boxes, pose, 1.0, args.flip, decode, dark_kernel, batch,
+                                   nms_thr=args.nms_thr)
             draw_poses(image_bgr, people, pose["skeleton"], pose["flip_pairs"], args.kpt_thr)
 
         times = {"model": [], "pipeline": [], "outside": [], "compare": []}
@@ -881,8 +883,6 @@ def main(argv=None):
             raise ValueError(f"--heatmaps: pictures of single images; {args.input} is a video or webcam")
         run, pose = load_model(args)
         description = run.describe() if args.model_dir else "eager checkpoint"
-        args.decode, args.dark_kernel, decoding = chosen_decoding(args, pose, "export" if args.model_dir else
-                                                                  "checkpoint")
         if args.benchmark and source.kind == "video":
             benchmark_video(args, run, pose, source, boxes_for, box_padding, description)
             return
@@ -892,6 +892,7 @@ def main(argv=None):
                 raise ValueError(f"--input {args.input}: no readable image to benchmark on")
             benchmark(args, run, pose, image, description, compare_run=compare_model(args, pose))
             return
+        decoding = chosen_decoding(args, pose, "export" if args.model_dir else "checkpoint")[2]
         print(f"{pose['model']} ({description}) on {args.input}, boxes: {boxes_text}, {decoding}"
               + (f"; skipping {source.skipped} files that are not images" if source.skipped else ""))
         _, unreadable = predict_input(args, run, pose, source, boxes_for, box_padding)

@@ -2576,7 +2576,6 @@ def run_on_video(monkeypatch, tmp_path, truth, video, argv=(), noise=0.0):
     """predict.py's video loop on `video` with TruthNetwork: (results, frames the detector ran on)."""
     args = pr.parse_args(["--input", str(video), "--out", str(tmp_path / "out"), "--decode", "dark", *argv])
     pose = ex.pose_metadata("truth", "256x192", COCO_INFO)
-    args.decode, args.dark_kernel, _ = ev.chosen_decoding(args, pose, "export")  # as predict.main resolves them
     net = TruthNetwork(truth, pose, noise)
     monkeypatch.setattr(pr, "crop_and_normalize", net.crop)
     source = pr.read_input(args.input)
@@ -4236,6 +4235,9 @@ def test_the_teaching_recipe_decodes_with_dark_and_help_says_so(capsys):
     assert "synthetic dark)" in text.split("--decode", 1)[1].split(" --", 1)[0]
     assert f"synthetic {kernel})" in text.split("--dark-kernel", 1)[1].split(" --", 1)[0]
     assert "(default: 8)" in text.split("--snapshots", 1)[1].split(" --", 1)[0]
+    with pytest.raises(SystemExit):
+        T.build_parser().parse_args(["--dark-kernel", "4"])
+    assert "--dark-kernel: expected an odd number, got 4" in capsys.readouterr().err
 
 
 def test_checkpoints_say_how_to_decode_and_evaluate_and_predict_follow(synthetic_root, lite18_weights, tmp_path,
@@ -4342,3 +4344,19 @@ def test_readme_is_a_front_door_with_pictures_in_the_repository():
         ci_command = f.read().strip().splitlines()[-1]
     assert f"```bash\n{ci_command}\n```" in readme  # CI runs exactly README's test command
     assert "```bash\npip install -r requirements.txt && python train.py\n```" in readme
+
+
+def test_wait_for_store_returns_once_the_port_listens_or_at_its_timeout():
+    import socket
+    import time
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    endpoint = f"127.0.0.1:{server.getsockname()[1]}"
+    start = time.time()
+    T.wait_for_store(endpoint, timeout=0.3)  # bound, not listening: refused until the timeout
+    assert 0.3 <= time.time() - start < 2
+    threading.Timer(0.2, server.listen).start()
+    start = time.time()
+    T.wait_for_store(endpoint, timeout=10)
+    assert 0.2 <= time.time() - start < 2
+    server.close()

@@ -35,6 +35,7 @@ import hashlib
 import io
 import json
 import math
+import socket
 import statistics
 import subprocess
 import time
@@ -318,9 +319,11 @@ class Progress:
         self.window_samples += batch_size * self.world
         if self.learning:
             self.learning.after_step(model, step, loss)
-        steps_per_epoch = self.total_steps // self.args.epochs
-        if self.rank != 0 or not (i % self.args.log_every == 0 or i == steps_per_epoch - 1):
+        # every --log-every steps of the run, not of the epoch: a line at each epoch's end would leave one-step
+        # windows, the curve's noisiest points, around every epoch boundary
+        if self.rank != 0 or not ((step - 1) % self.args.log_every == 0 or step == self.total_steps):
             return
+        steps_per_epoch = self.total_steps // self.args.epochs
         rate = self.window_samples / max(time.time() - self.window_start, 1e-9)
         eta = (time.time() - self.run_start) / max(step - self.run_start_step, 1) * (self.total_steps - step)
         self.log(f"epoch {epoch + 1}/{self.args.epochs} step {i + 1}/{steps_per_epoch} loss {loss:.6f} "
@@ -635,6 +638,13 @@ def build_parser(description=__doc__.split("\n\n")[0].strip(), recipes=RECIPES, 
         return " (default: " + ", ".join(f"{name} {recipe[key]}" for name, recipe in recipes.items()) + ")"
 
     positive_int, count = in_range(int, 1), in_range(int, 0)
+
+    def odd_kernel(text):  # DARK's blur needs a centre pixel: an even kernel would stop the run at its evaluation
+        value = positive_int(text)
+        if value % 2 == 0:
+            raise argparse.ArgumentTypeError(f"expected an odd number, got {value}")
+        return value
+
     positive, non_negative, probability = in_range(float, 0, low_open=True), in_range(float, 0), in_range(float, 0, 1)
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     p.add_argument("--data", default=None,
@@ -670,7 +680,7 @@ def build_parser(description=__doc__.split("\n\n")[0].strip(), recipes=RECIPES, 
                    help="heatmap decoding of the run's evaluations, recorded in its checkpoints for evaluate.py and "
                         "predict.py: default = argmax + quarter offset (the official), dark = DARK"
                         + recipe_default("decode"))
-    p.add_argument("--dark-kernel", type=in_range(int, 1), default=None,
+    p.add_argument("--dark-kernel", type=odd_kernel, default=None,
                    help="DARK's blur kernel, odd (PaddleDetection 3 at 64x48 heatmaps, mmpose 11)"
                         + recipe_default("dark_kernel"))
     p.add_argument("--target-sigma", type=positive, default=None,
@@ -845,9 +855,24 @@ def fresh_parameter_names():
 
 
 def init_parallel_env_quietly(verbose):
-    """dist.init_parallel_env, whose banner on stderr lists every flag Paddle changed itself: --verbose shows it."""
+    """dist.init_parallel_env, whose banner on stderr lists every flag Paddle changed itself: --verbose shows it.
+    A process other than rank 0 first waits for rank 0's store to listen (wait_for_store)."""
+    if dist.get_rank() > 0 and os.environ.get("PADDLE_MASTER"):
+        wait_for_store(os.environ["PADDLE_MASTER"])
     with contextlib.nullcontext() if verbose else contextlib.redirect_stderr(io.StringIO()):
         dist.init_parallel_env()
+
+
+def wait_for_store(endpoint, timeout=60.0):
+    """Until the TCP store at endpoint ('host:port', which rank 0 opens in init_parallel_env) accepts a
+    connection, or timeout. Paddle's store client, when it comes first, retries only after 3 s, and both
+    ranks wait for it: a third of the two-process runs started 3 s later for it."""
+    host, port = endpoint.rsplit(":", 1)
+    end = time.time() + timeout
+    while time.time() < end:
+        with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=1):
+            return
+        time.sleep(0.02)
 
 
 def use_cpu_threads(threads):
