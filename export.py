@@ -997,11 +997,11 @@ def check_backends(model, model_dir, tolerance=1e-4, min_agreement=0.9, log=prin
             backends.append("openvino")
     if pose.get(ONNX_KEY):
         backends.append("onnxruntime")
-    names = {"paddle": "paddle.inference (CPU, oneDNN)", "openvino": "OpenVINO (CPU)",
-             "onnxruntime": "onnxruntime (CPU)"}
     for backend in backends:
         diff, relative = check_export(model, model_dir, device="cpu", backend=backend)
-        log(f"{names[backend]} vs eager on a random batch: max diff {diff:.3g} ({relative:.3g} of the largest output)")
+        where = "CPU, oneDNN" if backend == "paddle" else "CPU"
+        log(f"{RUNTIME_NAMES[backend]} ({where}) vs eager on a random batch: max diff {diff:.3g} ({relative:.3g} of "
+            f"the largest output)")
         if not relative <= tolerance:
             raise ValueError(f"the export in {model_dir} disagrees with eager mode on {backend}: max diff {diff:.3g} "
                              f"is {relative:.3g} of the largest output (> --tolerance {tolerance:g})")

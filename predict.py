@@ -846,7 +846,6 @@ def write_readme_figures(args, max_bytes=150_000):
     with tempfile.TemporaryDirectory() as scratch:
         main(["--weights", args.weights, "--input", args.input, "--out", scratch, "--heatmaps"]
              + (["--boxes", args.boxes] if args.boxes else []))
-        stem = os.path.splitext(os.path.basename(args.input))[0]
         video, boxes = os.path.join(scratch, "walk.mp4"), os.path.join(scratch, "walk_boxes.json")
         make_synthetic_video(video, boxes_path=boxes)
         main(["--weights", args.weights, "--input", video, "--out", os.path.join(scratch, "walk"), "--boxes", boxes,
@@ -857,7 +856,8 @@ def write_readme_figures(args, max_bytes=150_000):
         tracked.release()
         pictures = {"curves.png": read_image_bgr(os.path.join(run_folder, "curves.png")),
                     "learning.jpg": read_image_bgr(os.path.join(run_folder, "learning.jpg")),
-                    "heatmaps.jpg": read_image_bgr(os.path.join(scratch, stem + "_heatmaps.jpg")),
+                    "heatmaps.jpg": read_image_bgr(heatmaps_path(os.path.join(scratch,
+                                                                              os.path.basename(args.input)))),
                     "tracked_frame.jpg": frame}
     os.makedirs(args.readme_figures, exist_ok=True)
     for name, image in pictures.items():
